@@ -1,0 +1,69 @@
+"""Command line: `python -m <package> train | serve | monitor | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import PACKAGE, get_settings
+from .data import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {PACKAGE}", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="tune, train, score and register a model")
+    train.add_argument("--n-trials", type=int, default=None, help="Optuna trials (default: tuning.n_trials)")
+    serve = commands.add_parser("serve", help="serve the newest registered model with BentoML")
+    serve.add_argument("--host", default=None, help="default: serving.host")
+    serve.add_argument("--port", type=int, default=None, help="default: serving.port")
+    monitor = commands.add_parser("monitor", help="check a batch for drift against the training reference")
+    monitor.add_argument("--current", default=None, help="CSV or Parquet batch (default: monitoring.current_path)")
+    commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
+    return parser
+
+
+def serve(host: str | None, port: int | None) -> int:
+    from .localstack import venv_command
+
+    settings = get_settings()
+    from .registry import latest_tag
+
+    print(f"Serving {latest_tag(settings)} on http://{host or settings.serving.host}:{port or settings.serving.port}")
+    command = [
+        venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor",
+        "--host", host or settings.serving.host, "--port", str(port or settings.serving.port),
+        "--working-dir", str(settings.root),
+    ]
+    os.execvpe(command[0], command, os.environ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    try:
+        if args.command == "train":
+            from .flows.train import train
+
+            train(n_trials=args.n_trials, reason="cli")
+        elif args.command == "serve":
+            return serve(args.host, args.port)
+        elif args.command == "monitor":
+            from .flows.monitor import monitor
+
+            verdict = monitor(current_path=args.current)
+            print(f"drift_share={verdict['drift_share']:.3f} drifted={verdict['drifted']} report={verdict['report']}")
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo()
+    except (DataError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

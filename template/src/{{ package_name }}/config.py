@@ -1,0 +1,144 @@
+"""The project's one settings object.
+
+Values come from settings.toml (written once by `copier copy`) and can be overridden by environment
+variables named <PACKAGE>_<SECTION>__<KEY>, so a deployment or a test changes behaviour without editing
+files. Every other module asks `get_settings()` instead of holding constants of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+PACKAGE = __name__.split(".")[0]
+ENV_PREFIX = f"{PACKAGE.upper()}_"
+# The settings file sits at the project root, two levels above src/<package>/; an environment variable can
+# point elsewhere (for example inside a container).
+SETTINGS_FILE = Path(os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE", Path(__file__).resolve().parents[2] / "settings.toml"))
+
+
+class ProjectSettings(BaseModel):
+    name: str
+    package: str = PACKAGE
+    template_version: str = "unknown"
+
+
+class DataSettings(BaseModel):
+    path: str = ""
+    target_column: str = "target"
+    task_type: Literal["classification", "regression"] = "classification"
+    test_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(42, ge=0)
+
+
+class TuningSettings(BaseModel):
+    model_family: Literal["random_forest", "gradient_boosting", "linear"] = "random_forest"
+    n_trials: int = Field(20, ge=1)
+    trials_per_task: int = Field(10, ge=1)
+    timeout_seconds: float = Field(0, ge=0)
+    cv_folds: int = Field(3, ge=2)
+    storage: str = "sqlite:///.optuna/studies.db"
+
+
+class RegistrySettings(BaseModel):
+    bentoml_home: str = ".bentoml"
+    reference_rows: int = Field(5000, ge=10)
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+
+
+class MonitoringSettings(BaseModel):
+    drift_threshold: float = Field(0.3, gt=0, le=1)
+    current_path: str = "data/current.csv"
+    reports_dir: str = "reports"
+
+
+class PrefectSettings(BaseModel):
+    work_pool: str
+    train_schedule: str
+    monitor_schedule: str
+    timezone: str = "UTC"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", toml_file=SETTINGS_FILE, extra="forbid"
+    )
+
+    project: ProjectSettings
+    data: DataSettings = DataSettings()
+    tuning: TuningSettings = TuningSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    prefect: PrefectSettings
+
+    @field_validator("project")
+    @classmethod
+    def _package_matches(cls, value: ProjectSettings) -> ProjectSettings:
+        if value.package != PACKAGE:
+            raise ValueError(f"[project] package is {value.package!r} in {SETTINGS_FILE} but the code is {PACKAGE!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments first, then environment variables, then the settings file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @property
+    def root(self) -> Path:
+        """The project folder: relative paths in the settings file are relative to it."""
+        return SETTINGS_FILE.parent
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def data_path(self) -> Path | None:
+        return self.resolve(self.data.path) if self.data.path else None
+
+    @property
+    def optuna_storage(self) -> str:
+        """The Optuna storage URL, with a relative SQLite path made absolute and its folder created."""
+        prefix = "sqlite:///"
+        url = self.tuning.storage
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            db = self.resolve(url[len(prefix) :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return prefix + str(db)
+        return url
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.resolve(self.registry.bentoml_home)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name in the BentoML store, also used in Prefect event resource ids."""
+        return PACKAGE
+
+    @property
+    def drift_event(self) -> str:
+        return f"{PACKAGE}.drift.detected"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Read the settings once per process; tests call `get_settings.cache_clear()` after changing the env."""
+    return Settings()

@@ -1,0 +1,173 @@
+"""Load and validate the training data, and record its feature schema.
+
+Bad data must stop a run before anything is trained or saved, with a message that names the file and
+the column, because a model trained on half-read data is worse than no model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pandas.api import types as ptypes
+
+from .config import Settings
+
+DEMO_SOURCE = "scikit-learn demo data"
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message says which file, which column and what to do."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    frame: pd.DataFrame
+    target: str
+    source: str
+
+    @property
+    def features(self) -> pd.DataFrame:
+        return self.frame.drop(columns=[self.target])
+
+    @property
+    def labels(self) -> pd.Series:
+        return self.frame[self.target]
+
+
+def normalize_column(name: object) -> str:
+    """Column names become snake_case identifiers so they can be request fields and metric labels."""
+    cleaned = re.sub(r"[^0-9a-zA-Z]+", "_", str(name)).strip("_").lower()
+    return f"c_{cleaned}" if not cleaned or cleaned[0].isdigit() else cleaned
+
+
+def normalize_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    names = [normalize_column(c) for c in frame.columns]
+    seen: dict[str, str] = {}
+    for original, name in zip(frame.columns, names, strict=True):
+        if name in seen:
+            raise DataError(
+                f"{source}: columns {seen[name]!r} and {original!r} both become {name!r}; rename one of them"
+            )
+        seen[name] = str(original)
+    return frame.set_axis(names, axis=1)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning every failure into a DataError that names the file."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check data.path in settings.toml or the --current argument")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in {".parquet", ".pq"}:
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .parquet or .pq")
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: the file is empty; it needs a header row and at least one data row") from exc
+    except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot be read as {suffix[1:]} ({exc})") from exc
+    if frame.empty:
+        raise DataError(f"{path}: the file has no data rows")
+    return normalize_columns(frame, str(path))
+
+
+def demo_frame(task_type: str) -> pd.DataFrame:
+    """The demo data ships inside scikit-learn, so the demo needs no download."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+
+    loader = load_breast_cancer if task_type == "classification" else load_diabetes
+    return normalize_columns(loader(as_frame=True).frame, DEMO_SOURCE)
+
+
+def validate(frame: pd.DataFrame, target: str, task_type: str, source: str) -> Dataset:
+    if target not in frame.columns:
+        raise DataError(
+            f"{source}: target column {target!r} not found; columns are {sorted(frame.columns)}; "
+            "set data.target_column in settings.toml"
+        )
+    labels = frame[target]
+    if labels.isna().any():
+        rows = labels.index[labels.isna()].tolist()[:5]
+        raise DataError(f"{source}: target column {target!r} has missing values (rows {rows}); drop or fill them")
+    if task_type == "regression" and not ptypes.is_numeric_dtype(labels):
+        raise DataError(
+            f"{source}: target column {target!r} must be numeric for regression but has type {labels.dtype}; "
+            "fix the values or choose task_type classification"
+        )
+    if task_type == "classification" and labels.nunique() < 2:
+        raise DataError(f"{source}: target column {target!r} has a single class; classification needs two or more")
+    if frame.shape[1] < 2:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}")
+    if len(frame) < 20:
+        raise DataError(f"{source}: only {len(frame)} rows; training needs at least 20")
+    for column in frame.columns.drop(target):
+        values = frame[column]
+        if values.isna().all():
+            raise DataError(f"{source}: column {column!r} is empty; drop it or fill it")
+        if not (ptypes.is_numeric_dtype(values) or ptypes.is_bool_dtype(values) or _is_text(values)):
+            raise DataError(
+                f"{source}: column {column!r} has type {values.dtype}; use numbers or text categories"
+            )
+    return Dataset(frame=frame.reset_index(drop=True), target=target, source=source)
+
+
+def _is_text(values: pd.Series) -> bool:
+    return ptypes.is_object_dtype(values) or ptypes.is_string_dtype(values) or isinstance(
+        values.dtype, pd.CategoricalDtype
+    )
+
+
+def load_dataset(settings: Settings) -> Dataset:
+    """The training data named in the settings, validated; the demo data when no path is set."""
+    target = normalize_column(settings.data.target_column)
+    if settings.data_path is None:
+        frame, source = demo_frame(settings.data.task_type), DEMO_SOURCE
+    else:
+        frame, source = read_table(settings.data_path), str(settings.data_path)
+    return validate(frame, target, settings.data.task_type, source)
+
+
+def feature_schema(features: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What a request must look like, recorded with the model so the service and monitor agree with training."""
+    schema: dict[str, dict[str, Any]] = {}
+    for column in features.columns:
+        values = features[column]
+        nullable = bool(values.isna().any())
+        if ptypes.is_numeric_dtype(values) and not ptypes.is_bool_dtype(values):
+            schema[column] = {"kind": "number", "nullable": nullable}
+        else:
+            categories = sorted(str(v) for v in values.dropna().unique())
+            schema[column] = {"kind": "category", "nullable": nullable, "categories": categories}
+    return schema
+
+
+def conform(frame: pd.DataFrame, schema: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Give incoming rows the training columns and types, so the pipeline sees what it was fitted on."""
+    missing = [c for c in schema if c not in frame.columns]
+    if missing:
+        raise DataError(f"columns missing from the input: {missing}")
+    out = frame[list(schema)].copy()
+    for column, spec in schema.items():
+        if spec["kind"] == "number":
+            out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
+        else:
+            out[column] = out[column].astype("object").where(out[column].notna(), None)
+            out[column] = out[column].map(lambda v: v if v is None else str(v))
+    return out
+
+
+def data_hash(frame: pd.DataFrame) -> str:
+    """A content hash of the data: the same rows give the same Optuna study, new data a fresh one."""
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,150 @@
+"""Run the whole lifecycle once on embedded defaults, the way it runs in production:
+
+deploy from prefect.yaml -> train -> serve and answer requests -> monitor a clean batch (no event) ->
+monitor a shifted batch (drift event) -> the retrain deployment's trigger starts a retrain run -> wait for it.
+
+A local Prefect server (SQLite, 127.0.0.1) is started unless PREFECT_API_URL points at one; a process worker
+and the BentoML service are always started here, and everything started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from . import data, localstack
+from .config import Settings, get_settings
+
+RETRAIN_DEPLOYMENT = "retrain/retrain"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def demo_batches(settings: Settings, out_dir: Path, rows: int = 300) -> tuple[Path, Path]:
+    """A clean batch drawn from the training distribution, and the same rows with every numeric column shifted."""
+    dataset = data.load_dataset(settings)
+    features = dataset.features
+    clean = features.sample(min(rows, len(features)), random_state=settings.data.seed).reset_index(drop=True)
+    shifted = clean.copy()
+    for column in shifted.select_dtypes("number").columns:
+        spread = float(features[column].std() or 1.0)
+        shifted[column] = shifted[column] + 2.0 * spread
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_path, shifted_path = out_dir / "clean.csv", out_dir / "shifted.csv"
+    clean.to_csv(clean_path, index=False)
+    shifted.to_csv(shifted_path, index=False)
+    return clean_path, shifted_path
+
+
+def send_requests(base_url: str, batch: Path, n: int = 3) -> list[dict[str, Any]]:
+    rows = pd.read_csv(batch).head(n)
+    records = json.loads(rows.replace({np.nan: None}).to_json(orient="records"))
+    response = httpx.post(f"{base_url}/predict", json={"rows": records}, timeout=30)
+    response.raise_for_status()
+    return [response.json()]
+
+
+async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, Any]:
+    """Wait for a run of the retrain deployment created after `since`, and for it to finish."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
+
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
+        run = None
+        while time.monotonic() < deadline:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterStartTime(after_=since)),
+            )
+            if runs:
+                run = min(runs, key=lambda r: r.created)
+                if run.state and run.state.type.value in TERMINAL:
+                    break
+            await asyncio.sleep(2)
+        if run is None:
+            raise TimeoutError(f"no run of {RETRAIN_DEPLOYMENT} was started within {timeout:.0f}s of the drift event")
+        return {
+            "name": run.name,
+            "id": str(run.id),
+            "state": run.state.type.value if run.state else "UNKNOWN",
+            "created_by": run.created_by.type if run.created_by else None,
+            "parameters": run.parameters,
+        }
+
+
+def deploy(settings: Settings, api_url: str) -> None:
+    env = localstack.prefect_env(api_url)
+    prefect = localstack.venv_command("prefect")
+    pool = settings.prefect.work_pool
+    localstack.run([prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], cwd=settings.root, env=env, what="work pool")
+    localstack.run([prefect, "--no-prompt", "deploy", "--all"], cwd=settings.root, env=env, what="prefect deploy --all")
+
+
+def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from .flows.monitor import monitor
+    from .flows.train import train
+
+    settings = get_settings()
+    root = settings.root
+    run_dir = root / ".demo"
+    summary: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat()}
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            print("Starting a local Prefect server (SQLite, 127.0.0.1)...")
+            api_url = stack.enter_context(localstack.prefect_server(run_dir / "prefect-home", run_dir / "logs"))
+        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
+        ui_url = api_url.removesuffix("/api")
+        print(f"Prefect UI: {ui_url}")
+        print(f"Deploying prefect.yaml to work pool {settings.prefect.work_pool}...")
+        deploy(settings, api_url)
+        stack.enter_context(localstack.prefect_worker(settings.prefect.work_pool, api_url, root, run_dir / "logs"))
+
+        print("Training (Optuna)...")
+        summary["model"] = train(reason="demo")
+
+        print("Serving with BentoML...")
+        base = stack.enter_context(
+            localstack.bentoml_service(f"{settings.project.package}.service:Predictor", root, run_dir / "logs")
+        )
+        clean, shifted = demo_batches(settings, run_dir / "batches")
+        summary["predictions"] = send_requests(base, clean)
+        print(f"Service at {base} answered: {summary['predictions'][0]}")
+
+        print("Monitoring a clean batch...")
+        summary["clean"] = monitor(current_path=str(clean))
+        if summary["clean"]["event_emitted"]:
+            raise RuntimeError(f"the clean batch was reported as drifted: {summary['clean']['drifted_columns']}")
+        since = datetime.now(timezone.utc)
+        print("Monitoring a shifted batch...")
+        summary["shifted"] = monitor(current_path=str(shifted))
+        if not summary["shifted"]["event_emitted"]:
+            raise RuntimeError("the shifted batch was not reported as drifted; no retraining would start")
+        print(f"Drift event {settings.drift_event} emitted; waiting for the retrain deployment's trigger...")
+        summary["retrain"] = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
+        summary["ui_url"] = ui_url
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    retrain = summary["retrain"]
+    print(
+        f"Retrain flow run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
+        f"(parameters {retrain['parameters']})"
+    )
+    print(f"Demo finished in {summary['seconds']} s. Prefect UI was at {ui_url}; flow runs, artifacts and events are kept in {run_dir}.")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if retrain["state"] != "COMPLETED":
+        raise RuntimeError(f"retrain flow run {retrain['name']} ended {retrain['state']}; see {run_dir / 'logs'}")
+    return summary

@@ -1,0 +1,1 @@
+"""Thin Prefect flows over the project's modules: train, monitor and retrain."""

@@ -1,0 +1,78 @@
+"""Training flow: validate the data, tune with Optuna in batches of trials, refit, score, register."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from .. import data, registry, training, tuning
+from ..config import get_settings
+
+
+@task(cache_policy=NO_CACHE)
+def load_data() -> data.Dataset:
+    """Fail here, before any model exists, when the data is unusable."""
+    return data.load_dataset(get_settings())
+
+
+@task(cache_policy=NO_CACHE)
+def tune_batch(spec: tuning.TuningSpec, parts: training.Split, schema: dict, n_trials: int, deadline: float | None) -> int:
+    """One task runs a whole batch of trials: task overhead (tens of ms) stays small next to trial time."""
+    study = tuning.open_study(spec)
+    objective = tuning.make_objective(spec, parts.train_x, parts.train_y, schema)
+    return tuning.run_trials(study, objective, n_trials, deadline)
+
+
+@task(cache_policy=NO_CACHE)
+def refit_and_register(spec: tuning.TuningSpec, parts: training.Split, schema: dict, data_hash: str, reason: str) -> str:
+    settings = get_settings()
+    study = tuning.open_study(spec)
+    params = training.best_params(study)
+    pipeline, metrics = training.refit_and_score(parts, schema, params, settings)
+    tag = registry.save(
+        settings,
+        pipeline,
+        schema=schema,
+        reference=training.reference_sample(parts, settings),
+        metrics=metrics,
+        params=params,
+        data_hash=data_hash,
+        extra={"study_name": spec.study_name, "n_trials_finished": tuning.finished_trials(study), "reason": reason},
+    )
+    create_table_artifact(
+        key="holdout-metrics",
+        table=[{"metric": name, "value": round(value, 6)} for name, value in metrics.items()],
+        description=f"Holdout metrics of {tag} ({settings.tuning.model_family}, {settings.data.task_type})",
+    )
+    return tag
+
+
+@flow(name="train", log_prints=True)
+def train(n_trials: int | None = None, reason: str = "manual") -> str:
+    """Train, tune and register a model; returns the model's tag in the BentoML store."""
+    settings = get_settings()
+    logger = get_run_logger()
+    dataset = load_data()
+    schema = data.feature_schema(dataset.features)
+    data_hash = data.data_hash(dataset.frame)
+    parts = training.split(dataset, settings)
+    spec = tuning.make_spec(settings, data_hash)
+    wanted = settings.tuning.n_trials if n_trials is None else n_trials
+    done = tuning.finished_trials(tuning.open_study(spec))
+    deadline = time.time() + settings.tuning.timeout_seconds if settings.tuning.timeout_seconds else None
+    batches = tuning.plan_batches(wanted - done, settings.tuning.trials_per_task)
+    logger.info(
+        "Study %s: %d of %d trials already finished, %d to run in %d batch(es)",
+        spec.study_name, done, wanted, max(wanted - done, 0), len(batches),
+    )
+    for size in batches:
+        tune_batch(spec, parts, schema, size, deadline)
+        if deadline is not None and time.time() >= deadline:
+            logger.warning("Tuning time budget of %ss reached", settings.tuning.timeout_seconds)
+            break
+    tag = refit_and_register(spec, parts, schema, data_hash, reason)
+    print(f"Registered model {tag}")
+    return tag

@@ -1,0 +1,28 @@
+"""The request schema, built from the feature schema recorded with the model at training time.
+
+Building it from the model (not from code) means a retrained model with a new column gets a matching API
+without a code change, and a request that does not fit the model is refused with a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+
+def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
+    if spec["kind"] == "number":
+        kind: Any = float
+    else:
+        categories = tuple(spec.get("categories") or ())
+        kind = Literal[categories] if categories else str  # type: ignore[valid-type]
+    if spec.get("nullable"):
+        return kind | None, Field(default=None)
+    return kind, Field(...)
+
+
+def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type[BaseModel]:
+    """A pydantic model of one row: unknown fields are refused, so a misspelt column is not silently ignored."""
+    fields = {column: field_for(spec) for column, spec in schema.items()}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
