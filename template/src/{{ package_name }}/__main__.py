@@ -19,23 +19,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="default: serving.host")
     serve.add_argument("--port", type=int, default=None, help="default: serving.port")
     monitor = commands.add_parser("monitor", help="check a batch for drift against the training reference")
-    monitor.add_argument("--current", default=None, help="CSV or Parquet batch (default: monitoring.current_path)")
+    monitor.add_argument(
+        "--current", default=None, help="CSV or Parquet batch (default: monitoring.current_path)"
+    )
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
     return parser
 
 
 def serve(host: str | None, port: int | None) -> int:
+    """Replace this process with `bentoml serve`, so signals and exit codes are BentoML's own."""
     from .localstack import venv_command
-
-    settings = get_settings()
     from .registry import latest_tag
 
-    print(f"Serving {latest_tag(settings)} on http://{host or settings.serving.host}:{port or settings.serving.port}")
-    command = [
-        venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor",
-        "--host", host or settings.serving.host, "--port", str(port or settings.serving.port),
-        "--working-dir", str(settings.root),
-    ]
+    settings = get_settings()
+    host, port = host or settings.serving.host, port or settings.serving.port
+    print(f"Serving {latest_tag(settings)} on http://{host}:{port}")
+    command = [venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor"]
+    command += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
     os.execvpe(command[0], command, os.environ)
 
 
@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             from .flows.monitor import monitor
 
             verdict = monitor(current_path=args.current)
-            print(f"drift_share={verdict['drift_share']:.3f} drifted={verdict['drifted']} report={verdict['report']}")
+            print(
+                f"drift_share={verdict['drift_share']:.3f} drifted={verdict['drifted']}"
+                f" report={verdict['report']}"
+            )
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 PACKAGE = __name__.split(".")[0]
 ENV_PREFIX = f"{PACKAGE.upper()}_"
 # The settings file sits at the project root, two levels above src/<package>/; an environment variable can
 # point elsewhere (for example inside a container).
-SETTINGS_FILE = Path(os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE", Path(__file__).resolve().parents[2] / "settings.toml"))
+SETTINGS_FILE = Path(
+    os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE", Path(__file__).resolve().parents[2] / "settings.toml")
+)
 
 
 class ProjectSettings(BaseModel):
@@ -85,7 +92,9 @@ class Settings(BaseSettings):
     @classmethod
     def _package_matches(cls, value: ProjectSettings) -> ProjectSettings:
         if value.package != PACKAGE:
-            raise ValueError(f"[project] package is {value.package!r} in {SETTINGS_FILE} but the code is {PACKAGE!r}")
+            raise ValueError(
+                f"[project] package is {value.package!r} in {SETTINGS_FILE} but the code is {PACKAGE!r}"
+            )
         return value
 
     @classmethod

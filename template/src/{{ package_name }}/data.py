@@ -72,7 +72,9 @@ def read_table(path: Path) -> pd.DataFrame:
     except DataError:
         raise
     except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path}: the file is empty; it needs a header row and at least one data row") from exc
+        raise DataError(
+            f"{path}: the file is empty; it needs a header row and at least one data row"
+        ) from exc
     except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
         raise DataError(f"{path}: cannot be read as {suffix[1:]} ({exc})") from exc
     if frame.empty:
@@ -97,14 +99,18 @@ def validate(frame: pd.DataFrame, target: str, task_type: str, source: str) -> D
     labels = frame[target]
     if labels.isna().any():
         rows = labels.index[labels.isna()].tolist()[:5]
-        raise DataError(f"{source}: target column {target!r} has missing values (rows {rows}); drop or fill them")
+        raise DataError(
+            f"{source}: target column {target!r} has missing values (rows {rows}); drop or fill them"
+        )
     if task_type == "regression" and not ptypes.is_numeric_dtype(labels):
         raise DataError(
             f"{source}: target column {target!r} must be numeric for regression but has type {labels.dtype}; "
             "fix the values or choose task_type classification"
         )
     if task_type == "classification" and labels.nunique() < 2:
-        raise DataError(f"{source}: target column {target!r} has a single class; classification needs two or more")
+        raise DataError(
+            f"{source}: target column {target!r} has a single class; classification needs two or more"
+        )
     if frame.shape[1] < 2:
         raise DataError(f"{source}: no feature columns besides the target {target!r}")
     if len(frame) < 20:
@@ -121,8 +127,10 @@ def validate(frame: pd.DataFrame, target: str, task_type: str, source: str) -> D
 
 
 def _is_text(values: pd.Series) -> bool:
-    return ptypes.is_object_dtype(values) or ptypes.is_string_dtype(values) or isinstance(
-        values.dtype, pd.CategoricalDtype
+    return (
+        ptypes.is_object_dtype(values)
+        or ptypes.is_string_dtype(values)
+        or isinstance(values.dtype, pd.CategoricalDtype)
     )
 
 
@@ -137,7 +145,7 @@ def load_dataset(settings: Settings) -> Dataset:
 
 
 def feature_schema(features: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """What a request must look like, recorded with the model so the service and monitor agree with training."""
+    """What a request must look like, recorded with the model so serving and monitoring agree with it."""
     schema: dict[str, dict[str, Any]] = {}
     for column in features.columns:
         values = features[column]

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def demo_batches(settings: Settings, out_dir: Path, rows: int = 300) -> tuple[Path, Path]:
-    """A clean batch drawn from the training distribution, and the same rows with every numeric column shifted."""
+    """A clean batch drawn from the training distribution, and the same rows with numbers shifted."""
     dataset = data.load_dataset(settings)
     features = dataset.features
     clean = features.sample(min(rows, len(features)), random_state=settings.data.seed).reset_index(drop=True)
@@ -56,7 +56,12 @@ def send_requests(base_url: str, batch: Path, n: int = 3) -> list[dict[str, Any]
 async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, Any]:
     """Wait for a run of the retrain deployment created after `since`, and for it to finish."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
 
     deadline = time.monotonic() + timeout
     async with get_client() as client:
@@ -73,7 +78,9 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
                     break
             await asyncio.sleep(2)
         if run is None:
-            raise TimeoutError(f"no run of {RETRAIN_DEPLOYMENT} was started within {timeout:.0f}s of the drift event")
+            raise TimeoutError(
+                f"no run of {RETRAIN_DEPLOYMENT} was started within {timeout:.0f}s of the drift event"
+            )
         return {
             "name": run.name,
             "id": str(run.id),
@@ -87,8 +94,15 @@ def deploy(settings: Settings, api_url: str) -> None:
     env = localstack.prefect_env(api_url)
     prefect = localstack.venv_command("prefect")
     pool = settings.prefect.work_pool
-    localstack.run([prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"], cwd=settings.root, env=env, what="work pool")
-    localstack.run([prefect, "--no-prompt", "deploy", "--all"], cwd=settings.root, env=env, what="prefect deploy --all")
+    localstack.run(
+        [prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
+        cwd=settings.root,
+        env=env,
+        what="work pool",
+    )
+    localstack.run(
+        [prefect, "--no-prompt", "deploy", "--all"], cwd=settings.root, env=env, what="prefect deploy --all"
+    )
 
 
 def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
@@ -100,26 +114,32 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
     settings = get_settings()
     root = settings.root
     run_dir = root / ".demo"
-    summary: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat()}
+    summary: dict[str, Any] = {"started": datetime.now(UTC).isoformat()}
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
             print("Starting a local Prefect server (SQLite, 127.0.0.1)...")
-            api_url = stack.enter_context(localstack.prefect_server(run_dir / "prefect-home", run_dir / "logs"))
+            api_url = stack.enter_context(
+                localstack.prefect_server(run_dir / "prefect-home", run_dir / "logs")
+            )
         stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
         ui_url = api_url.removesuffix("/api")
         print(f"Prefect UI: {ui_url}")
         print(f"Deploying prefect.yaml to work pool {settings.prefect.work_pool}...")
         deploy(settings, api_url)
-        stack.enter_context(localstack.prefect_worker(settings.prefect.work_pool, api_url, root, run_dir / "logs"))
+        stack.enter_context(
+            localstack.prefect_worker(settings.prefect.work_pool, api_url, root, run_dir / "logs")
+        )
 
         print("Training (Optuna)...")
         summary["model"] = train(reason="demo")
 
         print("Serving with BentoML...")
         base = stack.enter_context(
-            localstack.bentoml_service(f"{settings.project.package}.service:Predictor", root, run_dir / "logs")
+            localstack.bentoml_service(
+                f"{settings.project.package}.service:Predictor", root, run_dir / "logs"
+            )
         )
         clean, shifted = demo_batches(settings, run_dir / "batches")
         summary["predictions"] = send_requests(base, clean)
@@ -128,8 +148,10 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
         print("Monitoring a clean batch...")
         summary["clean"] = monitor(current_path=str(clean))
         if summary["clean"]["event_emitted"]:
-            raise RuntimeError(f"the clean batch was reported as drifted: {summary['clean']['drifted_columns']}")
-        since = datetime.now(timezone.utc)
+            raise RuntimeError(
+                f"the clean batch was reported as drifted: {summary['clean']['drifted_columns']}"
+            )
+        since = datetime.now(UTC)
         print("Monitoring a shifted batch...")
         summary["shifted"] = monitor(current_path=str(shifted))
         if not summary["shifted"]["event_emitted"]:
@@ -143,8 +165,13 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
         f"Retrain flow run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
         f"(parameters {retrain['parameters']})"
     )
-    print(f"Demo finished in {summary['seconds']} s. Prefect UI was at {ui_url}; flow runs, artifacts and events are kept in {run_dir}.")
+    print(
+        f"Demo finished in {summary['seconds']} s. Prefect UI was at {ui_url}; "
+        f"its runs, artifacts and events are kept in {run_dir}."
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if retrain["state"] != "COMPLETED":
-        raise RuntimeError(f"retrain flow run {retrain['name']} ended {retrain['state']}; see {run_dir / 'logs'}")
+        raise RuntimeError(
+            f"retrain flow run {retrain['name']} ended {retrain['state']}; see {run_dir / 'logs'}"
+        )
     return summary

@@ -61,14 +61,21 @@ class Background:
 
 
 @contextlib.contextmanager
-def background(name: str, command: list[str], *, log_dir: Path, env: Mapping[str, str], cwd: Path) -> Iterator[Background]:
+def background(
+    name: str, command: list[str], *, log_dir: Path, env: Mapping[str, str], cwd: Path
+) -> Iterator[Background]:
     """Run a command in its own process group for the duration of the block, logging to log_dir/name.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(env), cwd=cwd, start_new_session=True,
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
         )
     proc = Background(name, process, log)
     try:
@@ -82,12 +89,16 @@ def wait_http(url: str, proc: Background, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.process.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with code {proc.process.returncode}; log {proc.log}:\n{proc.tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited with code {proc.process.returncode}; log {proc.log}:\n{proc.tail()}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         time.sleep(0.5)
-    raise TimeoutError(f"{proc.name} did not answer {url} within {timeout:.0f}s; log {proc.log}:\n{proc.tail()}")
+    raise TimeoutError(
+        f"{proc.name} did not answer {url} within {timeout:.0f}s; log {proc.log}:\n{proc.tail()}"
+    )
 
 
 def prefect_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -123,10 +134,22 @@ def prefect_worker(pool: str, api_url: str, cwd: Path, log_dir: Path) -> Iterato
 
 
 @contextlib.contextmanager
-def bentoml_service(target: str, cwd: Path, log_dir: Path, port: int | None = None, timeout: float = 120) -> Iterator[str]:
+def bentoml_service(
+    target: str, cwd: Path, log_dir: Path, port: int | None = None, timeout: float = 120
+) -> Iterator[str]:
     """`bentoml serve` on loopback; yields the base URL once /readyz answers."""
     port = port or free_port()
-    command = [venv_command("bentoml"), "serve", target, "--host", LOOPBACK, "--port", str(port), "--working-dir", str(cwd)]
+    command = [
+        venv_command("bentoml"),
+        "serve",
+        target,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(cwd),
+    ]
     with background("bentoml-serve", command, log_dir=log_dir, env=dict(os.environ), cwd=cwd) as proc:
         base = f"http://{LOOPBACK}:{port}"
         wait_http(f"{base}/readyz", proc, timeout)
@@ -137,5 +160,7 @@ def run(command: list[str], *, cwd: Path, env: Mapping[str, str], what: str) -> 
     """Run a command to completion; a failure raises with its output, never passes silently."""
     result = subprocess.run(command, cwd=cwd, env=dict(env), capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{what} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result.stdout

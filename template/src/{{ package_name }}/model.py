@@ -20,7 +20,14 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score, root_mean_squared_error
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+    root_mean_squared_error,
+)
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -67,7 +74,9 @@ def make_estimator(family: str, task_type: str, params: dict[str, Any], seed: in
     raise ValueError(f"unknown model_family {family!r}; use random_forest, gradient_boosting or linear")
 
 
-def build_pipeline(schema: Schema, family: str, task_type: str, params: dict[str, Any], seed: int) -> Pipeline:
+def build_pipeline(
+    schema: Schema, family: str, task_type: str, params: dict[str, Any], seed: int
+) -> Pipeline:
     """Imputation and one-hot encoding inside the pipeline; scaling only where the estimator needs it."""
     numeric = [c for c, spec in schema.items() if spec["kind"] == "number"]
     categorical = [c for c, spec in schema.items() if spec["kind"] == "category"]

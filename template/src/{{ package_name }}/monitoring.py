@@ -82,7 +82,9 @@ def compute_drift(
     return result, snapshot
 
 
-def parse_snapshot(snapshot: dict[str, Any], threshold: float, n_reference: int, n_current: int) -> DriftResult:
+def parse_snapshot(
+    snapshot: dict[str, Any], threshold: float, n_reference: int, n_current: int
+) -> DriftResult:
     """Read the per-column verdicts from the ValueDrift tests, and scores and methods from their metrics."""
     scores = {
         m["config"]["column"]: m for m in snapshot["metrics"] if m["config"]["type"].endswith("ValueDrift")

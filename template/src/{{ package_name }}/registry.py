@@ -27,10 +27,15 @@ class RegisteredModel:
 
 
 def git_commit(settings: Settings) -> str | None:
-    """The project's commit, when the project is a git repository; recorded so a model can be traced to code."""
+    """The project's commit, when the project is a git repository; so a model can be traced to code."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=settings.root, capture_output=True, text=True, timeout=10, check=False
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -56,7 +61,7 @@ def save(
         "best_params": params,
         "data_hash": data_hash,
         "template_version": settings.project.template_version,
-        "git_commit": git_commit(settings),
+        "git_commit": git_commit(settings) or "none",  # metadata values cannot be None
         "seed": settings.data.seed,
         # In metadata (plain YAML beside the model) so the service reads it without unpickling anything.
         "feature_schema": schema,

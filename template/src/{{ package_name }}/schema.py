@@ -23,6 +23,6 @@ def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type[BaseModel]:
-    """A pydantic model of one row: unknown fields are refused, so a misspelt column is not silently ignored."""
+    """A pydantic model of one row: unknown fields are refused, so a misspelt column is not ignored."""
     fields = {column: field_for(spec) for column, spec in schema.items()}
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)

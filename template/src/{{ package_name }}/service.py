@@ -6,11 +6,12 @@ so `bentoml serve` refuses to start (with a message saying to train first) when 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import bentoml
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
-from typing import Annotated
 
 from .config import get_settings
 from .data import conform
@@ -23,7 +24,7 @@ _MODEL_INFO = bentoml.models.get(MODEL_TAG)
 FEATURE_SCHEMA: dict = _MODEL_INFO.info.metadata["feature_schema"]
 TASK_TYPE: str = _MODEL_INFO.info.metadata["task_type"]
 Features = row_model(FEATURE_SCHEMA)
-# Rows per request: an empty list would reach scikit-learn and fail with a 500, a huge one would stall a worker.
+# Rows per request: an empty list would reach scikit-learn and fail with a 500, a huge one stalls a worker.
 MAX_ROWS = 1000
 
 
@@ -56,7 +57,11 @@ class Predictor:
             classes = [str(c) for c in self.pipeline.classes_]
             proba = self.pipeline.predict_proba(frame)
             probabilities = [dict(zip(classes, map(float, row), strict=True)) for row in np.asarray(proba)]
-        return Prediction(predictions=[_plain(p) for p in predictions], probabilities=probabilities, model_version=self.version)
+        return Prediction(
+            predictions=[_plain(p) for p in predictions],
+            probabilities=probabilities,
+            model_version=self.version,
+        )
 
 
 def _plain(value):

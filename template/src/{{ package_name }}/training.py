@@ -41,14 +41,16 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
         return dict(study.best_trial.params)
     except ValueError as exc:  # no completed trial: every trial was pruned or failed
         raise RuntimeError(
-            f"Optuna study {study.study_name!r} has no completed trial; raise tuning.n_trials or the time budget"
+            f"Optuna study {study.study_name!r} has no completed trial; raise n_trials or the time budget"
         ) from exc
 
 
 def refit_and_score(
     parts: Split, schema, params: dict[str, Any], settings: Settings
 ) -> tuple[Pipeline, dict[str, float]]:
-    pipeline = build_pipeline(schema, settings.tuning.model_family, settings.data.task_type, params, settings.data.seed)
+    pipeline = build_pipeline(
+        schema, settings.tuning.model_family, settings.data.task_type, params, settings.data.seed
+    )
     pipeline.fit(parts.train_x, parts.train_y)
     return pipeline, score(pipeline, parts.test_x, parts.test_y, settings.data.task_type)
 

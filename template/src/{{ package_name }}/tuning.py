@@ -72,7 +72,9 @@ def finished_trials(study: optuna.Study) -> int:
 def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, schema) -> Callable:
     """Cross-validated score; each fold is reported so the pruner can stop a poor trial early."""
     splitter_cls = StratifiedKFold if spec.task_type == "classification" else KFold
-    folds = list(splitter_cls(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed).split(features, labels))
+    folds = list(
+        splitter_cls(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed).split(features, labels)
+    )
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, spec.family, spec.task_type)
@@ -80,7 +82,9 @@ def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, 
         scores = []
         for step, (train_idx, valid_idx) in enumerate(folds):
             pipeline = clone(template).fit(features.iloc[train_idx], labels.iloc[train_idx])
-            scores.append(score(pipeline, features.iloc[valid_idx], labels.iloc[valid_idx], spec.task_type)[spec.metric])
+            scores.append(
+                score(pipeline, features.iloc[valid_idx], labels.iloc[valid_idx], spec.task_type)[spec.metric]
+            )
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()

@@ -7,7 +7,7 @@ deployment's trigger in prefect.yaml listens for that event, so retraining is Pr
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -27,8 +27,10 @@ def check_drift(current_path: str, model_tag: str) -> dict:
     result, snapshot = monitoring.compute_drift(
         model.reference, current, model.schema, settings.monitoring.drift_threshold
     )
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    report = monitoring.save_report(snapshot, settings.resolve(settings.monitoring.reports_dir), f"drift-{stamp}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = monitoring.save_report(
+        snapshot, settings.resolve(settings.monitoring.reports_dir), f"drift-{stamp}"
+    )
     create_markdown_artifact(
         key="drift-report",
         markdown=monitoring.markdown_summary(result, model_tag, str(path)) + f"\n\nFull report: `{report}`",
@@ -39,7 +41,7 @@ def check_drift(current_path: str, model_tag: str) -> dict:
 
 @flow(name="monitor", log_prints=True)
 def monitor(current_path: str | None = None) -> dict:
-    """Check a batch for drift; returns the verdict, with `event_emitted` true when retraining was asked for."""
+    """Check a batch for drift; returns the verdict, `event_emitted` says if retraining was asked for."""
     settings = get_settings()
     logger = get_run_logger()
     model_tag = registry.latest_tag(settings)
@@ -48,12 +50,19 @@ def monitor(current_path: str | None = None) -> dict:
     if verdict["drifted"]:
         event = emit_event(
             event=settings.drift_event,
-            resource={"prefect.resource.id": f"{settings.model_name}.model.{model_tag}", "prefect.resource.name": model_tag},
+            resource={
+                "prefect.resource.id": f"{settings.model_name}.model.{model_tag}",
+                "prefect.resource.name": model_tag,
+            },
             payload={k: verdict[k] for k in ("drift_share", "drifted_columns", "threshold", "n_current")},
         )
         verdict["event_emitted"] = event is not None
-        logger.warning("Drift: share %.3f of columns %s; event %s emitted", verdict["drift_share"], verdict["drifted_columns"], settings.drift_event)
+        logger.warning(
+            "Drift: share %.3f of columns %s; event %s emitted",
+            verdict["drift_share"],
+            verdict["drifted_columns"],
+            settings.drift_event,
+        )
     else:
         print(f"No drift: share {verdict['drift_share']:.3f} below threshold {verdict['threshold']}")
     return verdict
-

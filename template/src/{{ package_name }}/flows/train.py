@@ -19,7 +19,9 @@ def load_data() -> data.Dataset:
 
 
 @task(cache_policy=NO_CACHE)
-def tune_batch(spec: tuning.TuningSpec, parts: training.Split, schema: dict, n_trials: int, deadline: float | None) -> int:
+def tune_batch(
+    spec: tuning.TuningSpec, parts: training.Split, schema: dict, n_trials: int, deadline: float | None
+) -> int:
     """One task runs a whole batch of trials: task overhead (tens of ms) stays small next to trial time."""
     study = tuning.open_study(spec)
     objective = tuning.make_objective(spec, parts.train_x, parts.train_y, schema)
@@ -27,7 +29,9 @@ def tune_batch(spec: tuning.TuningSpec, parts: training.Split, schema: dict, n_t
 
 
 @task(cache_policy=NO_CACHE)
-def refit_and_register(spec: tuning.TuningSpec, parts: training.Split, schema: dict, data_hash: str, reason: str) -> str:
+def refit_and_register(
+    spec: tuning.TuningSpec, parts: training.Split, schema: dict, data_hash: str, reason: str
+) -> str:
     settings = get_settings()
     study = tuning.open_study(spec)
     params = training.best_params(study)
@@ -40,7 +44,11 @@ def refit_and_register(spec: tuning.TuningSpec, parts: training.Split, schema: d
         metrics=metrics,
         params=params,
         data_hash=data_hash,
-        extra={"study_name": spec.study_name, "n_trials_finished": tuning.finished_trials(study), "reason": reason},
+        extra={
+            "study_name": spec.study_name,
+            "n_trials_finished": tuning.finished_trials(study),
+            "reason": reason,
+        },
     )
     create_table_artifact(
         key="holdout-metrics",
@@ -66,7 +74,11 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     batches = tuning.plan_batches(wanted - done, settings.tuning.trials_per_task)
     logger.info(
         "Study %s: %d of %d trials already finished, %d to run in %d batch(es)",
-        spec.study_name, done, wanted, max(wanted - done, 0), len(batches),
+        spec.study_name,
+        done,
+        wanted,
+        max(wanted - done, 0),
+        len(batches),
     )
     for size in batches:
         tune_batch(spec, parts, schema, size, deadline)
