@@ -1,0 +1,157 @@
+"""Shared helpers: the answer sets every test renders, rendering itself, and data a user would bring.
+
+Render-only tests pass `run_tasks=False` (no `uv lock`), so the fast tests need neither uv nor a network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import copier
+import pytest
+import yaml
+from copier.errors import DirtyLocalWarning
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each set is what a user answers; every other question keeps its default from copier.yml.
+ANSWER_SETS: dict[str, dict[str, object]] = {
+    "default": {},
+    "regression_csv": {
+        "task_type": "regression",
+        "model_family": "gradient_boosting",
+        "data_path": "data/train.csv",
+        "target_column": "price",
+        "ci_provider": "gitlab",
+        "python_version": "3.12",
+    },
+    "linear_none": {
+        "model_family": "linear",
+        "ci_provider": "none",
+        "project_name": "42 Things",
+        # Non-default values, so a template that hardcodes the defaults cannot pass the render tests.
+        "n_trials": 7,
+        "drift_threshold": 0.25,
+        "train_schedule": "30 2 * * *",
+        "monitor_schedule": "*/15 * * * *",
+        "timezone": "Europe/Berlin",
+        "work_pool": "ml-pool",
+    },
+}
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter for `version` that uv can use without downloading one (it cannot here: no internet).
+
+    uv finds the active interpreter on PATH; others installed with pyenv are only behind shims that fail.
+    """
+    found = subprocess.run(["uv", "python", "find", version], capture_output=True, text=True, check=False)
+    if found.returncode == 0 and found.stdout.strip():
+        return found.stdout.strip()
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@contextlib.contextmanager
+def uv_python(version: str) -> Iterator[None]:
+    """Point uv (the `uv lock` task runs inside this process's environment) at a local `version`."""
+    interpreter = find_python(version) if shutil.which("uv") else None
+    previous = os.environ.get("UV_PYTHON")
+    if interpreter:
+        os.environ["UV_PYTHON"] = interpreter
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("UV_PYTHON", None)
+        else:
+            os.environ["UV_PYTHON"] = previous
+
+
+def render(answers: dict[str, object], dst: Path, *, run_tasks: bool = False) -> Path:
+    """`copier copy --trust --defaults` of this repository's working tree (uncommitted changes included)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        with uv_python(str(answers.get("python_version", "3.11"))):
+            copier.run_copy(
+                str(REPO),
+                str(dst),
+                data=dict(answers),
+                defaults=True,
+                unsafe=True,
+                vcs_ref="HEAD",
+                quiet=True,
+                skip_tasks=not run_tasks,
+            )
+    return dst
+
+
+def recorded_answers(project: Path) -> dict[str, object]:
+    """All answers of a rendered project, defaults included, as Copier recorded them."""
+    return yaml.safe_load((project / ".copier-answers.yml").read_text())
+
+
+def package_of(project: Path) -> str:
+    return str(recorded_answers(project)["package_name"])
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory) -> Callable[[str], Path]:
+    """Render an answer set once per session (no tasks) and hand out its folder; tests only read it."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = render(ANSWER_SETS[name], tmp_path_factory.mktemp(name) / "project")
+        return cache[name]
+
+    return get
+
+
+def write_regression_csv(project: Path, rows: int = 300, seed: int = 7) -> Path:
+    """The data/train.csv a user brings: numbers, text categories, missing values and a `price` to predict.
+
+    One column name has a capital and a space, as exported spreadsheets do; the project normalises it.
+    Written with the standard library: the generator's environment has no pandas.
+    """
+    rng = random.Random(seed)
+    city_premium = {"berlin": 0, "hamburg": 50_000, "munich": 120_000}
+    path = project / "data" / "train.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(["area", "rooms", "Year Built", "city", "condition", "price"])
+        for _ in range(rows):
+            area = round(rng.uniform(30, 200), 1)
+            rooms = rng.randint(1, 6)
+            year_built = rng.randint(1950, 2023)
+            city = rng.choice(list(city_premium))
+            condition = rng.choice(["new", "good", "worn"])
+            price = (
+                3000 * area
+                + 10_000 * rooms
+                + 800 * (year_built - 1950)
+                + city_premium[city]
+                - (40_000 if condition == "worn" else 0)
+                + rng.gauss(0, 15_000)
+            )
+            writer.writerow(
+                [
+                    area,
+                    rooms,
+                    "" if rng.random() < 0.1 else year_built,  # missing values, as real exports have
+                    "" if rng.random() < 0.05 else city,
+                    condition,
+                    round(price),
+                ]
+            )
+    return path

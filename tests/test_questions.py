@@ -1,0 +1,63 @@
+"""A user who gives a bad answer is stopped before anything is written, by a message naming the question."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import package_of, recorded_answers, render
+
+CSV = {"data_path": "data/train.csv"}
+
+INVALID = [
+    # (question, answers, a part of the message the user sees)
+    ("package_name", {"package_name": "Bad-Name"}, r'"Bad-Name" is not a valid Python package name'),
+    ("package_name", {"package_name": "class"}, r'"class" is a Python keyword'),
+    ("package_name", {"package_name": "1abc"}, r'"1abc" is not a valid Python package name'),
+    ("python_version", {"python_version": "3.10"}, r"'3\.10' is not in \['3\.11', '3\.12', '3\.13'\]"),
+    ("n_trials", {"n_trials": 0}, r"n_trials must be between 1 and 10000 \(you gave 0\)"),
+    ("drift_threshold", {"drift_threshold": 0}, r"greater than 0 and at most 1 .*you gave 0"),
+    ("drift_threshold", {"drift_threshold": 1.5}, r"greater than 0 and at most 1 .*you gave 1\.5"),
+    ("train_schedule", {"train_schedule": "every day"}, r'"every day" is not a 5-field cron expression'),
+    ("monitor_schedule", {"monitor_schedule": "* * *"}, r'"\* \* \*" is not a 5-field cron expression'),
+    ("timezone", {"timezone": "Not a zone!"}, r'"Not a zone!" is not an IANA time zone name'),
+    ("data_path", {"data_path": "train.xlsx"}, r'"train\.xlsx" must be a path .* ending in \.csv'),
+    ("target_column", {**CSV, "target_column": ""}, r"target_column is required .*data/train\.csv"),
+    ("work_pool", {"work_pool": "Bad Pool"}, r'"Bad Pool" must use lowercase letters'),
+]
+
+
+def refusal(question: str, message: str) -> str:
+    """Copier's wording: 'Validation error for question ...' or, for choices, 'Invalid choice for ...'."""
+    return rf"(Validation error for question|Invalid choice for) '{question}': .*{message}"
+
+
+@pytest.mark.parametrize(
+    ("question", "answers", "message"), INVALID, ids=[f"{q}={a[q]!r}" for q, a, _ in INVALID]
+)
+def test_invalid_answer_is_refused_with_a_message_naming_the_question(tmp_path, question, answers, message):
+    with pytest.raises(ValueError, match=refusal(question, message)):
+        render(answers, tmp_path / "project")
+
+
+def test_edge_answers_that_are_valid_are_accepted(tmp_path):
+    answers = {
+        "n_trials": 1,
+        "drift_threshold": 1,
+        "timezone": "America/Argentina/Buenos_Aires",
+        "data_path": "data/sales-2024.parquet",
+        "target_column": "units sold",
+        "train_schedule": "0 */6 * * MON-FRI",
+        "work_pool": "gpu-pool-2",
+    }
+    project = render(answers, tmp_path / "project")
+    assert {k: recorded_answers(project)[k] for k in answers} == answers
+
+
+@pytest.mark.parametrize(
+    ("answers", "package"),
+    [({}, "my_ml_project"), ({"project_name": "42 Things"}, "ml_42_things")],
+    ids=["default", "name-starting-with-a-digit"],
+)
+def test_package_name_is_derived_from_the_project_name(tmp_path, answers, package):
+    project = render(answers, tmp_path / "project")
+    assert package_of(project) == package
+    assert (project / "src" / package / "__init__.py").is_file()

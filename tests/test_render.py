@@ -1,0 +1,173 @@
+"""What `copier copy` writes, for every answer set, checked without installing anything."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ANSWER_SETS, package_of, recorded_answers
+from packaging.specifiers import SpecifierSet
+
+# The tree of a project with default answers; {pkg} is the package name.
+DEFAULT_TREE = [
+    ".copier-answers.yml",
+    ".github/workflows/ci.yml",
+    ".gitignore",
+    "README.md",
+    "prefect.yaml",
+    "pyproject.toml",
+    "settings.toml",
+    "src/{pkg}/__init__.py",
+    "src/{pkg}/__main__.py",
+    "src/{pkg}/config.py",
+    "src/{pkg}/data.py",
+    "src/{pkg}/demo.py",
+    "src/{pkg}/flows/__init__.py",
+    "src/{pkg}/flows/monitor.py",
+    "src/{pkg}/flows/retrain.py",
+    "src/{pkg}/flows/train.py",
+    "src/{pkg}/localstack.py",
+    "src/{pkg}/model.py",
+    "src/{pkg}/monitoring.py",
+    "src/{pkg}/registry.py",
+    "src/{pkg}/schema.py",
+    "src/{pkg}/service.py",
+    "src/{pkg}/training.py",
+    "src/{pkg}/tuning.py",
+    "tests/conftest.py",
+    "tests/test_data.py",
+    "tests/test_flows.py",
+    "tests/test_model.py",
+    "tests/test_monitoring.py",
+    "tests/test_tuning.py",
+]
+
+CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
+
+# The only Jinja-looking text meant to survive rendering: Prefect fills it in from the drift event.
+PREFECT_TEMPLATE = "{{ event.payload.drift_share }}"
+
+pytestmark = pytest.mark.parametrize("answer_set", list(ANSWER_SETS))
+
+
+@pytest.fixture
+def project(rendered, answer_set) -> Path:
+    return rendered(answer_set)
+
+
+@pytest.fixture
+def answers(project) -> dict:
+    return recorded_answers(project)
+
+
+def expected_tree(answers: dict) -> set[str]:
+    tree = {path.format(pkg=answers["package_name"]) for path in DEFAULT_TREE}
+    return (tree - CI_FILES["github"]) | CI_FILES[answers["ci_provider"]]
+
+
+def files_of(project: Path) -> set[str]:
+    return {p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file()}
+
+
+def load_toml(project: Path, name: str) -> dict:
+    return tomllib.loads((project / name).read_text())
+
+
+def load_prefect_yaml(project: Path) -> dict:
+    return yaml.safe_load((project / "prefect.yaml").read_text())
+
+
+def deployment(project: Path, name: str) -> dict:
+    (found,) = [d for d in load_prefect_yaml(project)["deployments"] if d["name"] == name]
+    return found
+
+
+def ruff(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The generator's ruff, run in the project so the project's own ruff settings apply."""
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args, "--no-cache", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_answers_are_recorded(answers, answer_set):
+    assert {k: answers[k] for k in ANSWER_SETS[answer_set]} == ANSWER_SETS[answer_set]
+
+
+def test_exactly_the_expected_files_are_written(project, answers):
+    assert files_of(project) == expected_tree(answers)
+
+
+def test_no_jinja_is_left_except_prefects_own_event_template(project):
+    leftovers = {}
+    for name in sorted(files_of(project)):
+        text = (project / name).read_text()
+        if name == "prefect.yaml":
+            assert text.count(PREFECT_TEMPLATE) == 2, "the retrain trigger's two event parameters"
+            text = text.replace(PREFECT_TEMPLATE, "")
+        found = re.findall(r".*(?:\{\{|\{%|\{#).*", text)
+        if found:
+            leftovers[name] = found
+    assert leftovers == {}
+
+
+def test_retrain_is_triggered_by_the_projects_drift_event(project, answers):
+    trigger = deployment(project, "retrain")["triggers"][0]
+    package = answers["package_name"]
+    assert trigger["type"] == "event"
+    assert f"{package}.drift.detected" in trigger["expect"]
+    assert trigger["match"]["prefect.resource.id"].startswith(f"{package}.")
+    assert trigger["parameters"]["drift_share"] == PREFECT_TEMPLATE
+    assert PREFECT_TEMPLATE in trigger["parameters"]["reason"]
+
+
+def test_schedules_and_work_pool_are_the_answered_ones(project, answers):
+    for name in ("train", "monitor"):
+        (schedule,) = deployment(project, name)["schedules"]
+        assert schedule == {"cron": answers[f"{name}_schedule"], "timezone": answers["timezone"]}
+    pools = {d["name"]: d["work_pool"]["name"] for d in load_prefect_yaml(project)["deployments"]}
+    assert pools == dict.fromkeys(["train", "monitor", "retrain"], answers["work_pool"])
+
+
+def test_settings_file_holds_the_answered_values(project, answers):
+    settings = load_toml(project, "settings.toml")
+    assert settings["project"] == {
+        "name": answers["project_name"],
+        "package": answers["package_name"],
+        "template_version": answers["_commit"],
+    }
+    assert {k: settings["data"][k] for k in ("path", "target_column", "task_type", "seed")} == {
+        "path": answers["data_path"],
+        "target_column": answers["target_column"],
+        "task_type": answers["task_type"],
+        "seed": answers["random_seed"],
+    }
+    assert settings["tuning"]["model_family"] == answers["model_family"]
+    assert settings["tuning"]["n_trials"] == answers["n_trials"]
+    assert settings["monitoring"]["drift_threshold"] == answers["drift_threshold"]
+    assert settings["prefect"] == {
+        key: answers[key] for key in ("work_pool", "train_schedule", "monitor_schedule", "timezone")
+    }
+
+
+def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answers):
+    pyproject = load_toml(project, "pyproject.toml")
+    requires = SpecifierSet(pyproject["project"]["requires-python"])
+    assert requires.contains(f"{answers['python_version']}.0")
+    assert pyproject["project"]["name"] == answers["package_name"].replace("_", "-")
+    assert pyproject["tool"]["ruff"]["target-version"] == "py" + answers["python_version"].replace(".", "")
+    assert pyproject["tool"]["bentoml"]["build"]["service"] == f"{package_of(project)}.service:Predictor"
+
+
+@pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["check", "format"])
+def test_ruff_is_clean_on_the_rendered_project(project, command):
+    result = ruff(project, *command)
+    assert result.returncode == 0, result.stdout + result.stderr
