@@ -60,7 +60,7 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
         DeploymentFilter,
         DeploymentFilterId,
         FlowRunFilter,
-        FlowRunFilterStartTime,
+        FlowRunFilterExpectedStartTime,
     )
 
     deadline = time.monotonic() + timeout
@@ -70,7 +70,9 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
         while time.monotonic() < deadline:
             runs = await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterStartTime(after_=since)),
+                flow_run_filter=FlowRunFilter(
+                    expected_start_time=FlowRunFilterExpectedStartTime(after_=since)
+                ),
             )
             if runs:
                 run = min(runs, key=lambda r: r.created)
@@ -116,26 +118,30 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
     run_dir = root / ".demo"
     summary: dict[str, Any] = {"started": datetime.now(UTC).isoformat()}
     started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[demo {time.monotonic() - started:6.1f}s] {message}", flush=True)
+
     with contextlib.ExitStack() as stack:
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
-            print("Starting a local Prefect server (SQLite, 127.0.0.1)...")
+            say("Starting a local Prefect server (SQLite, 127.0.0.1)...")
             api_url = stack.enter_context(
                 localstack.prefect_server(run_dir / "prefect-home", run_dir / "logs")
             )
         stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
         ui_url = api_url.removesuffix("/api")
-        print(f"Prefect UI: {ui_url}")
-        print(f"Deploying prefect.yaml to work pool {settings.prefect.work_pool}...")
+        say(f"Prefect UI: {ui_url}")
+        say(f"Deploying prefect.yaml to work pool {settings.prefect.work_pool}...")
         deploy(settings, api_url)
         stack.enter_context(
             localstack.prefect_worker(settings.prefect.work_pool, api_url, root, run_dir / "logs")
         )
 
-        print("Training (Optuna)...")
+        say("Training (Optuna)...")
         summary["model"] = train(reason="demo")
 
-        print("Serving with BentoML...")
+        say("Serving with BentoML...")
         base = stack.enter_context(
             localstack.bentoml_service(
                 f"{settings.project.package}.service:Predictor", root, run_dir / "logs"
@@ -143,31 +149,32 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
         )
         clean, shifted = demo_batches(settings, run_dir / "batches")
         summary["predictions"] = send_requests(base, clean)
-        print(f"Service at {base} answered: {summary['predictions'][0]}")
+        say(f"Service at {base} answered: {summary['predictions'][0]}")
 
-        print("Monitoring a clean batch...")
+        say("Monitoring a clean batch...")
         summary["clean"] = monitor(current_path=str(clean))
         if summary["clean"]["event_emitted"]:
             raise RuntimeError(
                 f"the clean batch was reported as drifted: {summary['clean']['drifted_columns']}"
             )
         since = datetime.now(UTC)
-        print("Monitoring a shifted batch...")
+        say("Monitoring a shifted batch...")
         summary["shifted"] = monitor(current_path=str(shifted))
         if not summary["shifted"]["event_emitted"]:
             raise RuntimeError("the shifted batch was not reported as drifted; no retraining would start")
-        print(f"Drift event {settings.drift_event} emitted; waiting for the retrain deployment's trigger...")
-        summary["retrain"] = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
+        say(f"Drift event {settings.drift_event} emitted; waiting for the retrain deployment's trigger...")
+        summary["retrain"] = retrain = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
+        say(
+            f"Retrain run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
+            f"with parameters {retrain['parameters']}"
+        )
         summary["ui_url"] = ui_url
+        say("Stopping the service, the worker and the server...")
     summary["seconds"] = round(time.monotonic() - started, 1)
-    retrain = summary["retrain"]
+    print(f"Demo finished in {summary['seconds']} s. The Prefect UI was at {ui_url}.")
     print(
-        f"Retrain flow run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
-        f"(parameters {retrain['parameters']})"
-    )
-    print(
-        f"Demo finished in {summary['seconds']} s. Prefect UI was at {ui_url}; "
-        f"its runs, artifacts and events are kept in {run_dir}."
+        "To browse the demo's runs, artifacts and events again: "
+        f"PREFECT_HOME={run_dir / 'prefect-home'} uv run prefect server start"
     )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if retrain["state"] != "COMPLETED":

@@ -55,6 +55,7 @@ def make_spec(settings: Settings, data_hash: str) -> TuningSpec:
 
 
 def open_study(spec: TuningSpec, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial drowns the flow's own log
     return optuna.create_study(
         study_name=spec.study_name,
         storage=spec.storage if storage is None else storage,
@@ -98,7 +99,6 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, deadline
     before = finished_trials(study)
     timeout = None if deadline is None else max(deadline - time.time(), 0.0)
     if n_trials > 0 and (timeout is None or timeout > 0):
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
     return finished_trials(study) - before
 

@@ -57,10 +57,12 @@ def monitor(current_path: str | None = None) -> dict:
             payload={k: verdict[k] for k in ("drift_share", "drifted_columns", "threshold", "n_current")},
         )
         verdict["event_emitted"] = event is not None
+        columns = verdict["drifted_columns"]
         logger.warning(
-            "Drift: share %.3f of columns %s; event %s emitted",
+            "Drift: share %.3f (%d columns: %s); event %s emitted",
             verdict["drift_share"],
-            verdict["drifted_columns"],
+            len(columns),
+            ", ".join(columns[:8]) + (", ..." if len(columns) > 8 else ""),
             settings.drift_event,
         )
     else:

@@ -1,0 +1,1 @@
+"""The generator's own flows: `python -m flows.demo [DEST]` scaffolds a project and runs its lifecycle once."""
