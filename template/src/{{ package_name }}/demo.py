@@ -92,6 +92,19 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
         }
 
 
+async def deployed_schedules() -> dict[str, list[str]]:
+    """The cron schedules the server holds per deployment, as `prefect deploy` created them."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deployments = await client.read_deployments()
+        flows = {f.id: f.name for f in await client.read_flows()}
+    return {
+        f"{flows[d.flow_id]}/{d.name}": [getattr(s.schedule, "cron", str(s.schedule)) for s in d.schedules]
+        for d in deployments
+    }
+
+
 def deploy(settings: Settings, api_url: str) -> None:
     env = localstack.prefect_env(api_url)
     prefect = localstack.venv_command("prefect")
@@ -134,6 +147,8 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
         say(f"Prefect UI: {ui_url}")
         say(f"Deploying prefect.yaml to work pool {settings.prefect.work_pool}...")
         deploy(settings, api_url)
+        summary["schedules"] = asyncio.run(deployed_schedules())
+        say(f"Deployments and their schedules: {summary['schedules']}")
         stack.enter_context(
             localstack.prefect_worker(settings.prefect.work_pool, api_url, root, run_dir / "logs")
         )
