@@ -53,7 +53,7 @@ class TuningSettings(BaseModel):
 
 
 class RegistrySettings(BaseModel):
-    bentoml_home: str = ".bentoml"
+    bentoml_home: str = ""
     reference_rows: int = Field(5000, ge=10)
 
 
@@ -135,7 +135,10 @@ class Settings(BaseSettings):
 
     @property
     def bentoml_home(self) -> Path:
-        return self.resolve(self.registry.bentoml_home)
+        """The model store folder: the configured one, else BentoML's default."""
+        if self.registry.bentoml_home:
+            return self.resolve(self.registry.bentoml_home)
+        return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
 
     @property
     def model_name(self) -> str:
