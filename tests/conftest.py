@@ -10,12 +10,14 @@ import csv
 import os
 import random
 import shutil
+import signal
 import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import copier
+import plumbum
 import pytest
 import yaml
 from copier.errors import DirtyLocalWarning
@@ -52,8 +54,11 @@ def find_python(version: str) -> str | None:
     """An interpreter for `version` that uv can use without downloading one (it cannot here: no internet).
 
     uv finds the active interpreter on PATH; others installed with pyenv are only behind shims that fail.
+    None when there is none: uv then looks (and may download) on its own.
     """
-    found = subprocess.run(["uv", "python", "find", version], capture_output=True, text=True, check=False)
+    found = subprocess.run(  # --system: not the generator's own .venv, which uv would find first
+        ["uv", "python", "find", "--system", version], capture_output=True, text=True, check=False
+    )
     if found.returncode == 0 and found.stdout.strip():
         return found.stdout.strip()
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
@@ -63,18 +68,69 @@ def find_python(version: str) -> str | None:
 
 @contextlib.contextmanager
 def uv_python(version: str) -> Iterator[None]:
-    """Point uv (the `uv lock` task runs inside this process's environment) at a local `version`."""
+    """Point uv at a local `version` for the `uv lock` task that Copier runs from this process.
+
+    Copier runs tasks with plumbum's copy of the environment (taken when plumbum was imported), so the
+    variable goes into both that copy and os.environ.
+    """
     interpreter = find_python(version) if shutil.which("uv") else None
-    previous = os.environ.get("UV_PYTHON")
-    if interpreter:
-        os.environ["UV_PYTHON"] = interpreter
-    try:
+    if interpreter is None:
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("UV_PYTHON", None)
-        else:
-            os.environ["UV_PYTHON"] = previous
+        return
+    with pytest.MonkeyPatch.context() as patch, plumbum.local.env(UV_PYTHON=interpreter):
+        patch.setenv("UV_PYTHON", interpreter)
+        yield
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The user's environment for a generated project's commands: without the generator's virtualenv,
+    model store or Prefect API, with Prefect's local server quiet and patient on two cores."""
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "BENTOML_HOME", "PREFECT_API_URL"}}
+    env.update(
+        UV_COMPILE_BYTECODE="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+    )
+    return {**env, **extra}
+
+
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30) -> tuple:
+    """Signal a process's whole group (uv and everything under it), SIGKILL it if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        return process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()
+
+
+def run(command: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command to the end in its own process group. On timeout the group gets SIGINT first, so the
+    command's own cleanup (servers it started) runs, and the test fails with the output so far."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = stop_group(process, signal.SIGINT, grace=60)
+        pytest.fail(f"{command} did not finish in {timeout:.0f} s\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    """The end of a command's output, for assertion messages."""
+    out, err = result.stdout[-4000:], result.stderr[-4000:]
+    return f"exit {result.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
 def render(answers: dict[str, object], dst: Path, *, run_tasks: bool = False) -> Path:

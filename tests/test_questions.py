@@ -10,7 +10,7 @@ CSV = {"data_path": "data/train.csv"}
 INVALID = [
     # (question, answers, a part of the message the user sees)
     ("package_name", {"package_name": "Bad-Name"}, r'"Bad-Name" is not a valid Python package name'),
-    ("package_name", {"package_name": "class"}, r'"class" is a Python keyword'),
+    ("package_name", {"package_name": "class"}, r'"class" .*Python keyword'),
     ("package_name", {"package_name": "1abc"}, r'"1abc" is not a valid Python package name'),
     ("python_version", {"python_version": "3.10"}, r"'3\.10' is not in \['3\.11', '3\.12', '3\.13'\]"),
     ("n_trials", {"n_trials": 0}, r"n_trials must be between 1 and 10000 \(you gave 0\)"),

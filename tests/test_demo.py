@@ -1,0 +1,52 @@
+"""The generator's main command: scaffold a project and run its whole lifecycle once, drift to retrain.
+
+`python -m flows.demo DEST` copies the template with default answers, installs the project and runs its
+`demo`, which writes DEST/.demo/summary.json. This is the loop a new user sees first, so it runs for real:
+a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the trigger.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO, explain, run, subprocess_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1700)]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One run of the main command; returns its process result and the summary it wrote."""
+    root = tmp_path_factory.mktemp("demo")
+    dest = root / "project"
+    env = subprocess_env(PREFECT_HOME=str(root / "prefect-home"), BENTOML_HOME=str(root / "bentoml"))
+    result = run(["uv", "run", "python", "-m", "flows.demo", str(dest)], cwd=REPO, env=env, timeout=1500)
+    summary_file = dest / ".demo" / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    return result, summary
+
+
+def test_main_command_succeeds_and_points_at_the_prefect_ui(demo):
+    result, summary = demo
+    assert result.returncode == 0, explain(result)
+    assert "Prefect UI" in result.stdout + result.stderr
+    assert summary is not None, "no .demo/summary.json was written"
+    assert summary["ui_url"].startswith("http://127.0.0.1:")
+
+
+def test_clean_batch_raises_no_drift_event_and_shifted_batch_does(demo):
+    _, summary = demo
+    assert summary is not None, "no .demo/summary.json was written"
+    assert summary["clean"]["event_emitted"] is False
+    assert summary["shifted"]["event_emitted"] is True
+
+
+def test_drift_event_starts_a_retrain_run_that_completes(demo):
+    _, summary = demo
+    assert summary is not None, "no .demo/summary.json was written"
+    retrain = summary["retrain"]
+    assert retrain["state"] == "COMPLETED", retrain
+    assert retrain["created_by"] == "AUTOMATION", retrain
+    # Prefect renders the trigger's "{{ event.payload.drift_share }}" as a number: the flow's float.
+    assert retrain["parameters"]["drift_share"] == pytest.approx(summary["shifted"]["drift_share"])

@@ -1,0 +1,215 @@
+"""A generated project, installed for real: its own tests pass, it trains, serves and refuses bad input.
+
+Each answer set is rendered with its tasks (so `uv lock` writes uv.lock), installed with `uv sync`, and
+then used only through its command line and HTTP API, the way a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import (
+    ANSWER_SETS,
+    explain,
+    find_python,
+    package_of,
+    render,
+    run,
+    stop_group,
+    subprocess_env,
+    write_regression_csv,
+)
+
+pytestmark = pytest.mark.slow
+
+INSTALLED_SETS = ["default", "regression_csv"]
+
+# Run inside the project's environment, with the package name as argv[1]; print one JSON line.
+# The project's package is imported first: it points BentoML at the project's own model store.
+LIST_MODELS = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+import bentoml
+print(json.dumps(sorted(str(m.tag) for m in bentoml.models.list(sys.argv[1]))))
+"""
+REQUEST_SAMPLE = """
+import importlib, json, sys
+package = sys.argv[1]
+settings = importlib.import_module(package + ".config").get_settings()
+import bentoml
+data, registry = (importlib.import_module(f"{package}.{m}") for m in ("data", "registry"))
+schema = bentoml.models.get(registry.latest_tag(settings)).info.metadata["feature_schema"]
+rows = data.load_dataset(settings).features.head(5).to_json(orient="records")
+print(json.dumps({"schema": schema, "rows": json.loads(rows)}))
+"""
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    package: str
+    env: dict[str, str]
+
+    def run(self, *command: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        """Run a command in the project folder, with the project's environment plus `env`."""
+        return run(list(command), cwd=self.root, env={**self.env, **env}, timeout=timeout)
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        """`python -m <package> ...`, the project's own command line."""
+        return self.run("uv", "run", "python", "-m", self.package, *args, **env)
+
+    def query(self, script: str):
+        """Run a short script in the project's environment and parse the JSON it prints last."""
+        result = self.run("uv", "run", "python", "-c", script, self.package)
+        assert result.returncode == 0, explain(result)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def project_env(python_version: str, prefect_home: Path, bentoml_home: Path) -> dict[str, str]:
+    """Commands of one project use its Python (found locally), a model store of its own (never the
+    user's ~/bentoml) and a Prefect home that is not the user's either."""
+    interpreter = find_python(python_version)
+    pinned = {"UV_PYTHON": interpreter} if interpreter else {}
+    return subprocess_env(PREFECT_HOME=str(prefect_home), BENTOML_HOME=str(bentoml_home), **pinned)
+
+
+@pytest.fixture(scope="session")
+def prefect_home(tmp_path_factory) -> Path:
+    """One Prefect home (ephemeral servers' SQLite database) for all projects, never the user's own."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="module", params=INSTALLED_SETS)
+def project(request, tmp_path_factory, prefect_home) -> Project:
+    answers = ANSWER_SETS[request.param]
+    home = tmp_path_factory.mktemp(request.param)
+    root = render(answers, home / "project", run_tasks=True)
+    if answers.get("data_path"):
+        write_regression_csv(root)
+    env = project_env(str(answers.get("python_version", "3.11")), prefect_home, home / "bentoml")
+    installed = Project(root, package_of(root), env)
+    synced = installed.run("uv", "sync")
+    assert synced.returncode == 0, explain(synced)
+    return installed
+
+
+@pytest.fixture(scope="module")
+def trained(project) -> subprocess.CompletedProcess:
+    """One short training run per project; the tests that need a model start from it."""
+    return project.cli("train", "--n-trials", "3")
+
+
+@pytest.fixture(scope="module")
+def model(project, trained) -> dict:
+    """The trained model's feature schema and a few real training rows to send to it."""
+    assert trained.returncode == 0, "training failed, so there is no model to serve:\n" + explain(trained)
+    return project.query(REQUEST_SAMPLE)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(project: Project, log: Path, timeout: float = 180) -> Iterator[str]:
+    """`python -m <package> serve` in its own process group; yields its URL once /readyz answers."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            ["uv", "run", "python", "-m", project.package, "serve", "--port", str(port)],
+            cwd=project.root,
+            env=project.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"serve did not become ready (exit {process.poll()}):\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield base
+    finally:
+        stop_group(process)
+
+
+def ready(base: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    return False
+
+
+@pytest.fixture(scope="module")
+def service(project, model, tmp_path_factory) -> Iterator[str]:
+    with serving(project, tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        yield base
+
+
+def predict(service: str, rows: list[dict]) -> httpx.Response:
+    return httpx.post(f"{service}/predict", json={"rows": rows}, timeout=60)
+
+
+def required_field(schema: dict, kind: str | None = None) -> str:
+    """A field every request must carry (not nullable), optionally of one kind (number or category)."""
+    return next(
+        name for name, spec in schema.items() if not spec["nullable"] and kind in (None, spec["kind"])
+    )
+
+
+def test_copy_task_locks_the_dependencies(project):
+    assert (project.root / "uv.lock").is_file()
+
+
+def test_projects_own_test_suite_passes(project):
+    result = project.run("uv", "run", "pytest", "-q", "-p", "no:cacheprovider")
+    assert result.returncode == 0, explain(result)
+
+
+def test_train_registers_a_model(project, trained):
+    assert trained.returncode == 0, explain(trained)
+    assert "Registered model" in trained.stdout + trained.stderr  # Prefect logs prints to stderr
+    assert len(project.query(LIST_MODELS)) == 1
+
+
+def test_service_predicts_for_real_rows(service, model):
+    response = predict(service, model["rows"])
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == len(model["rows"])
+
+
+def test_request_missing_a_field_is_refused_naming_it(service, model):
+    field = required_field(model["schema"])
+    row = {k: v for k, v in model["rows"][0].items() if k != field}
+    response = predict(service, [row])
+    assert response.status_code == 400, response.text
+    assert field in response.text
+
+
+def test_request_with_a_wrong_type_is_refused_naming_the_field(service, model):
+    field = required_field(model["schema"], kind="number")
+    response = predict(service, [{**model["rows"][0], field: "not a number"}])
+    assert response.status_code == 400, response.text
+    assert field in response.text
+
+
+def test_training_without_the_target_column_fails_and_registers_nothing(project, trained):
+    before = project.query(LIST_MODELS)
+    variable = f"{project.package.upper()}_DATA__TARGET_COLUMN"
+    result = project.cli("train", "--n-trials", "1", **{variable: "nope"})
+    assert result.returncode == 2, explain(result)
+    assert "'nope'" in result.stderr
+    assert project.query(LIST_MODELS) == before
