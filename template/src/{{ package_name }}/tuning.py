@@ -55,8 +55,10 @@ def make_spec(settings: Settings, data_hash: str) -> TuningSpec:
 
 
 def open_study(spec: TuningSpec, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study, or load it to resume. The sampler's seed moves on with the finished trials, so a
+    resumed study does not replay the random start-up trials it already ran; a fresh one starts at `seed`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial drowns the flow's own log
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=spec.study_name,
         storage=spec.storage if storage is None else storage,
         direction=spec.direction,
@@ -64,6 +66,10 @@ def open_study(spec: TuningSpec, storage: str | optuna.storages.BaseStorage | No
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
         load_if_exists=True,
     )
+    done = finished_trials(study)
+    if done:
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed + done)
+    return study
 
 
 def finished_trials(study: optuna.Study) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+import optuna
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,12 +21,8 @@ def load_data() -> data.Dataset:
 
 
 @task(cache_policy=NO_CACHE)
-def tune_batch(
-    spec: tuning.TuningSpec, parts: training.Split, schema: dict, n_trials: int, deadline: float | None
-) -> int:
+def tune_batch(study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None) -> int:
     """One task runs a whole batch of trials: task overhead (tens of ms) stays small next to trial time."""
-    study = tuning.open_study(spec)
-    objective = tuning.make_objective(spec, parts.train_x, parts.train_y, schema)
     return tuning.run_trials(study, objective, n_trials, deadline)
 
 
@@ -58,7 +56,6 @@ def refit_and_register(
     return tag
 
 
-@flow(name="tune")
 def tune(
     spec: tuning.TuningSpec,
     parts: training.Split,
@@ -66,12 +63,15 @@ def tune(
     n_trials: int,
     timeout_seconds: float = 0,
 ) -> int:
-    """Bring the study up to n_trials finished trials, in batches; returns how many ran in this call.
+    """Bring the study up to n_trials finished trials, a batch per task; returns how many ran now.
 
-    Its own (sub)flow run, so the tuning time and its batches stand apart in the UI and in the benchmark.
+    One study object serves every batch, so its seeded sampler runs on from batch to batch and the flow tries
+    the same parameters as one uninterrupted `study.optimize` loop with the same seed.
     """
     logger = get_run_logger()
-    done = tuning.finished_trials(tuning.open_study(spec))
+    study = tuning.open_study(spec)
+    objective = tuning.make_objective(spec, parts.train_x, parts.train_y, feature_schema)
+    done = tuning.finished_trials(study)
     deadline = time.time() + timeout_seconds if timeout_seconds else None
     batches = tuning.plan_batches(n_trials - done, get_settings().tuning.trials_per_task)
     logger.info(
@@ -84,7 +84,7 @@ def tune(
     )
     ran = 0
     for size in batches:
-        ran += tune_batch(spec, parts, feature_schema, size, deadline)
+        ran += tune_batch(study, objective, size, deadline)
         if deadline is not None and time.time() >= deadline:
             logger.warning("Tuning time budget of %ss reached", timeout_seconds)
             break
