@@ -51,7 +51,7 @@ def read(settings: Settings) -> AliasRecord:
 
 @contextlib.contextmanager
 def locked(settings: Settings) -> Iterator[AliasRecord]:
-    """Read-modify-write under an exclusive lock; what the block leaves in the record is written atomically."""
+    """Read-modify-write under an exclusive lock; the record as the block leaves it is written atomically."""
     path = alias_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
