@@ -1,4 +1,4 @@
-"""Command line: `python -m <package> train | serve | monitor | demo`."""
+"""Command line: `python -m <package> train | serve | monitor | promote | rollback | demo`."""
 
 from __future__ import annotations
 
@@ -22,18 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--current", default=None, help="CSV or Parquet batch (default: monitoring.current_path)"
     )
+    promote = commands.add_parser(
+        "promote", help="put a registered model through the gate against production"
+    )
+    promote.add_argument("--tag", default=None, help="model tag (default: the newest registered model)")
+    commands.add_parser("rollback", help="make the previous production model production again")
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
     return parser
 
 
 def serve(host: str | None, port: int | None) -> int:
     """Replace this process with `bentoml serve`, so signals and exit codes are BentoML's own."""
+    from .aliases import production_tag
     from .localstack import venv_command
-    from .registry import latest_tag
 
     settings = get_settings()
     host, port = host or settings.serving.host, port or settings.serving.port
-    print(f"Serving {latest_tag(settings)} on http://{host}:{port}")
+    print(f"Serving production model {production_tag(settings)} on http://{host}:{port}")
     command = [venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor"]
     command += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
     os.execvpe(command[0], command, os.environ)
@@ -58,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"drift_share={verdict['drift_share']:.3f} drifted={verdict['drifted']}"
                 f" report={verdict['report']}"
             )
+        elif args.command == "promote":
+            from .flows.promote import promote_model
+
+            result = promote_model(tag=args.tag)
+            return 0 if result["passed"] else 1
+        elif args.command == "rollback":
+            from .flows.promote import rollback_model
+
+            print(f"production is now {rollback_model()}")
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -55,6 +55,9 @@ class TuningSettings(BaseModel):
 class RegistrySettings(BaseModel):
     bentoml_home: str = ""
     reference_rows: int = Field(5000, ge=10)
+    promotion_margin: float = Field(0.0, ge=0)
+    sensitive_column: str = ""
+    max_group_gap: float = Field(0.1, ge=0)
 
 
 class ServingSettings(BaseModel):

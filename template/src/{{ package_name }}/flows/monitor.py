@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from .. import data, monitoring, registry
+from .. import aliases, data, monitoring, registry
 from ..config import get_settings
 
 
@@ -44,7 +44,7 @@ def monitor(current_path: str | None = None) -> dict:
     """Check a batch for drift; returns the verdict, `event_emitted` says if retraining was asked for."""
     settings = get_settings()
     logger = get_run_logger()
-    model_tag = registry.latest_tag(settings)
+    model_tag = aliases.production_tag(settings)  # the served model's reference is the one that matters
     verdict = check_drift(current_path or settings.monitoring.current_path, model_tag)
     verdict["event_emitted"] = False
     if verdict["drifted"]:

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from .. import data, registry, training, tuning
 from ..config import get_settings
+from .promote import gate
 
 
 @task(cache_policy=NO_CACHE)
@@ -93,7 +94,7 @@ def tune(
 
 @flow(name="train", log_prints=True)
 def train(n_trials: int | None = None, reason: str = "manual") -> str:
-    """Train, tune and register a model; returns the model's tag in the BentoML store."""
+    """Train, tune, register and put the model through the promotion gate; returns its tag in the store."""
     settings = get_settings()
     dataset = load_data()
     schema = data.feature_schema(dataset.features)
@@ -104,4 +105,6 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
     tag = refit_and_register(spec, parts, schema, data_hash, reason)
     print(f"Registered model {tag}")
+    verdict = gate(tag, parts.test_x, parts.test_y, reason)
+    print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
     return tag

@@ -1,0 +1,68 @@
+"""Promotion and rollback flows: the gate's verdict and the production pointer, visible in the Prefect UI."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from .. import data, promotion, registry, training
+from ..config import get_settings
+
+
+@task(cache_policy=NO_CACHE)
+def gate(candidate_tag: str, features: pd.DataFrame, labels: pd.Series, reason: str) -> dict:
+    """Judge and maybe promote; the verdict (and the per-group table) become artifacts."""
+    result = promotion.promote(get_settings(), candidate_tag, features, labels, reason)
+    verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
+    production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
+    create_markdown_artifact(
+        key="promotion-gate",
+        markdown="\n".join(
+            [
+                f"# {verdict}: `{result.candidate}`",
+                "",
+                f"{result.reason}.",
+                "",
+                f"| model | {result.metric} |",
+                "|---|---|",
+                f"| candidate `{result.candidate}` | {result.candidate_score:.4f} |",
+                f"| production `{result.production}` | {production} |",
+            ]
+        ),
+        description="The quality gate between the new model and production",
+    )
+    if result.groups:
+        create_table_artifact(
+            key="promotion-groups", table=result.groups, description="Primary metric per sensitive group"
+        )
+    return result.as_dict()
+
+
+def holdout() -> tuple[pd.DataFrame, pd.Series]:
+    """The current data's holdout rows: the same split (seed) the train flow scores on."""
+    settings = get_settings()
+    parts = training.split(data.load_dataset(settings), settings)
+    return parts.test_x, parts.test_y
+
+
+@flow(name="promote", log_prints=True)
+def promote_model(tag: str | None = None, reason: str = "manual") -> dict:
+    """Put a registered model (the newest by default) through the gate against production."""
+    settings = get_settings()
+    features, labels = holdout()
+    result = gate(tag or registry.latest_tag(settings), features, labels, reason)
+    print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
+    return result
+
+
+@flow(name="rollback", log_prints=True)
+def rollback_model() -> str:
+    """Make the previous production model production again; returns the restored tag."""
+    retired, restored = promotion.rollback(get_settings())
+    get_run_logger().warning("Rolled back: %s retired, %s is production again", retired, restored)
+    create_markdown_artifact(
+        key="rollback", markdown=f"# Rollback\n\n`{retired}` retired; `{restored}` is production again."
+    )
+    return restored
