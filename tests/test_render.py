@@ -30,6 +30,7 @@ DEFAULT_TREE = [
     "src/{pkg}/demo.py",
     "src/{pkg}/flows/__init__.py",
     "src/{pkg}/flows/monitor.py",
+    "src/{pkg}/flows/predict.py",
     "src/{pkg}/flows/promote.py",
     "src/{pkg}/flows/retrain.py",
     "src/{pkg}/flows/train.py",
@@ -39,6 +40,7 @@ DEFAULT_TREE = [
     "src/{pkg}/promotion.py",
     "src/{pkg}/registry.py",
     "src/{pkg}/schema.py",
+    "src/{pkg}/scoring.py",
     "src/{pkg}/service.py",
     "src/{pkg}/training.py",
     "src/{pkg}/tuning.py",
@@ -48,6 +50,7 @@ DEFAULT_TREE = [
     "tests/test_model.py",
     "tests/test_monitoring.py",
     "tests/test_promotion.py",
+    "tests/test_scoring.py",
     "tests/test_tuning.py",
 ]
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m <package> train | serve | monitor | promote | rollback | demo`."""
+"""Command line: `python -m <package> train | serve | monitor | promote | rollback | predict | demo`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("--tag", default=None, help="model tag (default: the newest registered model)")
     commands.add_parser("rollback", help="make the previous production model production again")
+    predict = commands.add_parser("predict", help="score a CSV or Parquet file with the production model")
+    predict.add_argument("--input", required=True, help="CSV or Parquet file with the feature columns")
+    predict.add_argument("--output", required=True, help="CSV or Parquet file to write (replaced atomically)")
+    predict.add_argument("--tag", default=None, help="model tag (default: the production model)")
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
     return parser
 
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from .flows.promote import rollback_model
 
             print(f"production is now {rollback_model()}")
+        elif args.command == "predict":
+            from .flows.predict import predict
+
+            predict(input_path=args.input, output_path=args.output, tag=args.tag)
         elif args.command == "demo":
             from .demo import run_demo
 
