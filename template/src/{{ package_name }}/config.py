@@ -63,6 +63,16 @@ class RegistrySettings(BaseModel):
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    timeout_seconds: float = Field(30, gt=0)
+    max_rows: int = Field(1000, ge=1)
+    max_batch_size: int = Field(100, ge=1)
+    max_latency_ms: int = Field(1000, ge=1)
+    request_log_path: str = "logs/requests.jsonl"
+    request_log_max_bytes: int = Field(10_000_000, ge=1024)
+    request_log_backups: int = Field(5, ge=0)
+    request_log_buffer: int = Field(10_000, ge=1)
+    api_key_env: str = ""
 
 
 class MonitoringSettings(BaseModel):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, create_model
 
 
 def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
     if spec["kind"] == "number":
-        kind: Any = float
+        # NaN and infinity are refused: a missing value is null, and only where training had missing values.
+        kind: Any = FiniteFloat
     else:
         categories = tuple(spec.get("categories") or ())
         kind = Literal[categories] if categories else str  # type: ignore[valid-type]
@@ -26,3 +27,34 @@ def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type
     """A pydantic model of one row: unknown fields are refused, so a misspelt column is not ignored."""
     fields = {column: field_for(spec) for column, spec in schema.items()}
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class RowPrediction(BaseModel):
+    """One row's answer, as the batching core returns it."""
+
+    prediction: float | int | str
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Class probabilities (classification only)"
+    )
+
+
+class Prediction(BaseModel):
+    """The answer of POST /predict: one entry per row, in the order of the request."""
+
+    predictions: list[float | int | str]
+    probabilities: list[dict[str, float]] | None = Field(
+        default=None, description="Class probabilities per row (classification only)"
+    )
+    model_version: str
+    request_id: str
+
+
+class OnePrediction(BaseModel):
+    """The answer of POST /predict_one."""
+
+    prediction: float | int | str
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Class probabilities (classification only)"
+    )
+    model_version: str
+    request_id: str

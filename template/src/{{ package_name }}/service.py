@@ -1,69 +1,208 @@
-"""The BentoML service: one class that loads the newest registered model once and answers predictions.
+"""The BentoML service: the production model behind a small, strict JSON API.
 
-The request schema is built when this module is imported, from the feature schema stored with the model,
-so `bentoml serve` refuses to start (with a message saying to train first) when there is no model.
+    POST /predict      {"rows": [{...}, ...]}  ->  {"predictions": [...], "probabilities": [...], ...}
+    POST /predict_one  {"row": {...}}          ->  {"prediction": ..., "probabilities": {...}, ...}
+    GET  /livez /readyz /metrics /docs.json     (never behind the API key)
+
+Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
+
+Both prediction endpoints hand their rows to one batchable method, `predict_rows`, through BentoML's own
+client for this service, so concurrent requests are predicted together (adaptive batching, bounded by
+serving.max_batch_size and serving.max_latency_ms); it is internal and refuses outside callers.
+
+The model is the production one (the alias record in aliases.py, set by promotion), read when this module
+is imported, and the request schema is built from the feature schema stored with it, so `bentoml serve`
+refuses to start, saying what to do, when nothing has been promoted yet. /readyz answers 200 only once the
+model is loaded and the request log is running.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from bentoml import server_context
+from bentoml.exceptions import BentoMLException, InvalidArgument
+from prometheus_client import Counter, Gauge
+from pydantic import Field
 
-from .config import get_settings
+from .aliases import production_tag
+from .config import PACKAGE, get_settings
 from .data import conform
-from .registry import latest_tag
-from .schema import row_model
+from .middleware import RequestGuard, self_call
+from .requestlog import RequestLog, worker_path
+from .schema import OnePrediction, Prediction, RowPrediction, row_model
 
 SETTINGS = get_settings()
-MODEL_TAG = latest_tag(SETTINGS)
+SERVING = SETTINGS.serving
+MODEL_TAG = production_tag(SETTINGS)
 _MODEL_INFO = bentoml.models.get(MODEL_TAG)
 FEATURE_SCHEMA: dict = _MODEL_INFO.info.metadata["feature_schema"]
 TASK_TYPE: str = _MODEL_INFO.info.metadata["task_type"]
 Features = row_model(FEATURE_SCHEMA)
-# Rows per request: an empty list would reach scikit-learn and fail with a 500, a huge one stalls a worker.
-MAX_ROWS = 1000
+# An empty list would reach scikit-learn and fail with a 500; a huge one would stall a worker.
+Rows = Annotated[
+    list[Features],  # type: ignore[valid-type]
+    Field(
+        min_length=1,
+        max_length=SERVING.max_rows,
+        description="Rows to predict, each with the training columns",
+    ),
+]
+REGRESSION_LABEL = "value"
+
+# prometheus_client metrics, as BentoML documents for custom metrics: they appear on /metrics beside
+# BentoML's own (request counts, latency, adaptive batch sizes), summed over workers.
+PREDICTIONS = Counter(
+    f"{PACKAGE}_predictions",
+    "Rows predicted, by predicted label (regression: 'value') and model version",
+    ["label", "model_version"],
+)
+MODEL_SERVED = Gauge(
+    f"{PACKAGE}_model_info",
+    "The model version this service serves (value 1)",
+    ["model_name", "model_version"],
+    multiprocess_mode="max",
+)
 
 
-class Prediction(BaseModel):
-    predictions: list[float | int | str]
-    probabilities: list[dict[str, float]] | None = Field(
-        default=None, description="Class probabilities per row (classification only)"
-    )
-    model_version: str
-
-
-@bentoml.service(name=SETTINGS.model_name.replace("_", "-") + "-service", traffic={"timeout": 30})
+@bentoml.service(
+    name=SETTINGS.model_name.replace("_", "-") + "-service",
+    workers=SERVING.workers,
+    traffic={"timeout": SERVING.timeout_seconds},
+)
 class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
         self.pipeline = bentoml.sklearn.load_model(self.model)
         self.version = str(self.model.tag)
+        self.classes = [str(c) for c in self.pipeline.classes_] if TASK_TYPE == "classification" else None
+        self.requests = RequestLog(
+            worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
+            max_bytes=SERVING.request_log_max_bytes,
+            backups=SERVING.request_log_backups,
+            buffer=SERVING.request_log_buffer,
+        )
+        MODEL_SERVED.labels(model_name=self.model.tag.name, model_version=self.version).set(1)
+
+    def __is_ready__(self) -> bool:
+        """/readyz: the model is loaded and the request log can take records."""
+        return self.pipeline is not None and self.requests.alive
+
+    @bentoml.on_shutdown
+    def close_request_log(self) -> None:
+        self.requests.close()
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SERVING.max_batch_size,
+        max_latency_ms=SERVING.max_latency_ms,
+    )
+    def predict_rows(self, rows: Rows) -> list[RowPrediction]:
+        """Internal: the batching core behind /predict and /predict_one (outside callers get a 403)."""
+        frame = conform(pd.DataFrame([row.model_dump() for row in rows]), FEATURE_SCHEMA)
+        predictions = [_plain(p) for p in self.pipeline.predict(frame)]
+        if self.classes is None:
+            return [RowPrediction(prediction=p) for p in predictions]
+        proba = np.asarray(self.pipeline.predict_proba(frame))
+        return [
+            RowPrediction(prediction=p, probabilities=dict(zip(self.classes, map(float, row), strict=True)))
+            for p, row in zip(predictions, proba, strict=True)
+        ]
 
     @bentoml.api
-    def predict(
-        self,
-        rows: Annotated[list[Features], Field(min_length=1, max_length=MAX_ROWS)],  # type: ignore[valid-type]
-    ) -> Prediction:
+    async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
         """Predict for one or more rows; each row's fields are the training columns."""
-        frame = conform(pd.DataFrame([row.model_dump() for row in rows]), FEATURE_SCHEMA)
-        predictions = self.pipeline.predict(frame)
-        probabilities = None
-        if TASK_TYPE == "classification":
-            classes = [str(c) for c in self.pipeline.classes_]
-            proba = self.pipeline.predict_proba(frame)
-            probabilities = [dict(zip(classes, map(float, row), strict=True)) for row in np.asarray(proba)]
+        request_id = _request_id(ctx)
+        results = await self._batched(rows)
+        self._record("/predict", request_id, rows, results)
         return Prediction(
-            predictions=[_plain(p) for p in predictions],
-            probabilities=probabilities,
+            predictions=[r.prediction for r in results],
+            probabilities=None if self.classes is None else [r.probabilities or {} for r in results],
             model_version=self.version,
+            request_id=request_id,
         )
+
+    @bentoml.api
+    async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:  # type: ignore[valid-type]
+        """Predict for one row; concurrent calls are batched together."""
+        request_id = _request_id(ctx)
+        [result] = await self._batched([row])
+        self._record("/predict_one", request_id, [row], [result])
+        return OnePrediction(
+            prediction=result.prediction,
+            probabilities=result.probabilities,
+            model_version=self.version,
+            request_id=request_id,
+        )
+
+    async def _batched(self, rows: list[Any]) -> list[RowPrediction]:
+        """Call the batchable core through BentoML's client for this service (what batches requests)."""
+        try:
+            with self_call():  # outside a server, `to_async` calls the method directly
+                results = await self.to_async.predict_rows(rows=rows)
+        except BentoMLException as exc:
+            # The rows passed the same validation here, so a 4xx from the core is unexpected; pass it on
+            # as a 4xx with its own message rather than let it become a 500.
+            if 400 <= exc.error_code < 500:
+                raise InvalidArgument(_error_text(str(exc))) from exc
+            raise
+        return [r if isinstance(r, RowPrediction) else RowPrediction.model_validate(r) for r in results]
+
+    def _record(self, endpoint: str, request_id: str, rows: list[Any], results: list[RowPrediction]) -> None:
+        """Count the predictions and hand them to the request log (never waits for the disk)."""
+        now = datetime.now(UTC).isoformat()
+        records = []
+        for index, (row, result) in enumerate(zip(rows, results, strict=True)):
+            label = REGRESSION_LABEL if self.classes is None else str(result.prediction)
+            PREDICTIONS.labels(label=label, model_version=self.version).inc()
+            records.append(
+                {
+                    "request_id": request_id,
+                    "time": now,
+                    "endpoint": endpoint,
+                    "model_version": self.version,
+                    "row": index,
+                    "features": row.model_dump(),
+                    "prediction": result.prediction,
+                    "probabilities": result.probabilities,
+                }
+            )
+        self.requests.submit(records)
+
+
+def _request_id(ctx: bentoml.Context) -> str:
+    """The id RequestGuard gave this request (a fresh one if the service runs without it)."""
+    return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
+
+
+def _error_text(body: str) -> str:
+    try:
+        return str(json.loads(body).get("error", body))
+    except (ValueError, AttributeError):
+        return body
 
 
 def _plain(value):
     """numpy scalars to plain Python, so the response serializes the same for every estimator."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _api_routes(internal: bool) -> list[str]:
+    return [method.route for name, method in Predictor.apis.items() if (name == "predict_rows") == internal]
+
+
+# BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
+Predictor.add_asgi_middleware(
+    RequestGuard,
+    protected=_api_routes(internal=False),
+    internal=_api_routes(internal=True),
+    api_key_env=SERVING.api_key_env,
+)

@@ -1,0 +1,211 @@
+"""The HTTP guard in front of the service's endpoints: request ids, the API key, content types, errors.
+
+A plain ASGI middleware (added with `Predictor.add_asgi_middleware`, BentoML's documented hook), so it
+sees every request, BentoML's own routes included, and needs no model: tests use it on a toy app.
+
+- Every response carries `X-Request-ID`: the client's own (when it is a sane token) or a new one. The
+  id is put in the ASGI scope (`scope["state"]["request_id"]`, so `request.state.request_id`) for the
+  endpoints to echo in their JSON body and the request log, and it is added to JSON error bodies.
+- Prediction endpoints answer 401 without `Authorization: Bearer <key>` when a key is configured; health
+  and metrics routes never ask for one. The key is compared in constant time and never logged.
+- Prediction endpoints accept JSON only: BentoML would try to parse other content types anyway and
+  answer some of them (form data, for example) with a 500, so they get a 415 naming what to send.
+- Internal endpoints (the batching core that the public endpoints call through BentoML's own client)
+  answer only those calls. BentoML runs such a call in-process (its client talks to the ASGI app
+  directly) in a task started from the caller's, so a context variable set around the call marks it;
+  no request from the network can carry it.
+- JSON error bodies are made readable: `error` names each bad field (`rows.0.size: Field required`),
+  an empty body is named as such, and a 503 (adaptive batching shedding load) says to retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hmac
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's request id is reused only when it is short and plain, so it cannot inject into logs.
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+JSON_TYPES = {"application/json"}
+_SELF_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("self_call", default=False)
+# Error summaries name at most this many problems (the full list stays in `detail`).
+MAX_PROBLEMS = 10
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+@contextlib.contextmanager
+def self_call() -> Iterator[None]:
+    """Mark the service's calls to its own internal endpoints (made inside this block)."""
+    token = _SELF_CALL.set(True)
+    try:
+        yield
+    finally:
+        _SELF_CALL.reset(token)
+
+
+def request_id_from(headers: dict[str, str]) -> str:
+    supplied = headers.get(REQUEST_ID_HEADER, "")
+    return supplied if _SANE_ID.match(supplied) else uuid.uuid4().hex
+
+
+def readable(body: Any) -> Any:
+    """BentoML's error bodies made uniform: one object, with `error` naming every bad field."""
+    if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+        body = body[0]  # BentoML wraps its 4xx errors in a list
+    if not isinstance(body, dict):
+        return {"error": str(body)}
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        problems = []
+        for item in detail:
+            where = ".".join(str(part) for part in item.get("loc", ()))
+            problems.append(f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid"))
+        more = len(problems) - MAX_PROBLEMS
+        summary = "; ".join(problems[:MAX_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+        body = {**body, "error": summary}
+    return body
+
+
+class RequestGuard:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        protected: Iterable[str],
+        internal: Iterable[str] = (),
+        api_key_env: str = "",
+    ) -> None:
+        """`api_key_env` names the environment variable holding the key (the key itself is never passed
+        around, so it cannot end up in a repr or a log); no name, or an empty variable, means no key."""
+        self.app = app
+        self.protected = set(protected)
+        self.internal = set(internal)
+        self._api_key = (os.environ.get(api_key_env, "") if api_key_env else "").strip().encode()
+
+    def __repr__(self) -> str:  # never show the key
+        return (
+            f"RequestGuard(protected={sorted(self.protected)}, api_key={'set' if self._api_key else 'none'})"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        request_id = request_id_from(headers)
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope.get("path", "")
+        guarded = path in self.protected or path in self.internal
+        body_size = [0]  # bytes of request body the endpoint read, to name an empty body as such
+        send = self._stamp(send, request_id, body_size if guarded else None)
+
+        if path in self.internal and not _SELF_CALL.get():
+            await _answer(send, 403, f"{path} is internal; use the public prediction endpoints", request_id)
+            return
+        if path in self.protected and scope.get("method") == "POST":
+            if self._api_key and not self._authorized(headers):
+                await _answer(
+                    send,
+                    401,
+                    "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                    request_id,
+                    extra_headers=[(b"www-authenticate", b"Bearer")],
+                )
+                return
+            content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+            if content_type not in JSON_TYPES:
+                await _answer(
+                    send,
+                    415,
+                    f"Content-Type {content_type!r} is not supported; send a JSON body with "
+                    "'Content-Type: application/json'",
+                    request_id,
+                )
+                return
+        await self.app(scope, _counting(receive, body_size) if guarded else receive, send)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, supplied = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), self._api_key)
+
+    @staticmethod
+    def _stamp(send: Send, request_id: str, body_size: list[int] | None) -> Send:
+        """Add the request id header to every response; rewrite JSON error bodies of guarded routes
+        (`body_size` is given for those)."""
+        held: dict[str, Any] = {}
+
+        async def stamped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                raw.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": raw}
+                content_type = dict((k.lower(), v) for k, v in raw).get(b"content-type", b"")
+                if (
+                    body_size is not None
+                    and message["status"] >= 400
+                    and content_type.startswith(b"application/json")
+                ):
+                    held["start"] = message  # wait for the body, which is rewritten below
+                    held["body"] = b""
+                    return
+            elif message["type"] == "http.response.body" and "start" in held:
+                held["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                start = held.pop("start")
+                empty = body_size is not None and not body_size[0]
+                body = _rewrite(held.pop("body"), request_id, start["status"], empty_request=empty)
+                raw = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                raw.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": raw})
+                message = {"type": "http.response.body", "body": body}
+            await send(message)
+
+        return stamped
+
+
+def _counting(receive: Receive, size: list[int]) -> Receive:
+    async def counted() -> dict[str, Any]:
+        message = await receive()
+        size[0] += len(message.get("body", b""))
+        return message
+
+    return counted
+
+
+def _rewrite(body: bytes, request_id: str, status: int, *, empty_request: bool) -> bytes:
+    try:
+        parsed = readable(json.loads(body or b"null"))
+    except ValueError:
+        return body
+    if status == 400 and empty_request:
+        parsed["error"] = "the request body is empty; send a JSON object (the schema is at /docs.json)"
+    elif status == 503:
+        parsed["error"] = (
+            "the service is overloaded: the request could not be answered within serving.max_latency_ms; "
+            "retry later"
+        )
+    return json.dumps({**parsed, "request_id": request_id}).encode()
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    error: str,
+    request_id: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps({"error": error, "request_id": request_id}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
