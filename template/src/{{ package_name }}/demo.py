@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from . import data, localstack
+from . import aliases, data, localstack, registry
 from .config import Settings, get_settings
 
 RETRAIN_DEPLOYMENT = "retrain/retrain"
@@ -183,6 +183,10 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
             f"Retrain run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
             f"with parameters {retrain['parameters']}"
         )
+        summary["production"] = aliases.production_tag(settings)
+        retrained = registry.latest_tag(settings)
+        verdict = "promoted" if retrained == summary["production"] else "not promoted: production stays"
+        say(f"Retrained model {retrained} {verdict} {summary['production']} (artifact promotion-gate)")
         summary["ui_url"] = ui_url
         say("Stopping the service, the worker and the server...")
     summary["seconds"] = round(time.monotonic() - started, 1)
