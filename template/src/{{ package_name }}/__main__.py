@@ -1,4 +1,5 @@
-"""Command line: `python -m <package> train | serve | monitor | promote | rollback | predict | demo`."""
+"""Command line: `python -m <package> train | serve | monitor | promote | rollback | predict | export-onnx |
+deploy | demo`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (replaced atomically)")
     predict.add_argument("--tag", default=None, help="model tag (default: the production model)")
+    export = commands.add_parser(
+        "export-onnx", help="export the production pipeline to ONNX, checked against scikit-learn"
+    )
+    export.add_argument(
+        "--output", default=None, help="ONNX file (default: edge.output_dir/<model>-<version>.onnx)"
+    )
+    export.add_argument("--tag", default=None, help="model tag (default: the production model)")
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
     return parser
 
@@ -46,6 +54,22 @@ def serve(host: str | None, port: int | None) -> int:
     command = [venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor"]
     command += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
     os.execvpe(command[0], command, os.environ)
+
+
+def export_onnx(output: str | None, tag: str | None) -> int:
+    from . import edge
+
+    try:
+        result = edge.export(get_settings(), tag=tag, output=output)
+    except (edge.NotConvertible, edge.NotEquivalent) as exc:
+        print(f"error: cannot export to ONNX: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Exported {result.tag} to {result.path} ({result.size_bytes} bytes); ONNX Runtime agrees with "
+        f"scikit-learn on {result.rows_checked} rows ({result.checked_on}), largest difference "
+        f"{result.max_difference:.2e} (tolerance {result.tolerance})"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             from .flows.predict import predict
 
             predict(input_path=args.input, output_path=args.output, tag=args.tag)
+        elif args.command == "export-onnx":
+            return export_onnx(args.output, args.tag)
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -81,6 +81,17 @@ class MonitoringSettings(BaseModel):
     reports_dir: str = "reports"
 
 
+class EdgeSettings(BaseModel):
+    output_dir: str = "dist/edge"
+    tolerance: float = Field(1e-4, gt=0)
+    check_rows: int = Field(2000, ge=10)
+
+
+class DeploySettings(BaseModel):
+    state_dir: str = ".deploy"
+    ready_timeout_seconds: float = Field(180, gt=0)
+
+
 class PrefectSettings(BaseModel):
     work_pool: str
     train_schedule: str
@@ -99,6 +110,8 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    edge: EdgeSettings = EdgeSettings()
+    deploy: DeploySettings = DeploySettings()
     prefect: PrefectSettings
 
     @field_validator("project")
