@@ -51,9 +51,11 @@ DEFAULT_TREE = [
     "tests/test_data.py",
     "tests/test_edge.py",
     "tests/test_flows.py",
+    "tests/test_middleware.py",
     "tests/test_model.py",
     "tests/test_monitoring.py",
     "tests/test_promotion.py",
+    "tests/test_requestlog.py",
     "tests/test_scoring.py",
     "tests/test_tuning.py",
 ]
