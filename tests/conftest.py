@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import copier
+import httpx
 import plumbum
 import pytest
 import yaml
@@ -211,3 +216,80 @@ def write_regression_csv(project: Path, rows: int = 300, seed: int = 7) -> Path:
                 ]
             )
     return path
+
+
+# Installed projects, used through their command line and HTTP API (test_project.py, test_service.py).
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    package: str
+    env: dict[str, str]
+
+    def run(self, *command: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        """Run a command in the project folder, with the project's environment plus `env`."""
+        return run(list(command), cwd=self.root, env={**self.env, **env}, timeout=timeout)
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        """`python -m <package> ...`, the project's own command line."""
+        return self.run("uv", "run", "python", "-m", self.package, *args, **env)
+
+    def query(self, script: str):
+        """Run a short script in the project's environment and parse the JSON it prints last."""
+        result = self.run("uv", "run", "python", "-c", script, self.package)
+        assert result.returncode == 0, explain(result)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def project_env(python_version: str, prefect_home: Path, bentoml_home: Path) -> dict[str, str]:
+    """Commands of one project use its Python (found locally), a model store of its own (never the
+    user's ~/bentoml) and a Prefect home that is not the user's either."""
+    interpreter = find_python(python_version)
+    pinned = {"UV_PYTHON": interpreter} if interpreter else {}
+    return subprocess_env(PREFECT_HOME=str(prefect_home), BENTOML_HOME=str(bentoml_home), **pinned)
+
+
+@pytest.fixture(scope="session")
+def prefect_home(tmp_path_factory) -> Path:
+    """One Prefect home (ephemeral servers' SQLite database) for all projects, never the user's own."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(project: Project, log: Path, timeout: float = 180, **env: str) -> Iterator[str]:
+    """`python -m <package> serve` in its own process group, with the project's environment plus `env`;
+    yields its URL once /readyz answers."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            ["uv", "run", "python", "-m", project.package, "serve", "--port", str(port)],
+            cwd=project.root,
+            env={**project.env, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(base):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"serve did not become ready (exit {process.poll()}):\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield base
+    finally:
+        stop_group(process)
+
+
+def ready(base: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    return False

@@ -6,15 +6,19 @@ without a code change, and a request that does not fit the model is refused with
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+# The largest float32: scikit-learn's tree models compute in float32, and a larger number becomes infinity
+# inside them (a 500 found by schemathesis). NaN and infinity are refused too: a missing value is null.
+FLOAT32_MAX = 3.4028234663852886e38
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 
 def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
     if spec["kind"] == "number":
-        # NaN and infinity are refused: a missing value is null, and only where training had missing values.
-        kind: Any = FiniteFloat
+        kind: Any = Number
     else:
         categories = tuple(spec.get("categories") or ())
         kind = Literal[categories] if categories else str  # type: ignore[valid-type]
@@ -30,12 +34,13 @@ def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type
 
 
 class RowPrediction(BaseModel):
-    """One row's answer, as the batching core returns it."""
+    """One row's answer, as the batching core returns it: a prediction, or why the model refused the row."""
 
-    prediction: float | int | str
+    prediction: float | int | str | None = None
     probabilities: dict[str, float] | None = Field(
         default=None, description="Class probabilities (classification only)"
     )
+    error: str | None = None
 
 
 class Prediction(BaseModel):

@@ -10,10 +10,10 @@ Both prediction endpoints hand their rows to one batchable method, `predict_rows
 client for this service, so concurrent requests are predicted together (adaptive batching, bounded by
 serving.max_batch_size and serving.max_latency_ms); it is internal and refuses outside callers.
 
-The model is the production one (the alias record in aliases.py, set by promotion), read when this module
-is imported, and the request schema is built from the feature schema stored with it, so `bentoml serve`
-refuses to start, saying what to do, when nothing has been promoted yet. /readyz answers 200 only once the
-model is loaded and the request log is running.
+The model is the production one (the alias record in aliases.py, set by promotion; a Bento built with
+`--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
+built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
+nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log runs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pandas as pd
 from bentoml import server_context
 from bentoml.exceptions import BentoMLException, InvalidArgument
 from prometheus_client import Counter, Gauge
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from .aliases import production_tag
 from .config import PACKAGE, get_settings
@@ -41,9 +41,17 @@ from .middleware import RequestGuard, self_call
 from .requestlog import RequestLog, worker_path
 from .schema import OnePrediction, Prediction, RowPrediction, row_model
 
+
+class ServiceArguments(BaseModel):
+    """BentoML template arguments (`bentoml build|serve --arg model_tag=<tag>`): a Bento pins its model so
+    it serves the same one wherever it runs, even where the production alias record does not exist."""
+
+    model_tag: str = ""
+
+
 SETTINGS = get_settings()
 SERVING = SETTINGS.serving
-MODEL_TAG = production_tag(SETTINGS)
+MODEL_TAG = bentoml.use_arguments(ServiceArguments).model_tag or production_tag(SETTINGS)
 _MODEL_INFO = bentoml.models.get(MODEL_TAG)
 FEATURE_SCHEMA: dict = _MODEL_INFO.info.metadata["feature_schema"]
 TASK_TYPE: str = _MODEL_INFO.info.metadata["task_type"]
@@ -117,6 +125,20 @@ class Predictor:
     )
     def predict_rows(self, rows: Rows) -> list[RowPrediction]:
         """Internal: the batching core behind /predict and /predict_one (outside callers get a 403)."""
+        try:
+            return self._predict(rows)
+        except (ValueError, TypeError):
+            # Rows of several requests are predicted together: one row the model refuses must not fail
+            # the others, so each is tried alone and carries its own error back to its request (a 400).
+            return [self._predict_alone(row) for row in rows]
+
+    def _predict_alone(self, row: Any) -> RowPrediction:
+        try:
+            return self._predict([row])[0]
+        except (ValueError, TypeError) as exc:
+            return RowPrediction(error=f"the model cannot predict this row: {exc}")
+
+    def _predict(self, rows: list[Any]) -> list[RowPrediction]:
         frame = conform(pd.DataFrame([row.model_dump() for row in rows]), FEATURE_SCHEMA)
         predictions = [_plain(p) for p in self.pipeline.predict(frame)]
         if self.classes is None:
@@ -172,7 +194,11 @@ class Predictor:
                 if 400 <= exc.error_code < 500:
                     raise InvalidArgument(_error_text(str(exc))) from exc
                 raise
-        return [r if isinstance(r, RowPrediction) else RowPrediction.model_validate(r) for r in results]
+        answers = [r if isinstance(r, RowPrediction) else RowPrediction.model_validate(r) for r in results]
+        refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
+        if refused:
+            raise InvalidArgument("; ".join(refused))
+        return answers
 
     def _record(self, endpoint: str, request_id: str, rows: list[Any], results: list[RowPrediction]) -> None:
         """Count the predictions and hand them to the request log (never waits for the disk)."""
