@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default=None, help="ONNX file (default: edge.output_dir/<model>-<version>.onnx)"
     )
     export.add_argument("--tag", default=None, help="model tag (default: the production model)")
+    deploy = commands.add_parser(
+        "deploy",
+        help="build the production model's Bento and (re)start local serving, rolling back on failure",
+    )
+    deploy.add_argument("--stop", action="store_true", help="only stop the server the last deploy started")
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
     return parser
 
@@ -69,6 +74,23 @@ def export_onnx(output: str | None, tag: str | None) -> int:
         f"scikit-learn on {result.rows_checked} rows ({result.checked_on}), largest difference "
         f"{result.max_difference:.2e} (tolerance {result.tolerance})"
     )
+    return 0
+
+
+def deploy(stop_only: bool) -> int:
+    from . import deployment
+
+    if stop_only:
+        stopped = deployment.stop(get_settings())
+        print(f"stopped {stopped.bento} (pid {stopped.pid})" if stopped else "nothing was serving")
+        return 0
+    from .flows.deploy import deploy as deploy_flow
+
+    try:
+        deploy_flow()
+    except deployment.DeployError as exc:
+        print(f"error: deploy failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -106,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             predict(input_path=args.input, output_path=args.output, tag=args.tag)
         elif args.command == "export-onnx":
             return export_onnx(args.output, args.tag)
+        elif args.command == "deploy":
+            return deploy(args.stop)
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -22,11 +22,19 @@ from pydantic_settings import (
 
 PACKAGE = __name__.split(".")[0]
 ENV_PREFIX = f"{PACKAGE.upper()}_"
-# The settings file sits at the project root, two levels above src/<package>/; an environment variable can
-# point elsewhere (for example inside a container).
-SETTINGS_FILE = Path(
-    os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE", Path(__file__).resolve().parents[2] / "settings.toml")
-)
+
+
+def _settings_file() -> Path:
+    """The settings file sits at the project root, two levels above src/<package>/; inside a Bento, where
+    BentoML drops the src/ level, it sits beside the package. An environment variable can point elsewhere."""
+    if f"{ENV_PREFIX}SETTINGS_FILE" in os.environ:
+        return Path(os.environ[f"{ENV_PREFIX}SETTINGS_FILE"])
+    here = Path(__file__).resolve()
+    project, bento = here.parents[2] / "settings.toml", here.parents[1] / "settings.toml"
+    return bento if bento.exists() and not project.exists() else project
+
+
+SETTINGS_FILE = _settings_file()
 
 
 class ProjectSettings(BaseModel):
