@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import re
 import secrets
 import shutil
@@ -100,7 +101,12 @@ def model(project) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(project, model, tmp_path_factory) -> Iterator[str]:
+def serve_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def service(project, model, serve_log) -> Iterator[str]:
     prefix = project.package.upper()
     settings = {
         f"{prefix}_API_KEY": API_KEY,
@@ -109,7 +115,7 @@ def service(project, model, tmp_path_factory) -> Iterator[str]:
         # Generous on a busy two-core test machine: this module tests answers, not load shedding.
         f"{prefix}_SERVING__MAX_LATENCY_MS": "20000",
     }
-    with serving(project, tmp_path_factory.mktemp("serve") / "serve.log", **settings) as base:
+    with serving(project, serve_log, **settings) as base:
         yield base
 
 
@@ -123,6 +129,13 @@ def post(service: str, path: str, body: dict, *, headers: dict | None = None) ->
 
 def field_of(schema: dict, kind: str, *, nullable: bool = False) -> str:
     return next(n for n, s in schema.items() if s["kind"] == kind and s["nullable"] == nullable)
+
+
+def project_files(root: Path) -> Iterator[Path]:
+    """Every file of the project (request logs included) except its virtualenv."""
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d != ".venv"]
+        yield from (Path(folder) / f for f in files)
 
 
 def metric_samples(service: str, name: str) -> dict[tuple, float]:
@@ -208,7 +221,7 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(service, model):
     assert not problems, "\n".join(problems)
 
 
-def test_the_api_key_guards_predictions_but_not_health_or_metrics(service, model):
+def test_the_api_key_guards_predictions_but_not_health_or_metrics(service, model, serve_log, project):
     row = {"row": model["rows"][0]}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
         refused = httpx.post(f"{service}/predict_one", json=row, headers=headers, timeout=30)
@@ -218,6 +231,8 @@ def test_the_api_key_guards_predictions_but_not_health_or_metrics(service, model
     assert httpx.post(f"{service}/predict_one", json=row, headers=AUTH, timeout=30).status_code == 200
     for path in ("/readyz", "/livez", "/metrics", "/docs.json"):
         assert httpx.get(f"{service}{path}", timeout=30).status_code == 200, path
+    assert API_KEY not in serve_log.read_text(errors="replace")
+    assert not [f for f in project_files(project.root) if API_KEY.encode() in f.read_bytes()]
 
 
 def test_metrics_count_predictions_by_label_and_show_the_model_version(service, model):
