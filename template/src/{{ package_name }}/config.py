@@ -87,6 +87,15 @@ class MonitoringSettings(BaseModel):
     drift_threshold: float = Field(0.3, gt=0, le=1)
     current_path: str = "data/current.csv"
     reports_dir: str = "reports"
+    # Drift is computed on a fixed-seed random sample of at most max_rows rows of each frame; the floor keeps
+    # samples above 1,000 rows, where Evidently's default methods switch from tests to distances.
+    max_rows: int = Field(100_000, ge=10_000)
+    sample_seed: int = Field(42, ge=0)
+    # Empty method: Evidently's choice per column; 0 threshold: the method's default.
+    num_method: str = ""
+    cat_method: str = ""
+    num_threshold: float = Field(0.0, ge=0)
+    cat_threshold: float = Field(0.0, ge=0)
 
 
 class EdgeSettings(BaseModel):
