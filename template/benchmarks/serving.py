@@ -1,0 +1,472 @@
+"""Benchmark P3: single-row requests to the service, next to plain FastAPI and BentoML's own ceiling.
+
+    uv run python benchmarks/serving.py [--seconds 15] [--concurrency 32] [--quick] [--keep]
+
+Needs `hey`, the HTTP load generator (Debian/Ubuntu: `apt-get install hey`), and a production model
+(`python -m <package> train` promotes one).
+
+Goals P3: ratio_to_trivial >= 0.8, ratio_to_fastapi >= 4, p99_ratio_to_trivial <= 2, non_2xx == 0.
+
+Every variant gets the same load on loopback: `hey` with --concurrency clients (32) sending one real row
+of the training data, as fast as each gets its answers, for --seconds (15) after an untimed warm-up:
+- `service`: the project's service (`python -m <package> serve`, the production model, settings.toml's
+  [serving] workers / max_batch_size / max_latency_ms), POST /predict_one, which goes through the
+  adaptive batcher. Its request log goes to a temporary folder (not the project's logs/, which the
+  monitor flow reads), and its API key variable is removed from its environment.
+- `fastapi`: FastAPI + uvicorn with the same number of workers, the same production pipeline loaded with
+  bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request.
+- `trivial`: a BentoML service with the same workers, request and answer types whose endpoint returns
+  a constant without touching the model: what BentoML itself can answer on this machine.
+- `batched_predict`: rows/s of the bare pipeline's predict_proba (predict for regression) in this
+  process, on batches of serving.max_batch_size real rows: the batcher's upper limit.
+(The two comparison servers live in benchmarks/serving_apps.py.)
+
+Keys: `rps` (2xx answers per second), `p50_ms`, `p99_ms` and `non_2xx` (non-2xx answers plus failed
+connections: an overloaded batcher sheds load with 503s, which are counted here, never hidden) are the
+service's; `ratio_to_trivial`, `ratio_to_fastapi` and `ratio_to_batched_limit` divide its rps by the
+other variants'; `p99_ratio_to_trivial` divides its p99; `rss_mb_per_worker` is the largest resident
+memory of its worker processes after the run (each worker's in variants.service). Latencies are hey's,
+over every answer (non-2xx included). `variants` holds each variant's figures, `goal_met` each goal.
+
+The load generator runs on the same machine as the server, and a shared machine moves these figures
+between runs: `load_average` (1 min, before and after) says how busy it was; compare variants of one run.
+Every process started is stopped (its process group, then any descendant left: BentoML's workers start
+sessions of their own). The last line printed is one JSON object; the exit code is non-zero only on
+errors (hey missing, a server that does not start), never because a goal was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+ENDPOINT = "/predict_one"
+GOALS = {
+    "ratio_to_trivial": (">=", 0.8),
+    "ratio_to_fastapi": (">=", 4.0),
+    "p99_ratio_to_trivial": ("<=", 2.0),
+    "non_2xx": ("<=", 0),
+}
+MARKER = "SERVING_BENCHMARK_RUN"  # in every server's environment, so leftovers can be found by it
+BENTOML_WORKER = "_bentoml_impl.worker"
+START_TIMEOUT = 300.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+# --- load generation -------------------------------------------------------------------------------------
+
+
+def hey(url: str, body: Path, seconds: float, concurrency: int) -> str:
+    command = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST"]
+    command += ["-T", "application/json", "-D", str(body), url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"hey failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def parse_hey(text: str) -> dict:
+    """hey's summary: wall time, latency percentiles (s), answers per status code and failed requests."""
+    total = re.search(r"Total:\s+([\d.]+) secs", text)
+    if total is None:
+        raise RuntimeError(f"cannot read hey's summary:\n{text}")
+    percentiles = {int(p): float(s) for p, s in re.findall(r"(\d+)% in ([\d.]+) secs", text)}
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("Status code distribution"):
+            section = statuses
+        elif line.startswith("Error distribution"):
+            section = errors
+        elif section is not None and (match := re.match(r"\s+\[(\d+)\]\s+(.*)", line)):
+            if section is statuses:
+                statuses[match.group(1)] = int(match.group(2).split()[0])
+            else:
+                errors[match.group(2).strip()[:200]] = int(match.group(1))
+    return {
+        "seconds": float(total.group(1)),
+        "percentiles": percentiles,
+        "statuses": statuses,
+        "errors": errors,
+    }
+
+
+def summarize(parsed: dict) -> dict:
+    ok = sum(n for code, n in parsed["statuses"].items() if code.startswith("2"))
+    non_ok = sum(n for code, n in parsed["statuses"].items() if not code.startswith("2"))
+    failed = sum(parsed["errors"].values())
+    p = parsed["percentiles"]
+    return {
+        "rps": round(ok / parsed["seconds"], 1),
+        "p50_ms": round(p[50] * 1000, 1) if 50 in p else None,
+        "p99_ms": round(p[99] * 1000, 1) if 99 in p else None,
+        "non_2xx": non_ok + failed,
+        "answers": ok + non_ok,
+        "status_codes": parsed["statuses"],
+        "failed_requests": parsed["errors"],
+        "seconds": parsed["seconds"],
+    }
+
+
+# --- servers ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    log: Path
+    base: str
+
+    def tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def descendants(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.process.pid).children(recursive=True)
+        return []
+
+    def workers(self) -> list[psutil.Process]:
+        """The processes that answer requests: BentoML's workers, uvicorn's workers, else the server."""
+        found = []
+        for child in self.descendants():
+            with contextlib.suppress(psutil.Error):
+                cmdline = " ".join(child.cmdline())
+                if BENTOML_WORKER in cmdline or "multiprocessing.spawn" in cmdline:
+                    found.append(child)
+        return found or [psutil.Process(self.process.pid)]
+
+    def rss_mb(self) -> list[float]:
+        sizes = []
+        for worker in self.workers():
+            with contextlib.suppress(psutil.Error):
+                sizes.append(round(worker.memory_info().rss / 2**20, 1))
+        return sizes
+
+
+def ready(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+    return False
+
+
+@contextlib.contextmanager
+def server(name: str, command: list[str], env: dict[str, str], port: int, logs: Path) -> Iterator[Server]:
+    """Start a server in its own process group; yield once /readyz answers 200; stop it and its workers."""
+    path = logs / f"{name}.log"
+    with path.open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Server(name, process, path, f"http://{HOST}:{port}")
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready(running.base + "/readyz"):
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}:\n{running.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready within {START_TIMEOUT:.0f} s:\n{running.tail()}")
+            time.sleep(0.5)
+        seen.update((p.pid, p) for p in running.descendants())
+        yield running
+    finally:
+        seen.update((p.pid, p) for p in running.descendants())
+        stop(process, list(seen.values()))
+
+
+def stop(process: subprocess.Popen, children: list[psutil.Process], grace: float = 30) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    # Workers in sessions of their own: SIGTERM (the server normally stopped them already), then SIGKILL.
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def kill_leftovers(run_id: str) -> int:
+    """Any process still carrying this run's marker (none, normally)."""
+    killed = 0
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(MARKER) == run_id:
+                proc.kill()
+                killed += 1
+    return killed
+
+
+# --- the variants ----------------------------------------------------------------------------------------
+
+
+def measure(running: Server, body: Path, seconds: float, warmup: float, concurrency: int) -> dict:
+    url = running.base + ENDPOINT
+    with urllib.request.urlopen(
+        urllib.request.Request(url, data=body.read_bytes(), headers={"Content-Type": "application/json"}),
+        timeout=60,
+    ) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{running.name}: {url} answered {response.status}")
+    if warmup > 0:
+        hey(url, body, warmup, concurrency)
+    log(f"{running.name}: {concurrency} clients for {seconds:g} s")
+    figures = summarize(parse_hey(hey(url, body, seconds, concurrency)))
+    rss = running.rss_mb()
+    figures.update(rss_mb_workers=rss, workers_found=len(rss))
+    log(
+        f"{running.name}: {figures['rps']} requests/s, p50 {figures['p50_ms']} ms, "
+        f"p99 {figures['p99_ms']} ms, status {figures['status_codes']}, failed {figures['failed_requests']}"
+    )
+    return figures
+
+
+def batch_sizes(base: str) -> dict:
+    """The adaptive batcher's batch sizes from the service's /metrics (summed over workers)."""
+    total = count = 0.0
+    with contextlib.suppress(OSError), urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+                count += float(line.rsplit(" ", 1)[1])
+    return {"batches": int(count), "mean_batch_size": round(total / count, 1) if count else None}
+
+
+def batched_limit(package: str, settings, frame, seconds: float) -> dict:
+    """rows/s of the bare production pipeline on batches of max_batch_size rows, in this process."""
+    import bentoml
+
+    aliases = importlib.import_module(f"{package}.aliases")
+    data = importlib.import_module(f"{package}.data")
+    model = bentoml.models.get(aliases.production_tag(settings))
+    pipeline = bentoml.sklearn.load_model(model)
+    size = settings.serving.max_batch_size
+    batch = data.conform(
+        frame.sample(size, replace=len(frame) < size, random_state=0), model.info.metadata["feature_schema"]
+    )
+    call = (
+        pipeline.predict_proba if model.info.metadata["task_type"] == "classification" else pipeline.predict
+    )
+    call(batch)
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        call(batch)
+        calls += 1
+    return {
+        "rows_per_s": round(calls * size / elapsed, 1),
+        "batch_size": size,
+        "ms_per_batch": round(elapsed / calls * 1000, 2),
+        "seconds": round(elapsed, 1),
+    }
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def goal_met(report: dict) -> dict[str, bool | None]:
+    met: dict[str, bool | None] = {}
+    for key, (op, target) in GOALS.items():
+        value = report[key]
+        met[key] = None if value is None else (value >= target if op == ">=" else value <= target)
+    return met
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=15, help="measured load per variant (default 15)")
+    parser.add_argument("--warmup", type=float, default=3, help="untimed load before each (default 3)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--quick", action="store_true", help="a short run (3 s per variant, 1 s warm-up)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder with the server logs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup = 3.0, 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("hey") is None:
+        log("error: this benchmark needs `hey`, the HTTP load generator: apt-get install hey")
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on SIGTERM too
+
+    package = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
+    config = importlib.import_module(f"{package}.config")
+    importlib.import_module(package)  # points BentoML at the project's model store, as the CLI does
+    aliases = importlib.import_module(f"{package}.aliases")
+    data = importlib.import_module(f"{package}.data")
+    settings = config.get_settings()
+    serving = settings.serving
+    try:
+        tag = aliases.production_tag(settings)
+    except LookupError as exc:
+        log(f"error: {exc}")
+        return 2
+
+    run_id = uuid.uuid4().hex
+    work = Path(tempfile.mkdtemp(prefix="serving-benchmark-"))
+    logs = work / "logs"
+    logs.mkdir()
+    frame = data.load_dataset(settings).features
+    body = work / "body.json"
+    body.write_text(json.dumps({"row": json.loads(frame.head(1).to_json(orient="records"))[0]}))
+
+    env = {k: v for k, v in os.environ.items() if k != serving.api_key_env}
+    env[MARKER] = run_id
+    env[f"{config.ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    workers = str(serving.workers)
+    load_before = os.getloadavg()[0]
+    log(
+        f"model {tag}; workers {serving.workers}, max_batch_size {serving.max_batch_size}, "
+        f"max_latency_ms {serving.max_latency_ms}; logs in {logs}"
+    )
+
+    variants: dict[str, dict] = {}
+    try:
+        log(f"batched_predict: {min(args.seconds, 5):g} s in this process")
+        variants["batched_predict"] = batched_limit(package, settings, frame, min(args.seconds, 5))
+        commands = {
+            "service": [sys.executable, "-m", package, "serve", "--host", HOST, "--port", "{port}"],
+            "fastapi": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "serving_apps:fastapi_app",
+                "--app-dir",
+                str(BENCH_DIR),
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+                "--workers",
+                workers,
+            ],  # fmt: skip
+            "trivial": [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "serving_apps:Trivial",
+                "--working-dir",
+                str(BENCH_DIR),
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+            ],  # fmt: skip
+        }
+        for name, template in commands.items():
+            port = free_port()
+            command = [part.replace("{port}", str(port)) for part in template]
+            log(f"{name}: starting")
+            with server(name, command, env, port, logs) as running:
+                variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
+                if name == "service":
+                    variants[name].update(batch_sizes(running.base))
+    finally:
+        leftovers = kill_leftovers(run_id)
+        if leftovers:
+            log(f"killed {leftovers} leftover process(es)")
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    ours, fastapi, trivial = variants["service"], variants["fastapi"], variants["trivial"]
+    report = {
+        "rps": ours["rps"],
+        "p50_ms": ours["p50_ms"],
+        "p99_ms": ours["p99_ms"],
+        "ratio_to_trivial": ratio(ours["rps"], trivial["rps"]),
+        "ratio_to_fastapi": ratio(ours["rps"], fastapi["rps"]),
+        "ratio_to_batched_limit": ratio(ours["rps"], variants["batched_predict"]["rows_per_s"], 4),
+        "p99_ratio_to_trivial": ratio(ours["p99_ms"], trivial["p99_ms"]),
+        "non_2xx": ours["non_2xx"],
+        "rss_mb_per_worker": max(ours["rss_mb_workers"], default=None),
+    }
+    met = goal_met(report)
+    report.update(
+        goals={key: f"{op} {target:g}" for key, (op, target) in GOALS.items()},
+        goal_met=met,
+        all_goals_met=all(met.values()),
+        variants=variants,
+        model=tag,
+        settings={
+            "workers": serving.workers,
+            "max_batch_size": serving.max_batch_size,
+            "max_latency_ms": serving.max_latency_ms,
+        },
+        load={"endpoint": ENDPOINT, "concurrency": args.concurrency, "seconds": args.seconds},
+        cpu_count=os.cpu_count(),
+        load_average={"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+    )
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RuntimeError as exc:
+        log(f"error: {exc}")
+        sys.exit(1)

@@ -1,0 +1,97 @@
+"""The generated project's serving benchmark runs in an installed, trained project and reports its keys.
+
+Its quick mode checks the wiring (three servers started and stopped, hey's summary read, the in-process
+limit measured) and that the service answered every request; it does not check the P3 timing goals, which
+need the full run on a quiet machine (`uv run python benchmarks/serving.py` in a project).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ANSWER_SETS, explain, find_python, package_of, render, run, subprocess_env
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("hey") is None,
+        reason="the serving benchmark needs `hey`, the HTTP load generator (apt-get install hey)",
+    ),
+]
+
+KEYS = {
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "ratio_to_trivial",
+    "ratio_to_fastapi",
+    "ratio_to_batched_limit",
+    "p99_ratio_to_trivial",
+    "non_2xx",
+    "rss_mb_per_worker",
+}
+GOALS = {"ratio_to_trivial", "ratio_to_fastapi", "p99_ratio_to_trivial", "non_2xx"}
+
+
+def processes_under(root: Path) -> list[str]:
+    """Command lines of running processes that use the project's folder (its virtualenv's Python)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory) -> tuple[dict, Path]:
+    home = tmp_path_factory.mktemp("serving-bench")
+    root = render(ANSWER_SETS["default"], home / "project", run_tasks=True)
+    interpreter = find_python("3.11")
+    env = subprocess_env(
+        BENTOML_HOME=str(home / "bentoml"),
+        PREFECT_HOME=str(home / "prefect"),
+        **({"UV_PYTHON": interpreter} if interpreter else {}),
+    )
+    train = ["uv", "run", "python", "-m", package_of(root), "train", "--n-trials", "3"]
+    for command in (["uv", "sync"], train):
+        done = run(command, cwd=root, env=env, timeout=900)
+        assert done.returncode == 0, explain(done)
+    result = run(["uv", "run", "python", "benchmarks/serving.py", "--quick"], cwd=root, env=env, timeout=900)
+    assert result.returncode == 0, explain(result)
+    return json.loads(result.stdout.strip().splitlines()[-1]), root
+
+
+def test_reports_every_key_and_a_verdict_per_goal(benchmark):
+    report, _ = benchmark
+    assert report.keys() >= KEYS, report
+    assert set(report["goal_met"]) == GOALS
+    assert all(isinstance(report[key], int | float) for key in KEYS), report
+
+
+def test_every_variant_answered(benchmark):
+    report, _ = benchmark
+    variants = report["variants"]
+    for name in ("service", "fastapi", "trivial"):
+        assert variants[name]["rps"] > 0, variants[name]
+    assert variants["batched_predict"]["rows_per_s"] > 0
+    assert variants["service"]["workers_found"] == report["settings"]["workers"]
+
+
+def test_the_service_answered_every_request(benchmark):
+    report, _ = benchmark
+    assert report["non_2xx"] == 0, report["variants"]["service"]
+
+
+def test_no_server_is_left_running(benchmark):
+    _, root = benchmark
+    assert processes_under(root) == []
