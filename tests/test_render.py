@@ -37,6 +37,7 @@ DEFAULT_TREE = [
     "src/{pkg}/demo.py",
     "src/{pkg}/deployment.py",
     "src/{pkg}/edge.py",
+    "src/{pkg}/files.py",
     "src/{pkg}/flows/__init__.py",
     "src/{pkg}/flows/deploy.py",
     "src/{pkg}/flows/monitor.py",

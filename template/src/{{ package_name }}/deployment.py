@@ -28,6 +28,7 @@ import httpx
 
 from . import aliases
 from .config import Settings
+from .files import write_atomically
 from .localstack import Background, run, venv_command
 
 PID_FILE = "serve.pid"
@@ -114,8 +115,10 @@ def start(settings: Settings, bento: str, model: str) -> tuple[Serving, Backgrou
         )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     state = Serving(process.pid, bento, model, url, str(log), datetime.now(UTC).isoformat())
-    _write(folder / STATE_FILE, json.dumps(state.as_dict(), indent=2))
-    _write(folder / PID_FILE, f"{process.pid}\n")
+    write_atomically(
+        folder / STATE_FILE, lambda sink: sink.write(json.dumps(state.as_dict(), indent=2).encode())
+    )
+    write_atomically(folder / PID_FILE, lambda sink: sink.write(f"{process.pid}\n".encode()))
     return state, Background(f"bentoml serve {bento}", process, log)
 
 
@@ -253,9 +256,3 @@ def _gone(pid: int, timeout: float) -> bool:
 def _forget(folder: Path) -> None:
     for name in (PID_FILE, STATE_FILE):
         (folder / name).unlink(missing_ok=True)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from sklearn.preprocessing import OneHotEncoder
 
 from . import aliases, data, registry, training
 from .config import Settings
+from .files import write_atomically
 
 MISSING_TEXT = ""
 
@@ -339,7 +338,7 @@ def export(settings: Settings, tag: str | None = None, output: str | Path | None
     largest, count = compare(model, session(onx), rows, settings.edge.tolerance)
     path = settings.resolve(output) if output else default_path(settings, model.tag)
     payload = onx.SerializeToString()
-    _write_atomically(path, payload)
+    write_atomically(path, lambda sink: sink.write(payload))
     return ExportResult(
         path=str(path),
         tag=model.tag,
@@ -350,17 +349,3 @@ def export(settings: Settings, tag: str | None = None, output: str | Path | None
         tolerance=settings.edge.tolerance,
         size_bytes=len(payload),
     )
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            sink.write(payload)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise

@@ -9,9 +9,6 @@ place with os.replace, so a reader sees the previous file or the whole new one, 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import pandas as pd
 from . import aliases, registry
 from .config import Settings
 from .data import DataError, conform, read_table
+from .files import write_atomically
 
 PREDICTION = "prediction"
 MODEL_VERSION = "model_version"
@@ -122,25 +120,13 @@ def check_output(path: Path) -> None:
         raise DataError(f"{path}: unsupported output type {path.suffix!r}; use .csv, .parquet or .pq")
 
 
-def write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet (by suffix) to a temporary file in the target's folder, then os.replace it."""
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """CSV or Parquet by the suffix, replaced atomically."""
     check_output(path)
-    suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            if suffix == ".csv":
-                frame.to_csv(sink, index=False)
-            else:
-                frame.to_parquet(sink, index=False)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise
+    if path.suffix.lower() == ".csv":
+        write_atomically(path, lambda sink: frame.to_csv(sink, index=False))
+    else:
+        write_atomically(path, lambda sink: frame.to_parquet(sink, index=False))
 
 
 def score_file(
@@ -154,7 +140,7 @@ def score_file(
     check_output(target)
     model = registry.load(tag or aliases.production_tag(settings))
     scored = predict_frame(model, read_table(source), str(source))
-    write_atomically(scored, target)
+    write_table(scored, target)
     return ScoringResult(
         input=str(source),
         output=str(target),
