@@ -156,7 +156,7 @@ def data_quality(
             }
         if spec["kind"] == "category" and "categories" in spec:
             known = set(spec["categories"])
-            new = values.notna() & ~values.astype(str).isin(known)
+            new = values.notna() & ~values.isin(known)  # prepare_current made categories strings
             if new.any():
                 unseen[column] = sorted({str(v) for v in values[new].unique()})[:MAX_EXAMPLES]
                 unseen_rows[column] = int(new.sum())
