@@ -59,6 +59,7 @@ DEFAULT_TREE = [
     "src/{pkg}/tuning.py",
     "tests/conftest.py",
     "tests/test_data.py",
+    "tests/test_deployment.py",
     "tests/test_edge.py",
     "tests/test_flows.py",
     "tests/test_middleware.py",

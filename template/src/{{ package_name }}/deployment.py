@@ -219,7 +219,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _port_free(host: str, port: int, wait: float = 10.0) -> bool:
+def _port_free(host: str, port: int, wait: float = 5.0) -> bool:
     """Whether the port can be bound, waiting a little for a server that was just stopped to let go."""
     deadline = time.monotonic() + wait
     while True:
