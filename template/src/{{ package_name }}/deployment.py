@@ -32,10 +32,10 @@ from .files import write_atomically
 from .localstack import Background, run, venv_command
 
 PID_FILE = "serve.pid"
-# What BentoML logs when the service class cannot be created (for example, the model does not load).
-STARTUP_FAILED = "Application startup failed"
 STATE_FILE = "serve.json"
 KEEP_LOGS = 10
+# What BentoML logs when the service class cannot be created (for example, the model does not load).
+STARTUP_FAILED = "Application startup failed"
 
 
 class DeployError(RuntimeError):
@@ -160,14 +160,6 @@ def roll_back_alias(settings: Settings, failed: str) -> str | None:
         if record.production == failed and len(record.history) > 1:
             record.history.pop()
         return record.production
-
-
-def deploy(settings: Settings, log=print) -> dict[str, Any]:
-    """Build the production model's Bento and serve it in place of the running one; roll back on failure."""
-    model = aliases.production_tag(settings)
-    bento = build_bento(settings, model)
-    log(f"Built Bento {bento} for {model}")
-    return switch(settings, bento, model, log)
 
 
 def switch(settings: Settings, bento: str, model: str, log=print) -> dict[str, Any]:
