@@ -163,7 +163,7 @@ def onnx_ready(pipeline: Any) -> Any:
     """A copy of the fitted pipeline whose text handling ONNX Runtime can run; the original is untouched.
 
     Missing text arrives in ONNX as "", never None: text imputers become MissingText (same fill per column as
-    the fitted imputer gives None) and a one-hot category None becomes "".
+    the fitted imputer gives a missing value) and a one-hot category None (or NaN) becomes "".
     """
     ready = copy.deepcopy(pipeline)
     for _, parent in _containers(ready):
@@ -180,7 +180,7 @@ def onnx_ready(pipeline: Any) -> Any:
                             "missing value"
                         )
                     step.categories_[index] = np.array(
-                        [MISSING_TEXT if v is None else v for v in categories], dtype=object
+                        [MISSING_TEXT if v is None or v != v else v for v in categories], dtype=object
                     )
     return ready
 
@@ -200,9 +200,10 @@ def _is_text(imputer: SimpleImputer) -> bool:
 
 
 def _fill_for_none(imputer: SimpleImputer) -> list[str]:
-    """What the fitted imputer makes of a missing (None) value in each column: its statistic, or "" when it
-    leaves None alone (then the one-hot step sees the category None, which the copy spells "")."""
-    row = [[None] * len(imputer.statistics_)]
+    """What the fitted imputer makes of a missing value, as data.conform hands it over, in each column: its
+    statistic, or "" when it leaves the value alone (the one-hot step's category for it is spelt "" too)."""
+    missing = data.conform(pd.DataFrame({"c": [None]}), {"c": {"kind": "category"}})["c"].iloc[0]
+    row = [[missing] * len(imputer.statistics_)]
     names = getattr(imputer, "feature_names_in_", None)
     out = imputer.transform(
         pd.DataFrame(row, columns=names) if names is not None else np.array(row, dtype=object)
@@ -228,7 +229,7 @@ def feed(frame: pd.DataFrame, schema: dict[str, dict[str, Any]]) -> dict[str, np
         if spec["kind"] == "number":
             arrays[column] = values.to_numpy(dtype=np.float32).reshape(-1, 1)
         else:
-            text = values.map(lambda v: MISSING_TEXT if v is None else str(v))
+            text = values.map(lambda v: MISSING_TEXT if pd.isna(v) else str(v))
             arrays[column] = text.to_numpy(dtype=object).reshape(-1, 1)
     return arrays
 
