@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
@@ -168,8 +169,11 @@ def conform(frame: pd.DataFrame, schema: dict[str, dict[str, Any]]) -> pd.DataFr
         if spec["kind"] == "number":
             out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
         else:
-            out[column] = out[column].astype("object").where(out[column].notna(), None)
-            out[column] = out[column].map(lambda v: v if v is None else str(v))
+            # Missing stays NaN, as in the training frame: the imputer treats NaN as missing but not None,
+            # and a None would reach the one-hot encoder as an unknown category instead of being imputed.
+            out[column] = pd.Series(
+                [str(v) if pd.notna(v) else np.nan for v in out[column]], index=out.index, dtype="object"
+            )
     return out
 
 
