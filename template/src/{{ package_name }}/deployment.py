@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ import httpx
 from . import aliases
 from .config import Settings
 from .files import write_atomically
-from .localstack import Background, run, venv_command
+from .localstack import Background, run, spawn, venv_command
 
 PID_FILE = "serve.pid"
 STATE_FILE = "serve.json"
@@ -103,16 +102,7 @@ def start(settings: Settings, bento: str, model: str) -> tuple[Serving, Backgrou
         settings.resolve(settings.serving.request_log_path)
     )
     command = [venv_command("bentoml"), "serve", bento, "--host", host, "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=settings.root,
-            start_new_session=True,
-        )
+    process = spawn(command, log=log, env=env, cwd=settings.root)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     state = Serving(process.pid, bento, model, url, str(log), datetime.now(UTC).isoformat())
     write_atomically(

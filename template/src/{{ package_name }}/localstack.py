@@ -60,15 +60,10 @@ class Background:
             self.process.wait(timeout=10)
 
 
-@contextlib.contextmanager
-def background(
-    name: str, command: list[str], *, log_dir: Path, env: Mapping[str, str], cwd: Path
-) -> Iterator[Background]:
-    """Run a command in its own process group for the duration of the block, logging to log_dir/name.log."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
+def spawn(command: list[str], *, log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
+    """Start a command in its own process group (so it can be stopped whole), its output going to `log`."""
     with log.open("wb") as sink:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -77,7 +72,16 @@ def background(
             cwd=cwd,
             start_new_session=True,
         )
-    proc = Background(name, process, log)
+
+
+@contextlib.contextmanager
+def background(
+    name: str, command: list[str], *, log_dir: Path, env: Mapping[str, str], cwd: Path
+) -> Iterator[Background]:
+    """Run a command in its own process group for the duration of the block, logging to log_dir/name.log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    proc = Background(name, spawn(command, log=log, env=env, cwd=cwd), log)
     try:
         yield proc
     finally:
