@@ -250,6 +250,28 @@ def project_env(python_version: str, prefect_home: Path, bentoml_home: Path) -> 
     return subprocess_env(PREFECT_HOME=str(prefect_home), BENTOML_HOME=str(bentoml_home), **pinned)
 
 
+def install_project(
+    answers: dict[str, object],
+    home: Path,
+    prefect_home: Path,
+    *,
+    data: Callable[[Path], object] | None = None,
+    settings: dict[str, str] | None = None,
+) -> Project:
+    """What a user does first: copy with the answers (tasks run, so uv.lock is written), add their data,
+    `uv sync`. `settings` are the project's overrides without the package prefix, e.g. {"DATA__PATH": ...}."""
+    root = render(answers, home / "project", run_tasks=True)
+    if data is not None:
+        data(root)
+    package = package_of(root)
+    env = project_env(str(answers.get("python_version", "3.11")), prefect_home, home / "bentoml")
+    env.update({f"{package.upper()}_{key}": value for key, value in (settings or {}).items()})
+    project = Project(root, package, env)
+    synced = project.run("uv", "sync")
+    assert synced.returncode == 0, explain(synced)
+    return project
+
+
 @pytest.fixture(scope="session")
 def prefect_home(tmp_path_factory) -> Path:
     """One Prefect home (ephemeral servers' SQLite database) for all projects, never the user's own."""

@@ -8,10 +8,9 @@ full sizes: `uv run python benchmarks/<name>.py` in a project).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, explain, find_python, render, run, subprocess_env
+from conftest import ANSWER_SETS, Project, explain, install_project
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +27,12 @@ DRIFT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    home = tmp_path_factory.mktemp("bench")
-    root = render(ANSWER_SETS["default"], home / "project", run_tasks=True)
-    interpreter = find_python("3.11")
-    env = subprocess_env(
-        BENTOML_HOME=str(home / "bentoml"), **({"UV_PYTHON": interpreter} if interpreter else {})
-    )
-    synced = run(["uv", "sync"], cwd=root, env=env, timeout=900)
-    assert synced.returncode == 0, explain(synced)
-    return root, env
+def project(tmp_path_factory, prefect_home) -> Project:
+    return install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("bench"), prefect_home)
 
 
 def test_drift_benchmark_quick_reports_matching_verdicts(project):
-    root, env = project
-    result = run(["uv", "run", "python", "benchmarks/drift.py", "--quick"], cwd=root, env=env, timeout=900)
+    result = project.run("uv", "run", "python", "benchmarks/drift.py", "--quick", timeout=900)
     assert result.returncode == 0, explain(result)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(report) >= DRIFT_KEYS, explain(result)

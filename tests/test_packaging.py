@@ -25,10 +25,8 @@ from conftest import (
     Project,
     explain,
     free_port,
-    package_of,
-    project_env,
+    install_project,
     ready,
-    render,
     stop_group,
     write_regression_csv,
 )
@@ -91,14 +89,9 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def project(home, prefect_home) -> Iterator[Project]:
-    root = render(ANSWERS, home / "project", run_tasks=True)
-    write_regression_csv(root)
-    package = package_of(root)
-    env = project_env(str(ANSWERS["python_version"]), prefect_home, home / "bentoml")
-    env[f"{package.upper()}_SERVING__PORT"] = str(free_port())
-    installed = Project(root, package, env)
-    synced = installed.run("uv", "sync")
-    assert synced.returncode == 0, explain(synced)
+    installed = install_project(
+        ANSWERS, home, prefect_home, data=write_regression_csv, settings={"SERVING__PORT": str(free_port())}
+    )
     trained = installed.cli("train", "--n-trials", "3")
     assert trained.returncode == 0, explain(trained)
     yield installed

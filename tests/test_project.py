@@ -15,9 +15,7 @@ from conftest import (
     ANSWER_SETS,
     Project,
     explain,
-    package_of,
-    project_env,
-    render,
+    install_project,
     serving,
     write_regression_csv,
 )
@@ -49,15 +47,8 @@ print(json.dumps({"schema": schema, "rows": json.loads(rows)}))
 @pytest.fixture(scope="module", params=INSTALLED_SETS)
 def project(request, tmp_path_factory, prefect_home) -> Project:
     answers = ANSWER_SETS[request.param]
-    home = tmp_path_factory.mktemp(request.param)
-    root = render(answers, home / "project", run_tasks=True)
-    if answers.get("data_path"):
-        write_regression_csv(root)
-    env = project_env(str(answers.get("python_version", "3.11")), prefect_home, home / "bentoml")
-    installed = Project(root, package_of(root), env)
-    synced = installed.run("uv", "sync")
-    assert synced.returncode == 0, explain(synced)
-    return installed
+    data = write_regression_csv if answers.get("data_path") else None
+    return install_project(answers, tmp_path_factory.mktemp(request.param), prefect_home, data=data)
 
 
 @pytest.fixture(scope="module")

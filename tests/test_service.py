@@ -29,9 +29,7 @@ from conftest import (
     ANSWER_SETS,
     Project,
     explain,
-    package_of,
-    project_env,
-    render,
+    install_project,
     serving,
     write_regression_csv,
 )
@@ -80,16 +78,13 @@ def write_segment_csv(project: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_home) -> Project:
-    home = tmp_path_factory.mktemp("service")
-    root = render(ANSWER_SETS["default"], home / "project", run_tasks=True)
-    write_segment_csv(root)
-    package = package_of(root)
-    env = project_env("3.11", prefect_home, home / "bentoml")
-    env[f"{package.upper()}_DATA__PATH"] = "data/train.csv"
-    env[f"{package.upper()}_DATA__TARGET_COLUMN"] = TARGET
-    installed = Project(root, package, env)
-    synced = installed.run("uv", "sync")
-    assert synced.returncode == 0, explain(synced)
+    installed = install_project(
+        ANSWER_SETS["default"],
+        tmp_path_factory.mktemp("service"),
+        prefect_home,
+        data=write_segment_csv,
+        settings={"DATA__PATH": "data/train.csv", "DATA__TARGET_COLUMN": TARGET},
+    )
     trained = installed.cli("train", "--n-trials", "3")
     assert trained.returncode == 0, explain(trained)
     return installed

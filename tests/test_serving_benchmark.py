@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, explain, find_python, package_of, render, run, subprocess_env
+from conftest import ANSWER_SETS, explain, install_project
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,22 +53,13 @@ def processes_under(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def benchmark(tmp_path_factory) -> tuple[dict, Path]:
-    home = tmp_path_factory.mktemp("serving-bench")
-    root = render(ANSWER_SETS["default"], home / "project", run_tasks=True)
-    interpreter = find_python("3.11")
-    env = subprocess_env(
-        BENTOML_HOME=str(home / "bentoml"),
-        PREFECT_HOME=str(home / "prefect"),
-        **({"UV_PYTHON": interpreter} if interpreter else {}),
-    )
-    train = ["uv", "run", "python", "-m", package_of(root), "train", "--n-trials", "3"]
-    for command in (["uv", "sync"], train):
-        done = run(command, cwd=root, env=env, timeout=900)
-        assert done.returncode == 0, explain(done)
-    result = run(["uv", "run", "python", "benchmarks/serving.py", "--quick"], cwd=root, env=env, timeout=900)
+def benchmark(tmp_path_factory, prefect_home) -> tuple[dict, Path]:
+    project = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("serving-bench"), prefect_home)
+    trained = project.cli("train", "--n-trials", "3")
+    assert trained.returncode == 0, explain(trained)
+    result = project.run("uv", "run", "python", "benchmarks/serving.py", "--quick", timeout=900)
     assert result.returncode == 0, explain(result)
-    return json.loads(result.stdout.strip().splitlines()[-1]), root
+    return json.loads(result.stdout.strip().splitlines()[-1]), project.root
 
 
 def test_reports_every_key_and_a_verdict_per_goal(benchmark):
