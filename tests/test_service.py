@@ -196,7 +196,6 @@ def bad_requests(model: dict) -> list[tuple[str, str, dict, int, list[str]]]:
             ["json"],
         ),
         ("form data", "/predict_one", {"data": {"row": "x"}}, 415, ["application/json"]),
-        ("internal endpoint", "/predict_rows", {"json": {"rows": [row]}}, 403, ["internal"]),
     ]
 
 
@@ -284,7 +283,7 @@ def test_every_predicted_row_is_in_the_request_log(service, model):
         assert set(mine[0]["features"]) == set(model["schema"])
 
 
-def test_concurrent_single_rows_are_predicted_in_batches(service, model):
+def test_concurrent_single_rows_are_predicted_in_batches(project, service, model):
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(headers=AUTH, timeout=60) as client:
             return await asyncio.gather(
@@ -296,8 +295,8 @@ def test_concurrent_single_rows_are_predicted_in_batches(service, model):
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * len(responses), {r.text for r in responses}
-    sizes = metric_samples(service, "bentoml_service_adaptive_batch_size_sum")
-    counts = metric_samples(service, "bentoml_service_adaptive_batch_size_count")
+    sizes = metric_samples(service, f"{project.package}_batch_size_sum")
+    counts = metric_samples(service, f"{project.package}_batch_size_count")
     rows, batches = sum(sizes.values()), sum(counts.values())
     assert rows > batches, f"{rows} rows in {batches} batches: no two requests were ever batched"
 
@@ -314,8 +313,6 @@ def test_schemathesis_finds_no_server_error(service, tmp_path):
             "not_a_server_error",
             "--header",
             f"Authorization: Bearer {API_KEY}",
-            "--exclude-path",
-            "/predict_rows",
             "--max-examples",
             "40",
             "--seed",

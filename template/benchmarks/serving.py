@@ -271,14 +271,14 @@ def measure(running: Server, body: Path, seconds: float, warmup: float, concurre
     return figures
 
 
-def batch_sizes(base: str) -> dict:
+def batch_sizes(base: str, package: str) -> dict:
     """The adaptive batcher's batch sizes from the service's /metrics (summed over workers)."""
     total = count = 0.0
     with contextlib.suppress(OSError), urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            if line.startswith(f"{package}_batch_size_sum"):
                 total += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+            elif line.startswith(f"{package}_batch_size_count"):
                 count += float(line.rsplit(" ", 1)[1])
     return {"batches": int(count), "mean_batch_size": round(total / count, 1) if count else None}
 
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             with server(name, command, env, port, logs) as running:
                 variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
                 if name == "service":
-                    variants[name].update(batch_sizes(running.base))
+                    variants[name].update(batch_sizes(running.base, package))
     finally:
         leftovers = kill_leftovers(run_id)
         if leftovers:

@@ -164,17 +164,20 @@ def conform(frame: pd.DataFrame, schema: dict[str, dict[str, Any]]) -> pd.DataFr
     missing = [c for c in schema if c not in frame.columns]
     if missing:
         raise DataError(f"columns missing from the input: {missing}")
-    out = frame[list(schema)].copy()
+    # Built column by column into one new frame: assigning into a copy cost 3.7 ms for 30 columns, most of
+    # the service's time per batch (benchmarks/serving.py); this costs 0.25 ms.
+    columns: dict[str, np.ndarray] = {}
     for column, spec in schema.items():
+        values = frame[column]
         if spec["kind"] == "number":
-            out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
+            if values.dtype != np.float64:
+                values = pd.to_numeric(values, errors="raise").astype("float64")
+            columns[column] = values.to_numpy(copy=True)
         else:
             # Missing stays NaN, as in the training frame: the imputer treats NaN as missing but not None,
             # and a None would reach the one-hot encoder as an unknown category instead of being imputed.
-            out[column] = pd.Series(
-                [str(v) if pd.notna(v) else np.nan for v in out[column]], index=out.index, dtype="object"
-            )
-    return out
+            columns[column] = np.array([str(v) if pd.notna(v) else np.nan for v in values], dtype=object)
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def data_hash(frame: pd.DataFrame) -> str:

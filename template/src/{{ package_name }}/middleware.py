@@ -10,47 +10,30 @@ sees every request, BentoML's own routes included, and needs no model: tests use
   and metrics routes never ask for one. The key is compared in constant time and never logged.
 - Prediction endpoints accept JSON only: BentoML would try to parse other content types anyway and
   answer some of them (form data, for example) with a 500, so they get a 415 naming what to send.
-- Internal endpoints (the batching core that the public endpoints call through BentoML's own client)
-  answer only those calls. BentoML runs such a call in-process (its client talks to the ASGI app
-  directly) in a task started from the caller's, so a context variable set around the call marks it;
-  no request from the network can carry it.
 - JSON error bodies are made readable: `error` names each bad field (`rows.0.size: Field required`),
   an empty body is named as such, and a 503 (adaptive batching shedding load) says to retry.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hmac
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's request id is reused only when it is short and plain, so it cannot inject into logs.
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPES = {"application/json"}
-_SELF_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("self_call", default=False)
 # Error summaries name at most this many problems (the full list stays in `detail`).
 MAX_PROBLEMS = 10
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
-
-
-@contextlib.contextmanager
-def self_call() -> Iterator[None]:
-    """Mark the service's calls to its own internal endpoints (made inside this block)."""
-    token = _SELF_CALL.set(True)
-    try:
-        yield
-    finally:
-        _SELF_CALL.reset(token)
 
 
 def request_id_from(headers: dict[str, str]) -> str:
@@ -82,14 +65,12 @@ class RequestGuard:
         app: Any,
         *,
         protected: Iterable[str],
-        internal: Iterable[str] = (),
         api_key_env: str = "",
     ) -> None:
         """`api_key_env` names the environment variable holding the key (the key itself is never passed
         around, so it cannot end up in a repr or a log); no name, or an empty variable, means no key."""
         self.app = app
         self.protected = set(protected)
-        self.internal = set(internal)
         self._api_key = (os.environ.get(api_key_env, "") if api_key_env else "").strip().encode()
 
     def __repr__(self) -> str:  # never show the key
@@ -105,14 +86,11 @@ class RequestGuard:
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope.get("path", "")
-        guarded = path in self.protected or path in self.internal
+        guarded = path in self.protected
         body_size = [0]  # bytes of request body the endpoint read, to name an empty body as such
         send = self._stamp(send, request_id, body_size if guarded else None)
 
-        if path in self.internal and not _SELF_CALL.get():
-            await _answer(send, 403, f"{path} is internal; use the public prediction endpoints", request_id)
-            return
-        if path in self.protected and scope.get("method") == "POST":
+        if guarded and scope.get("method") == "POST":
             if self._api_key and not self._authorized(headers):
                 await _answer(
                     send,

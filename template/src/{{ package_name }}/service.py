@@ -6,9 +6,9 @@
 
 Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
 
-Both prediction endpoints hand their rows to one batchable method, `predict_rows`, through BentoML's own
-client for this service, so concurrent requests are predicted together (adaptive batching, bounded by
-serving.max_batch_size and serving.max_latency_ms); it is internal and refuses outside callers.
+Both prediction endpoints hand their rows to one adaptive batcher in the worker (batching.py, BentoML's
+own dispatcher), so concurrent requests are predicted together, bounded by serving.max_batch_size and
+serving.max_latency_ms; a request that would wait longer is answered 503 (load shed, never queued).
 
 The model is the production one (the alias record in aliases.py, set by promotion; a Bento built with
 `--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
@@ -18,26 +18,23 @@ nothing has been promoted yet. /readyz answers 200 only once the model is loaded
 
 from __future__ import annotations
 
-import json
-import math
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import aiohttp
 import bentoml
-import httpx
 import numpy as np
 import pandas as pd
 from bentoml import server_context
-from bentoml.exceptions import BentoMLException, InvalidArgument
-from prometheus_client import Counter, Gauge
+from bentoml.exceptions import InvalidArgument
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from .aliases import production_tag
+from .batching import Batcher
 from .config import PACKAGE, get_settings
 from .data import conform
-from .middleware import RequestGuard, self_call
+from .middleware import RequestGuard
 from .requestlog import RequestLog, worker_path
 from .schema import OnePrediction, Prediction, RowPrediction, row_model
 
@@ -66,14 +63,6 @@ Rows = Annotated[
     ),
 ]
 REGRESSION_LABEL = "value"
-# BentoML 1.4.30+ renews its in-process client session every 100 calls or 5 minutes and closes the old one
-# under calls still in flight (github.com/bentoml/BentoML/issues/5544, pull/5698): measured here, 300
-# concurrent single-row requests got 120 answers of 500 and took 30 s instead of 4 s. The service turns the
-# renewal off for its own client (`_batched`), and, should a call still fail with a connection error, sends
-# it again (predicting has no side effects), up to this many times in all.
-SELF_CALL_ATTEMPTS = 2
-TRANSIENT: tuple[type[BaseException], ...] = (httpx.TransportError, aiohttp.ClientConnectionError)
-
 # prometheus_client metrics, as BentoML documents for custom metrics: they appear on /metrics beside
 # BentoML's own (request counts, latency, adaptive batch sizes), summed over workers.
 PREDICTIONS = Counter(
@@ -86,6 +75,11 @@ MODEL_SERVED = Gauge(
     "The model version this service serves (value 1)",
     ["model_name", "model_version"],
     multiprocess_mode="max",
+)
+BATCH_SIZE = Histogram(
+    f"{PACKAGE}_batch_size",
+    "Rows predicted together by the adaptive batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 
 
@@ -108,6 +102,12 @@ class Predictor:
             buffer=SERVING.request_log_buffer,
         )
         MODEL_SERVED.labels(model_name=self.model.tag.name, model_version=self.version).set(1)
+        self.batcher = Batcher(
+            self.predict_rows,
+            max_batch_size=SERVING.max_batch_size,
+            max_latency_ms=SERVING.max_latency_ms,
+            on_batch=BATCH_SIZE.observe,
+        )
 
     def __is_ready__(self) -> bool:
         """/readyz: the model is loaded and the request log can take records."""
@@ -117,14 +117,8 @@ class Predictor:
     def close_request_log(self) -> None:
         self.requests.close()
 
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SERVING.max_batch_size,
-        max_latency_ms=SERVING.max_latency_ms,
-    )
-    def predict_rows(self, rows: Rows) -> list[RowPrediction]:
-        """Internal: the batching core behind /predict and /predict_one (outside callers get a 403)."""
+    def predict_rows(self, rows: list[Any]) -> list[RowPrediction]:
+        """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
         try:
             return self._predict(rows)
         except (ValueError, TypeError):
@@ -140,13 +134,17 @@ class Predictor:
 
     def _predict(self, rows: list[Any]) -> list[RowPrediction]:
         frame = conform(pd.DataFrame([row.model_dump() for row in rows]), FEATURE_SCHEMA)
-        predictions = [_plain(p) for p in self.pipeline.predict(frame)]
         if self.classes is None:
-            return [RowPrediction(prediction=p) for p in predictions]
+            return [RowPrediction(prediction=_plain(p)) for p in self.pipeline.predict(frame)]
+        # The label is the most probable class, as scikit-learn's classifiers predict it: one pass
+        # through the model instead of predict + predict_proba.
         proba = np.asarray(self.pipeline.predict_proba(frame))
+        labels = self.pipeline.classes_.take(proba.argmax(axis=1))
         return [
-            RowPrediction(prediction=p, probabilities=dict(zip(self.classes, map(float, row), strict=True)))
-            for p, row in zip(predictions, proba, strict=True)
+            RowPrediction(
+                prediction=_plain(label), probabilities=dict(zip(self.classes, map(float, row), strict=True))
+            )
+            for label, row in zip(labels, proba, strict=True)
         ]
 
     @bentoml.api
@@ -176,25 +174,8 @@ class Predictor:
         )
 
     async def _batched(self, rows: list[Any]) -> list[RowPrediction]:
-        """Call the batchable core through BentoML's client for this service (what batches requests)."""
-        sessions = getattr(self.to_async, "_session_manager", None)  # see SELF_CALL_ATTEMPTS
-        if sessions is not None and sessions.max_requests != math.inf:
-            sessions.max_requests = sessions.max_age = math.inf
-        for attempt in range(1, SELF_CALL_ATTEMPTS + 1):
-            try:
-                with self_call():  # outside a server, `to_async` calls the method directly
-                    results = await self.to_async.predict_rows(rows=rows)
-                break
-            except TRANSIENT:
-                if attempt == SELF_CALL_ATTEMPTS:
-                    raise
-            except BentoMLException as exc:
-                # The rows passed the same validation here, so a 4xx from the core is unexpected; pass it
-                # on as a 4xx with its own message rather than let it become a 500.
-                if 400 <= exc.error_code < 500:
-                    raise InvalidArgument(_error_text(str(exc))) from exc
-                raise
-        answers = [r if isinstance(r, RowPrediction) else RowPrediction.model_validate(r) for r in results]
+        """Predict `rows` with those of concurrent requests; a row the model refused is a 400."""
+        answers = await self.batcher(rows)
         refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
         if refused:
             raise InvalidArgument("; ".join(refused))
@@ -227,26 +208,14 @@ def _request_id(ctx: bentoml.Context) -> str:
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
 
 
-def _error_text(body: str) -> str:
-    try:
-        return str(json.loads(body).get("error", body))
-    except (ValueError, AttributeError):
-        return body
-
-
 def _plain(value):
     """numpy scalars to plain Python, so the response serializes the same for every estimator."""
     return value.item() if hasattr(value, "item") else value
 
 
-def _api_routes(internal: bool) -> list[str]:
-    return [method.route for name, method in Predictor.apis.items() if (name == "predict_rows") == internal]
-
-
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
 Predictor.add_asgi_middleware(
     RequestGuard,
-    protected=_api_routes(internal=False),
-    internal=_api_routes(internal=True),
+    protected=[method.route for method in Predictor.apis.values()],
     api_key_env=SERVING.api_key_env,
 )
