@@ -16,6 +16,7 @@ INVALID = [
     ("n_trials", {"n_trials": 0}, r"n_trials must be between 1 and 10000 \(you gave 0\)"),
     ("drift_threshold", {"drift_threshold": 0}, r"greater than 0 and at most 1 .*you gave 0"),
     ("drift_threshold", {"drift_threshold": 1.5}, r"greater than 0 and at most 1 .*you gave 1\.5"),
+    ("retrain_cooldown_seconds", {"retrain_cooldown_seconds": 0}, r"between 10 and 604800 .*you gave 0"),
     ("train_schedule", {"train_schedule": "every day"}, r'"every day" is not a 5-field cron expression'),
     ("monitor_schedule", {"monitor_schedule": "* * *"}, r'"\* \* \*" is not a 5-field cron expression'),
     ("timezone", {"timezone": "Not a zone!"}, r'"Not a zone!" is not an IANA time zone name'),

@@ -85,8 +85,23 @@ class ServingSettings(BaseModel):
 
 class MonitoringSettings(BaseModel):
     drift_threshold: float = Field(0.3, gt=0, le=1)
+    # "requests": the service's request log (serving.request_log_path), its last window_hours;
+    # "file": the table at current_path. The monitor flow's `current_path` parameter overrides both.
+    source: Literal["requests", "file"] = "requests"
+    window_hours: float = Field(24, gt=0)
+    min_rows: int = Field(50, ge=1)
     current_path: str = "data/current.csv"
+    # Labels for served requests: a CSV/Parquet table with request_id and the target column.
+    labels_path: str = "data/labels.csv"
+    # ROC AUC below (classification) or RMSE above (regression) this fires like drift; 0: no threshold.
+    performance_threshold: float = Field(0.0, ge=0)
     reports_dir: str = "reports"
+    # Where reports_dir is served over HTTP (for links in the Prefect artifact); empty: no link.
+    reports_url: str = ""
+    # Prometheus Pushgateway, for example http://127.0.0.1:9091; empty: no push.
+    pushgateway_url: str = ""
+    pushgateway_job: str = f"{PACKAGE}_monitor"
+    pushgateway_timeout_seconds: float = Field(5, gt=0)
     # Drift is computed on a fixed-seed random sample of at most max_rows rows of each frame; the floor keeps
     # samples above 1,000 rows, where Evidently's default methods switch from tests to distances.
     max_rows: int = Field(100_000, ge=10_000)
@@ -96,6 +111,18 @@ class MonitoringSettings(BaseModel):
     cat_method: str = ""
     num_threshold: float = Field(0.0, ge=0)
     cat_threshold: float = Field(0.0, ge=0)
+
+
+class AlertSettings(BaseModel):
+    # The webhook URL comes from a Prefect Secret block (its name here) or else from the environment
+    # variable named here, never from a file in the repository. Neither set: no alerts.
+    webhook_block: str = ""
+    webhook_env: str = ""
+    # "slack": {"text": ...} (Slack, Mattermost, Rocket.Chat, Teams workflows); "json": text plus details.
+    format: Literal["slack", "json"] = "slack"
+    timeout_seconds: float = Field(10, gt=0)
+    retries: int = Field(3, ge=0)
+    retry_delay_seconds: float = Field(5, ge=0)
 
 
 class EdgeSettings(BaseModel):
@@ -127,6 +154,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    alerts: AlertSettings = AlertSettings()
     edge: EdgeSettings = EdgeSettings()
     deploy: DeploySettings = DeploySettings()
     prefect: PrefectSettings
