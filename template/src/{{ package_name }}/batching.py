@@ -17,20 +17,17 @@ BentoML's internal package (pinned in pyproject.toml); tests/test_batching.py fa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.exceptions import ServiceUnavailable
-
-Row = TypeVar("Row")
-Result = TypeVar("Result")
 
 
 def _shed() -> Any:
     raise ServiceUnavailable("the service is overloaded: retry later")
 
 
-class Batcher(Generic[Row, Result]):
+class Batcher:
     """`await batcher(rows)` predicts `rows` together with the rows of concurrent callers.
 
     `predict` takes a list of rows and returns one result per row, in order. It runs in the event loop,
@@ -43,7 +40,7 @@ class Batcher(Generic[Row, Result]):
 
     def __init__(
         self,
-        predict: Callable[[list[Row]], list[Result]],
+        predict: Callable[[list[Any]], list[Any]],
         *,
         max_batch_size: int,
         max_latency_ms: int,
@@ -52,12 +49,12 @@ class Batcher(Generic[Row, Result]):
         self._predict = predict
         self._on_batch = on_batch
         self._limits = (max_batch_size, max_latency_ms)
-        self._call: Callable[[list[Row]], Any] | None = None
+        self._call: Callable[[list[Any]], Any] | None = None
 
-    async def __call__(self, rows: list[Row]) -> list[Result]:
+    async def __call__(self, rows: list[Any]) -> list[Any]:
         if self._call is None:  # created on first use: the dispatcher binds to the running event loop
             max_batch_size, max_latency_ms = self._limits
-            dispatcher: CorkDispatcher[list[Row], list[Result]] = CorkDispatcher(
+            dispatcher: CorkDispatcher[list[Any], list[Any]] = CorkDispatcher(
                 max_latency_in_ms=max_latency_ms,
                 max_batch_size=max_batch_size,
                 fallback=_shed,
@@ -67,7 +64,7 @@ class Batcher(Generic[Row, Result]):
             self._call = dispatcher(self._infer)
         return await self._call(rows)
 
-    async def _infer(self, requests: Sequence[list[Row]]) -> list[list[Result]]:
+    async def _infer(self, requests: Sequence[list[Any]]) -> list[list[Any]]:
         rows = [row for request in requests for row in request]
         if not rows:
             return [[] for _ in requests]
