@@ -56,6 +56,7 @@ DEFAULT_TREE = [
     "src/{pkg}/schema.py",
     "src/{pkg}/scoring.py",
     "src/{pkg}/service.py",
+    "src/{pkg}/traffic.py",
     "src/{pkg}/training.py",
     "src/{pkg}/tuning.py",
     "tests/conftest.py",
@@ -70,6 +71,7 @@ DEFAULT_TREE = [
     "tests/test_promotion.py",
     "tests/test_requestlog.py",
     "tests/test_scoring.py",
+    "tests/test_traffic.py",
     "tests/test_tuning.py",
 ]
 

@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     def drift_event(self) -> str:
         return f"{PACKAGE}.drift.detected"
 
+    @property
+    def performance_event(self) -> str:
+        return f"{PACKAGE}.performance.degraded"
+
 
 @lru_cache
 def get_settings() -> Settings:

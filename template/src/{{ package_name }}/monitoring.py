@@ -47,6 +47,10 @@ from .config import MonitoringSettings, get_settings
 from .data import DataError, conform
 
 IGNORED_COLUMNS = "ignored_columns"  # key in a prepared batch's DataFrame.attrs
+# The model's predictions ride along as one more column, so Evidently measures prediction drift in the
+# same report; it does not count in the share of drifted features. Normalized feature names never start
+# with "_", so it cannot collide with one.
+PREDICTION = "_prediction"
 MAX_EXAMPLES = 10  # unseen categories listed per column
 
 
@@ -88,6 +92,7 @@ class DriftResult:
     n_reference_compared: int = 0
     n_current_compared: int = 0
     quality: DataQuality = field(default_factory=DataQuality)
+    prediction: ColumnDrift | None = None
 
     @property
     def drifted(self) -> bool:
@@ -175,17 +180,21 @@ def compute_drift(
     schema: dict[str, dict[str, Any]],
     threshold: float,
     options: MonitoringSettings | None = None,
+    prediction_kind: str | None = None,
 ) -> tuple[DriftResult, Any]:
     """Per-column drift with Evidently's DataDriftPreset on samples of both frames (see the module's
     docstring); returns the verdict and Evidently's snapshot. `options` defaults to the project's
-    [monitoring] settings."""
+    [monitoring] settings. With `prediction_kind` ("number" or "category"), both frames carry the model's
+    predictions in the PREDICTION column, and its drift is measured too (in `result.prediction`)."""
     from evidently import DataDefinition, Report
     from evidently import Dataset as EvidentlyDataset
     from evidently.presets import DataDriftPreset
 
     options = options or get_settings().monitoring
-    columns = list(schema)
     quality = data_quality(reference, current, schema)
+    if prediction_kind is not None:
+        schema = {**schema, PREDICTION: {"kind": prediction_kind}}
+    columns = list(schema)
     reference_sample = sample_rows(reference, options.max_rows, options.sample_seed)[columns]
     current_sample = sample_rows(current, options.max_rows, options.sample_seed)[columns]
     definition = DataDefinition(
@@ -216,7 +225,8 @@ def parse_snapshot(
     compared: tuple[int, int] | None = None,
     quality: DataQuality | None = None,
 ) -> DriftResult:
-    """Read the per-column verdicts from the ValueDrift tests, and scores and methods from their metrics."""
+    """Read the per-column verdicts from the ValueDrift tests, and scores and methods from their metrics;
+    the PREDICTION column's goes to `prediction`, apart from the features'."""
     scores = {
         m["config"]["column"]: m for m in snapshot["metrics"] if m["config"]["type"].endswith("ValueDrift")
     }
@@ -235,6 +245,8 @@ def parse_snapshot(
         )
         for name, metric in scores.items()
     ]
+    prediction = next((c for c in columns if c.column == PREDICTION), None)
+    columns = [c for c in columns if c.column != PREDICTION]
     drifted = sorted(c.column for c in columns if c.drifted)
     share = len(drifted) / len(columns) if columns else 0.0
     n_reference_compared, n_current_compared = compared or (n_reference, n_current)
@@ -248,6 +260,7 @@ def parse_snapshot(
         n_reference_compared=n_reference_compared,
         n_current_compared=n_current_compared,
         quality=quality or DataQuality(),
+        prediction=prediction,
     )
 
 
@@ -275,6 +288,13 @@ def markdown_summary(result: DriftResult, model_tag: str, source: str) -> str:
         f"| {c.column} | {c.method} | {c.score:.4g} | {c.threshold:.4g} | {'yes' if c.drifted else 'no'} |"
         for c in sorted(result.columns, key=lambda c: (not c.drifted, c.column))
     ]
+    if result.prediction is not None:
+        p = result.prediction
+        lines += [
+            "",
+            f"Prediction drift ({p.method}): score {p.score:.4g}, threshold {p.threshold:.4g}: "
+            f"**{'drifted' if p.drifted else 'stable'}** (not counted in the share above).",
+        ]
     return "\n".join(lines + quality_lines(result.quality))
 
 
