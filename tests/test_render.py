@@ -78,7 +78,7 @@ DEFAULT_TREE = [
 CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
 
 # The only Jinja-looking text meant to survive rendering: Prefect fills it in from the drift event.
-PREFECT_TEMPLATE = "{{ event.payload.drift_share }}"
+PREFECT_TEMPLATES = ["{{ event.payload.reason }}", "{{ event.payload.drift_share }}"]
 
 pytestmark = pytest.mark.parametrize("answer_set", list(ANSWER_SETS))
 
@@ -139,8 +139,9 @@ def test_no_jinja_is_left_except_prefects_own_event_template(project):
     for name in sorted(files_of(project)):
         text = (project / name).read_text()
         if name == "prefect.yaml":
-            assert text.count(PREFECT_TEMPLATE) == 2, "the retrain trigger's two event parameters"
-            text = text.replace(PREFECT_TEMPLATE, "")
+            for template in PREFECT_TEMPLATES:
+                assert text.count(template) == 1, f"the retrain trigger's event parameter {template}"
+                text = text.replace(template, "")
         found = re.findall(r".*(?:\{\{|\{%|\{#).*", text)
         if found:
             leftovers[name] = found
@@ -151,10 +152,10 @@ def test_retrain_is_triggered_by_the_projects_drift_event(project, answers):
     trigger = deployment(project, "retrain")["triggers"][0]
     package = answers["package_name"]
     assert trigger["type"] == "event"
-    assert f"{package}.drift.detected" in trigger["expect"]
+    assert set(trigger["expect"]) == {f"{package}.drift.detected", f"{package}.performance.degraded"}
     assert trigger["match"]["prefect.resource.id"].startswith(f"{package}.")
-    assert trigger["parameters"]["drift_share"] == PREFECT_TEMPLATE
-    assert PREFECT_TEMPLATE in trigger["parameters"]["reason"]
+    assert trigger["within"] == answers["retrain_cooldown_seconds"]
+    assert [trigger["parameters"][name] for name in ("reason", "drift_share")] == PREFECT_TEMPLATES
 
 
 def test_schedules_and_work_pool_are_the_answered_ones(project, answers):
