@@ -19,9 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the newest registered model with BentoML")
     serve.add_argument("--host", default=None, help="default: serving.host")
     serve.add_argument("--port", type=int, default=None, help="default: serving.port")
-    monitor = commands.add_parser("monitor", help="check a batch for drift against the training reference")
+    monitor = commands.add_parser(
+        "monitor", help="check the served traffic (or a file) for drift against the training reference"
+    )
     monitor.add_argument(
-        "--current", default=None, help="CSV or Parquet batch (default: monitoring.current_path)"
+        "--current",
+        default=None,
+        help="CSV or Parquet batch (default: the request log's last monitoring.window_hours)",
     )
     promote = commands.add_parser(
         "promote", help="put a registered model through the gate against production"
@@ -110,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
             verdict = monitor(current_path=args.current)
             print(
-                f"drift_share={verdict['drift_share']:.3f} drifted={verdict['drifted']}"
-                f" report={verdict['report']}"
+                f"rows={verdict['n_current']} drift_share={verdict['drift_share']:.3f}"
+                f" drifted={verdict['drifted']} event={verdict['event_emitted']} report={verdict['report']}"
             )
         elif args.command == "promote":
             from .flows.promote import promote_model

@@ -1,7 +1,8 @@
 """Run the whole lifecycle once on embedded defaults, the way it runs in production:
 
-deploy from prefect.yaml -> train -> serve and answer requests -> monitor a clean batch (no event) ->
-monitor a shifted batch (drift event) -> the retrain deployment's trigger starts a retrain run -> wait for it.
+deploy from prefect.yaml -> train -> serve -> clean traffic -> monitor the request log's window (no event) ->
+shifted traffic -> monitor that window (drift event) -> the retrain deployment's trigger starts a retrain run
+-> wait for it.
 
 A local Prefect server (SQLite, 127.0.0.1) is started unless PREFECT_API_URL points at one; a process worker
 and the BentoML service are always started here, and everything started is stopped at the end.
@@ -45,12 +46,31 @@ def demo_batches(settings: Settings, out_dir: Path, rows: int = 300) -> tuple[Pa
     return clean_path, shifted_path
 
 
-def send_requests(base_url: str, batch: Path, n: int = 3) -> list[dict[str, Any]]:
-    rows = pd.read_csv(batch).head(n)
+def send_requests(base_url: str, batch: Path, rows_per_request: int = 50) -> list[dict[str, Any]]:
+    """Every row of `batch` to the service's /predict, as traffic; returns the answers."""
+    rows = pd.read_csv(batch)
     records = json.loads(rows.replace({np.nan: None}).to_json(orient="records"))
-    response = httpx.post(f"{base_url}/predict", json={"rows": records}, timeout=30)
-    response.raise_for_status()
-    return [response.json()]
+    answers = []
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for start in range(0, len(records), rows_per_request):
+            response = client.post("/predict", json={"rows": records[start : start + rows_per_request]})
+            response.raise_for_status()
+            answers.append(response.json())
+    return answers
+
+
+def wait_for_logged(settings: Settings, since: datetime, rows: int, timeout: float = 30) -> int:
+    """Wait until the service's request log holds `rows` records since `since` (it writes off the
+    request path, a few milliseconds behind the answers)."""
+    from .traffic import read_window
+
+    path = settings.resolve(settings.serving.request_log_path)
+    deadline = time.monotonic() + timeout
+    while (found := len(read_window(path, since, datetime.now(UTC)))) < rows:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path}: {found} of {rows} served rows logged after {timeout:g} s")
+        time.sleep(0.2)
+    return found
 
 
 async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, Any]:
@@ -163,20 +183,25 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
             )
         )
         clean, shifted = demo_batches(settings, run_dir / "batches")
-        summary["predictions"] = send_requests(base, clean)
-        say(f"Service at {base} answered: {summary['predictions'][0]}")
+        served_from = datetime.now(UTC)
+        answers = send_requests(base, clean)
+        summary["predictions"] = answers[0]["predictions"][:3]
+        say(f"Service at {base} answered {sum(len(a['predictions']) for a in answers)} rows of clean traffic")
+        wait_for_logged(settings, served_from, len(pd.read_csv(clean)))
 
-        say("Monitoring a clean batch...")
-        summary["clean"] = monitor(current_path=str(clean))
+        say("Monitoring the clean traffic (the request log's window)...")
+        summary["clean"] = monitor(start=served_from)
         if summary["clean"]["event_emitted"]:
             raise RuntimeError(
-                f"the clean batch was reported as drifted: {summary['clean']['drifted_columns']}"
+                f"the clean traffic was reported as drifted: {summary['clean']['drifted_columns']}"
             )
-        since = datetime.now(UTC)
-        say("Monitoring a shifted batch...")
-        summary["shifted"] = monitor(current_path=str(shifted))
+        since = served_from = datetime.now(UTC)
+        say("Sending shifted traffic, then monitoring its window...")
+        send_requests(base, shifted)
+        wait_for_logged(settings, served_from, len(pd.read_csv(shifted)))
+        summary["shifted"] = monitor(start=served_from)
         if not summary["shifted"]["event_emitted"]:
-            raise RuntimeError("the shifted batch was not reported as drifted; no retraining would start")
+            raise RuntimeError("the shifted traffic was not reported as drifted; no retraining would start")
         say(f"Drift event {settings.drift_event} emitted; waiting for the retrain deployment's trigger...")
         summary["retrain"] = retrain = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
         say(

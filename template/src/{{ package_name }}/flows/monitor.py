@@ -1,70 +1,208 @@
-"""Monitoring flow: compare a current batch with the model's training reference and report drift.
+"""Monitoring flow: the traffic the service saw (or a file) against the production model's training reference.
 
-When the share of drifted columns reaches the threshold it emits `<package>.drift.detected`; the retrain
-deployment's trigger in prefect.yaml listens for that event, so retraining is Prefect's decision to make
-(with its cooldown and concurrency limit), not this flow's.
+Data drift per column and prediction drift (Evidently), a data-quality summary, and, when labels for the
+window exist, the model's performance. When the share of drifted columns reaches the threshold it emits
+`<package>.drift.detected`, and when performance is below `monitoring.performance_threshold`
+`<package>.performance.degraded`; the retrain deployment's trigger in prefect.yaml listens for both, so
+retraining is Prefect's decision to make (with its cooldown and concurrency limit), not this flow's.
+Every run also pushes its gauges to the Pushgateway (when configured) and, when it asks for retraining,
+sends the webhook alert (when configured); neither can fail the run.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from .. import aliases, data, monitoring, registry
-from ..config import get_settings
+from .. import aliases, data, monitoring, registry, traffic
+from ..config import Settings, get_settings
+
+ARTIFACT_KEY = "drift-report"
+
+
+def load_current(
+    settings: Settings, current_path: str | None, start: datetime, end: datetime
+) -> tuple[pd.DataFrame, pd.Series | None, traffic.Window | None, str]:
+    """The batch to check: a file when one is given (or monitoring.source is "file"), else the request
+    log's window. Returns the features, the served predictions (None for a file), the window, and a label
+    for the source."""
+    if current_path or settings.monitoring.source == "file":
+        path = settings.resolve(current_path or settings.monitoring.current_path)
+        return data.read_table(path), None, None, str(path)
+    window = traffic.read_window(settings.resolve(settings.serving.request_log_path), start, end)
+    return window.features, window.predictions, window, window.describe()
+
+
+def predictions_for(model: registry.RegisteredModel, frame: pd.DataFrame) -> pd.Series:
+    """What the model predicts for `frame` (the reference, or a file batch that was never served)."""
+    return pd.Series(model.pipeline.predict(frame), index=frame.index).astype(_prediction_type(model))
+
+
+def _prediction_type(model: registry.RegisteredModel) -> str:
+    return "float64" if model.metadata["task_type"] == "regression" else "str"
+
+
+def too_few_rows(source: str, rows: int, minimum: int, model_tag: str) -> dict[str, Any]:
+    """A verdict that says there was not enough to judge: no drift verdict, no event, and why."""
+    message = (
+        f"{source}: {rows} rows, fewer than monitoring.min_rows ({minimum}); no drift verdict. "
+        "Send more traffic, widen monitoring.window_hours, or lower monitoring.min_rows."
+    )
+    return {
+        "model_version": model_tag,
+        "source": source,
+        "n_current": rows,
+        "drift_share": 0.0,
+        "drifted": False,
+        "threshold": None,
+        "drifted_columns": [],
+        "columns": [],
+        "prediction_drift": None,
+        "performance": None,
+        "quality": {"too_few_rows": message},
+        "report": None,
+        "report_url": None,
+    }
 
 
 @task(cache_policy=NO_CACHE)
-def check_drift(current_path: str, model_tag: str) -> dict:
+def check(current_path: str | None, model_tag: str, start: datetime, end: datetime) -> dict[str, Any]:
     settings = get_settings()
+    options = settings.monitoring
     model = registry.load(model_tag)
-    path = settings.resolve(current_path)
-    current = monitoring.prepare_current(data.read_table(path), model.schema, str(path))
+    frame, served, window, source = load_current(settings, current_path, start, end)
+    if len(frame) < options.min_rows:
+        verdict = too_few_rows(source, len(frame), options.min_rows, model_tag)
+        create_markdown_artifact(
+            key=ARTIFACT_KEY,
+            markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}",
+        )
+        return verdict
+    current = monitoring.prepare_current(frame, model.schema, source)
+    kind = _prediction_type(model)
+    reference = model.reference.assign(**{monitoring.PREDICTION: predictions_for(model, model.reference)})
+    current_predictions = predictions_for(model, current) if served is None else served.astype(kind)
+    current = current.assign(**{monitoring.PREDICTION: current_predictions.to_numpy()})
     result, snapshot = monitoring.compute_drift(
-        model.reference, current, model.schema, settings.monitoring.drift_threshold
+        reference,
+        current,
+        model.schema,
+        options.drift_threshold,
+        prediction_kind="number" if kind == "float64" else "category",
     )
+    performance = None
+    labels = traffic.read_labels(settings.resolve(options.labels_path), settings.data.target_column)
+    if window is not None and labels is not None:
+        classes = [str(c) for c in getattr(model.pipeline, "classes_", [])] or None
+        performance = traffic.performance(
+            window, labels, model.metadata["task_type"], classes, options.performance_threshold
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = monitoring.save_report(
-        snapshot, settings.resolve(settings.monitoring.reports_dir), f"drift-{stamp}"
-    )
+    report = monitoring.save_report(snapshot, settings.resolve(options.reports_dir), f"drift-{stamp}")
+    report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
     create_markdown_artifact(
-        key="drift-report",
-        markdown=monitoring.markdown_summary(result, model_tag, str(path)) + f"\n\nFull report: `{report}`",
-        description="Data drift of the current batch against the training reference",
+        key=ARTIFACT_KEY,
+        markdown=monitoring.markdown_summary(result, model_tag, source)
+        + performance_lines(performance)
+        + (
+            f"\n\nFull report: [{report.name}]({report_url})"
+            if report_url
+            else f"\n\nFull report: `{report}`"
+        ),
+        description="Data and prediction drift of the current traffic against the training reference",
     )
-    return result.as_dict() | {"report": str(report)}
+    verdict = result.as_dict()
+    verdict["prediction_drift"] = verdict.pop("prediction")
+    return verdict | {
+        "model_version": model_tag,
+        "source": source,
+        "performance": performance,
+        "report": str(report),
+        "report_url": report_url,
+    }
+
+
+def performance_lines(performance: dict[str, Any] | None) -> str:
+    if performance is None:
+        return ""
+    value = "n/a" if performance["value"] is None else f"{performance['value']:.4f}"
+    threshold = performance["threshold"]
+    state = " (**below threshold**)" if performance["below_threshold"] else ""
+    text = (
+        f"\n\n## Performance on labelled traffic\n\n{performance['metric']} = {value} on "
+        f"{performance['n_labelled']} labelled rows"
+        + (f", threshold {threshold}" if threshold else "")
+        + state
+    )
+    return text + (f"\n\n{performance['note']}" if performance["note"] else "")
+
+
+def reasons(verdict: dict[str, Any]) -> list[str]:
+    """Why this verdict asks for retraining (empty: it does not)."""
+    found = []
+    if verdict["drifted"]:
+        found.append(f"drift: share {verdict['drift_share']:.3f} of columns >= {verdict['threshold']}")
+    performance = verdict.get("performance") or {}
+    if performance.get("below_threshold"):
+        found.append(
+            f"performance: {performance['metric']} {performance['value']:.4f} "
+            f"worse than {performance['threshold']}"
+        )
+    return found
+
+
+def emit(settings: Settings, verdict: dict[str, Any], why: list[str]) -> bool:
+    """One event per reason kind; the retrain trigger expects either."""
+    payload = {
+        "reason": "; ".join(why),
+        "drift_share": verdict["drift_share"],
+        "drifted_columns": verdict["drifted_columns"],
+        "threshold": verdict["threshold"],
+        "n_current": verdict["n_current"],
+        "performance": verdict.get("performance"),
+    }
+    resource = {
+        "prefect.resource.id": f"{settings.model_name}.model.{verdict['model_version']}",
+        "prefect.resource.name": verdict["model_version"],
+    }
+    names = []
+    if verdict["drifted"]:
+        names.append(settings.drift_event)
+    if (verdict.get("performance") or {}).get("below_threshold"):
+        names.append(settings.performance_event)
+    return all(emit_event(event=name, resource=resource, payload=payload) is not None for name in names)
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(current_path: str | None = None) -> dict:
-    """Check a batch for drift; returns the verdict, `event_emitted` says if retraining was asked for."""
+def monitor(
+    current_path: str | None = None, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
+    """Check the last monitoring.window_hours of served traffic (or `current_path`, a CSV or Parquet file;
+    or the window from `start` to `end`) for drift; `event_emitted` says if retraining was asked for."""
+    from .. import alerts, metrics_push
+
     settings = get_settings()
     logger = get_run_logger()
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(hours=settings.monitoring.window_hours)
     model_tag = aliases.production_tag(settings)  # the served model's reference is the one that matters
-    verdict = check_drift(current_path or settings.monitoring.current_path, model_tag)
-    verdict["event_emitted"] = False
-    if verdict["drifted"]:
-        event = emit_event(
-            event=settings.drift_event,
-            resource={
-                "prefect.resource.id": f"{settings.model_name}.model.{model_tag}",
-                "prefect.resource.name": model_tag,
-            },
-            payload={k: verdict[k] for k in ("drift_share", "drifted_columns", "threshold", "n_current")},
-        )
-        verdict["event_emitted"] = event is not None
-        columns = verdict["drifted_columns"]
+    verdict = check(current_path, model_tag, start, end)
+    why = reasons(verdict)
+    verdict["event_emitted"] = bool(why) and emit(settings, verdict, why)
+    if why:
         logger.warning(
-            "Drift: share %.3f (%d columns: %s); event %s emitted",
-            verdict["drift_share"],
-            len(columns),
-            ", ".join(columns[:8]) + (", ..." if len(columns) > 8 else ""),
-            settings.drift_event,
+            "Retraining asked for (%s); columns: %s", "; ".join(why), verdict["drifted_columns"][:8]
         )
+        verdict["alerted"] = alerts.notify(verdict, settings)
+    elif verdict["threshold"] is None:
+        logger.warning(verdict["quality"]["too_few_rows"])
     else:
         print(f"No drift: share {verdict['drift_share']:.3f} below threshold {verdict['threshold']}")
+    verdict["pushed"] = metrics_push.push_verdict(verdict, settings)
     return verdict
