@@ -285,33 +285,45 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(project: Project, log: Path, timeout: float = 180, **env: str) -> Iterator[str]:
-    """`python -m <package> serve` in its own process group, with the project's environment plus `env`;
-    yields its URL once /readyz answers."""
-    port = free_port()
+def started(
+    command: list[str], *, cwd: Path, env: dict[str, str], log: Path, ready_url: str, timeout: float = 180
+) -> Iterator[subprocess.Popen]:
+    """A server command in its own process group, its output in `log`; yields once `ready_url` answers
+    200, and stops the whole group at the end."""
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            ["uv", "run", "python", "-m", project.package, "serve", "--port", str(port)],
-            cwd=project.root,
-            env={**project.env, **env},
+            command,
+            cwd=cwd,
+            env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
-        while not ready(base):
+        while not answers(ready_url):
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not become ready (exit {process.poll()}):\n{log.read_text()[-4000:]}")
+                tail = log.read_text()[-4000:]
+                pytest.fail(f"{command[:6]} did not become ready (exit {process.poll()}):\n{tail}")
             time.sleep(1)
-        yield base
+        yield process
     finally:
         stop_group(process)
 
 
-def ready(base: str) -> bool:
+@contextlib.contextmanager
+def serving(project: Project, log: Path, timeout: float = 180, **env: str) -> Iterator[str]:
+    """`python -m <package> serve`, with the project's environment plus `env`; yields its URL once /readyz
+    answers."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = ["uv", "run", "python", "-m", project.package, "serve", "--port", str(port)]
+    with started(command, cwd=project.root, env={**project.env, **env}, log=log, ready_url=f"{base}/readyz"):
+        yield base
+
+
+def answers(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     return False

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +24,7 @@ from conftest import (
     explain,
     free_port,
     install_project,
-    ready,
-    stop_group,
+    started,
     write_regression_csv,
 )
 
@@ -158,23 +155,10 @@ def test_bento_build_writes_the_dockerfile_and_packs_what_the_service_needs(bent
 @contextlib.contextmanager
 def bentoml_serve(project: Project, target: str, *, cwd: Path, env: dict, log: Path) -> Iterator[str]:
     port = free_port()
-    command = [str(project.root / ".venv" / "bin" / "bentoml"), "serve", target, "--port", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while not ready(base):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"bentoml serve {target} not ready (exit {process.poll()}):\n{log.read_text()[-4000:]}"
-                )
-            time.sleep(1)
+    command = [str(project.root / ".venv" / "bin" / "bentoml"), "serve", target, "--port", str(port)]
+    with started(command, cwd=cwd, env=env, log=log, ready_url=f"{base}/readyz"):
         yield base
-    finally:
-        stop_group(process)
 
 
 def test_the_bento_serves_its_model_where_no_production_alias_exists(bento, project, production, tmp_path):
