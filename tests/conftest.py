@@ -138,6 +138,31 @@ def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
 
 
+# The Debian package that brings each outside tool the tests run (.ci/run installs them).
+TOOL_PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "prometheus-pushgateway": "prometheus-pushgateway",
+    "chromium": "chromium",
+    "hey": "hey",
+}
+
+
+def require_tool(name: str) -> str:
+    """The path of the executable `name`; without it the test is skipped, saying what to install.
+
+    With REQUIRE_ALL_TOOLS=1 (set by .ci/run) a missing tool fails the test instead, so CI cannot pass by
+    silently skipping what it was meant to check.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed: apt-get install {TOOL_PACKAGES.get(name, name)}"
+    if os.environ.get("REQUIRE_ALL_TOOLS") == "1":
+        pytest.fail(f"{reason} (REQUIRE_ALL_TOOLS=1)")
+    pytest.skip(reason)
+
+
 def render(answers: dict[str, object], dst: Path, *, run_tasks: bool = False) -> Path:
     """`copier copy --trust --defaults` of this repository's working tree (uncommitted changes included)."""
     with warnings.catch_warnings():
