@@ -260,9 +260,9 @@ class Project:
         """`python -m <package> ...`, the project's own command line."""
         return self.run("uv", "run", "python", "-m", self.package, *args, **env)
 
-    def query(self, script: str):
-        """Run a short script in the project's environment and parse the JSON it prints last."""
-        result = self.run("uv", "run", "python", "-c", script, self.package)
+    def query(self, script: str, **env: str):
+        """Run a short script in the project's environment (plus `env`) and parse the JSON it prints last."""
+        result = self.run("uv", "run", "python", "-c", script, self.package, **env)
         assert result.returncode == 0, explain(result)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
