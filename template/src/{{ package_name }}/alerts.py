@@ -308,10 +308,10 @@ def notify(verdict: dict[str, Any], settings: Settings | None = None) -> bool:
         return sender(text, verdict)
     except Exception as exc:  # best effort: whatever stops the alert, the monitor's verdict must stand
         logger.warning(
-            "Alert not delivered after %d attempts: %s. The monitor's verdict and event stand; check the "
+            "Alert not delivered (%d attempts allowed): %s. The monitor's verdict and event stand; check the "
             "receiver and the webhook in alerts.webhook_block / the %s environment variable.",
             settings.alerts.retries + 1,
-            _scrub(str(exc), url),
+            _scrub(f"{type(exc).__name__}: {exc}", url),
             settings.alerts.webhook_env or "alerts.webhook_env",
         )
         return False

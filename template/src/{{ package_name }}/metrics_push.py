@@ -43,7 +43,8 @@ PUSHED_METRICS = (
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The flow or task run's logger inside a run (so the lines show in the Prefect UI), else the module's."""
+    """Prefect's run logger when pushing from a flow, so a gateway warning lands in the run's log in the UI;
+    the module's logger when called from plain Python."""
     try:
         return get_run_logger()
     except MissingContextError:
