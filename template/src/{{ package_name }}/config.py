@@ -81,6 +81,7 @@ class ServingSettings(BaseModel):
     request_log_backups: int = Field(5, ge=0)
     request_log_buffer: int = Field(10_000, ge=1)
     api_key_env: str = ""
+    api_key_block: str = ""
 
 
 class MonitoringSettings(BaseModel):

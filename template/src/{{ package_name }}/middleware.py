@@ -59,6 +59,23 @@ def readable(body: Any) -> Any:
     return body
 
 
+def key_from_secret_block(block: str, env_name: str) -> None:
+    """Put the API key stored in the Prefect Secret block `block` into this process's environment variable
+    `env_name`, where RequestGuard reads it: a key kept in Prefect stays out of files and of the
+    deployment's own environment. Called once at service start, outside the event loop."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(block).get()
+    except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+        raise RuntimeError(
+            f"serving.api_key_block names the Prefect Secret block {block!r}, which cannot be loaded "
+            f"({type(exc).__name__}); create it with `prefect block create secret` or "
+            f"Secret(value=...).save({block!r}), or empty serving.api_key_block"
+        ) from None
+    os.environ[env_name] = str(value)
+
+
 class RequestGuard:
     def __init__(
         self,

@@ -34,7 +34,7 @@ from .aliases import production_tag
 from .batching import Batcher
 from .config import PACKAGE, get_settings
 from .data import conform
-from .middleware import RequestGuard
+from .middleware import RequestGuard, key_from_secret_block
 from .requestlog import RequestLog, worker_path
 from .schema import OnePrediction, Prediction, RowPrediction, row_model
 
@@ -214,8 +214,11 @@ def _plain(value):
 
 
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
+KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
+if SERVING.api_key_block:
+    key_from_secret_block(SERVING.api_key_block, KEY_ENV)
 Predictor.add_asgi_middleware(
     RequestGuard,
     protected=[method.route for method in Predictor.apis.values()],
-    api_key_env=SERVING.api_key_env,
+    api_key_env=KEY_ENV,
 )

@@ -1,0 +1,228 @@
+"""The monitoring loop on real servers, as a platform team runs it: a Prefect server of its own, a
+Pushgateway and Prometheus scraping it, a webhook receiver for the alerts, and the project's demo pointed
+at all of them (`PREFECT_API_URL`, `monitoring.pushgateway_url`, the alert webhook variable).
+
+The demo deploys the rendered prefect.yaml, starts a process worker and the service, sends clean traffic
+(monitor: no event, no retrain) and shifted traffic (monitor: event; the trigger's retrain run completes).
+Then this module checks what the rest of the stack saw, sends a storm of 20 drift events (at most one
+retrain), and opens the Prefect UI in Debian's Chromium.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import Project, explain, free_port, install_project, require_tool, started
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+# Short, so the storm below comes after the demo's own event has left the window; the answer is rendered
+# into prefect.yaml's trigger (`within`) exactly as a user's would be.
+COOLDOWN_SECONDS = 20
+STORM_EVENTS = 20
+OUTPUT = Path(__file__).parent / "output"
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on loopback that keeps every JSON body posted to it."""
+
+    url: str
+    bodies: list[dict] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    receiver = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+            length = int(self.headers.get("Content-Length", 0))
+            receiver.bodies.append(json.loads(self.rfile.read(length) or b"null"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T000/SECRET"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+
+
+def prometheus_config(project: Project, folder: Path, pushgateway: str) -> Path:
+    """The project's monitoring/prometheus.yml (and its alert rules), pointed at this test's Pushgateway and
+    scraping every second, so the test need not wait 15 s per scrape."""
+    config = yaml.safe_load((project.root / "monitoring" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    for job in config["scrape_configs"]:
+        if "pushgateway" in job["job_name"]:
+            job["static_configs"] = [{"targets": [pushgateway]}]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    (folder / "alerts.yml").write_text((project.root / "monitoring" / "alerts.yml").read_text())
+    return path
+
+
+@dataclass
+class Stack:
+    project: Project
+    api_url: str
+    prometheus: str
+    receiver: Receiver
+    summary: dict
+    demo: object
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
+    prometheus_bin = require_tool("prometheus")
+    pushgateway_bin = require_tool("prometheus-pushgateway")
+    home = tmp_path_factory.mktemp("e2e")
+    logs = home / "logs"
+    logs.mkdir()
+    project = install_project({"retrain_cooldown_seconds": COOLDOWN_SECONDS}, home, prefect_home)
+    gateway_port, prometheus_port, prefect_port = free_port(), free_port(), free_port()
+    gateway = f"127.0.0.1:{gateway_port}"
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    server_env = {**project.env, "PREFECT_HOME": str(home / "prefect-server")}
+    with contextlib.ExitStack() as stack, webhook_receiver() as receiver:
+        stack.enter_context(
+            started(
+                [pushgateway_bin, f"--web.listen-address={gateway}"],
+                cwd=home,
+                env=project.env,
+                log=logs / "pushgateway.log",
+                ready_url=f"http://{gateway}/-/ready",
+            )
+        )
+        config = prometheus_config(project, home / "prometheus", gateway)
+        stack.enter_context(
+            started(
+                [
+                    prometheus_bin,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={home / 'prometheus' / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                ],
+                cwd=home,
+                env=project.env,
+                log=logs / "prometheus.log",
+                ready_url=f"http://127.0.0.1:{prometheus_port}/-/ready",
+            )
+        )
+        stack.enter_context(
+            started(
+                ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                cwd=project.root,
+                env=server_env,
+                log=logs / "prefect-server.log",
+                ready_url=f"{api_url}/health",
+            )
+        )
+        prefix = project.package.upper()
+        demo = project.cli(
+            "demo",
+            PREFECT_API_URL=api_url,
+            **{
+                f"{prefix}_MONITORING__PUSHGATEWAY_URL": f"http://{gateway}",
+                f"{prefix}_ALERT_WEBHOOK_URL": receiver.url,
+            },
+        )
+        summary_file = project.root / ".demo" / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        yield Stack(project, api_url, f"http://127.0.0.1:{prometheus_port}", receiver, summary, demo)
+
+
+def flow_runs(api_url: str, deployment: str, since: datetime) -> list[dict]:
+    """Runs of one deployment (by name, e.g. "retrain") created after `since`, through Prefect's REST API."""
+    response = httpx.post(
+        f"{api_url}/flow_runs/filter",
+        json={
+            "deployments": {"name": {"any_": [deployment]}},
+            "flow_runs": {"expected_start_time": {"after_": since.isoformat()}},
+        },
+        timeout=30,
+    )
+    response.raise_for_status()
+    return [run for run in response.json() if datetime.fromisoformat(run["created"]) >= since]
+
+
+def test_clean_traffic_asks_for_nothing_and_shifted_traffic_retrains(stack):
+    assert stack.demo.returncode == 0, explain(stack.demo)
+    summary = stack.summary
+    assert summary["clean"]["source"].startswith("request log")
+    assert summary["clean"]["event_emitted"] is False
+    assert summary["shifted"]["event_emitted"] is True
+    retrain = summary["retrain"]
+    assert (retrain["state"], retrain["created_by"]) == ("COMPLETED", "AUTOMATION"), retrain
+
+
+def test_prometheus_scraped_the_monitors_drift_gauges(stack):
+    metric = f"{stack.project.package}_drift_share"
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.get(f"{stack.prometheus}/api/v1/query", params={"query": metric}, timeout=10)
+        result = response.json()["data"]["result"]
+        if result or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert result, f"Prometheus has no {metric}; targets: {httpx.get(f'{stack.prometheus}/api/v1/targets').text}"
+    # The last push was the shifted traffic's verdict.
+    assert float(result[0]["value"][1]) == pytest.approx(stack.summary["shifted"]["drift_share"])
+
+
+def test_the_webhook_received_the_drift_alert(stack):
+    texts = [body["text"] for body in stack.receiver.bodies]
+    assert len(texts) == 1, texts  # the shifted traffic's run only; the clean one alerts nobody
+    assert "drift" in texts[0].lower()
+    assert stack.summary["shifted"]["model_version"] in texts[0]
+
+
+def test_a_storm_of_drift_events_starts_at_most_one_retrain(stack):
+    """20 events in a second, after the demo's own event left the cooldown window: the first fires the
+    trigger, the others are absorbed (the concurrency limit would cancel any second run)."""
+    time.sleep(COOLDOWN_SECONDS + 2)
+    storm_started = datetime.now(UTC)
+    emitted = stack.project.query(
+        f"""
+import json, sys
+from prefect.events import emit_event
+from {stack.project.package}.aliases import production_tag
+from {stack.project.package}.config import get_settings
+settings = get_settings()
+tag = production_tag(settings)
+events = [
+    emit_event(
+        event=settings.drift_event,
+        resource={{"prefect.resource.id": f"{{settings.model_name}}.model.{{tag}}"}},
+        payload={{"reason": f"storm {{i}}", "drift_share": 1.0}},
+    )
+    for i in range({STORM_EVENTS})
+]
+print(json.dumps(sum(e is not None for e in events)))
+""",
+        PREFECT_API_URL=stack.api_url,
+    )
+    assert emitted == STORM_EVENTS
+    time.sleep(COOLDOWN_SECONDS)
+    runs = flow_runs(stack.api_url, "retrain", storm_started)
+    assert len(runs) == 1, [(r["name"], r["parameters"]) for r in runs]
+    assert runs[0]["parameters"]["reason"].startswith("storm")
