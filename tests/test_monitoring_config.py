@@ -423,7 +423,8 @@ def wait_for(probe, what: str, timeout: float = 60):
 
 def test_prometheus_scrapes_the_pushed_verdict_and_raises_drift(rendered, tmp_path):
     """The README's setup on free ports with a 1 s scrape: the monitor's push keeps its job label through
-    honor_labels, DriftDetected goes pending, and the service that is not running is noticed."""
+    honor_labels, DriftDetected goes pending, the service that is not running is noticed, and every
+    dashboard query is one Prometheus runs."""
     project = rendered("default")
     package = package_of(project)
     prometheus, gateway = require_tool("prometheus"), require_tool("prometheus-pushgateway")
@@ -478,3 +479,11 @@ def test_prometheus_scrapes_the_pushed_verdict_and_raises_drift(rendered, tmp_pa
         wait_for(lambda: {"DriftDetected", "ServiceDown"} <= set(alerts()), "DriftDetected and ServiceDown")
         assert alerts()["DriftDetected"] == "pending", "it fires after its `for:` of 5 minutes"
         assert "MonitorNeverReported" not in alerts() and "MonitorStale" not in alerts()
+
+        # Every panel's query runs (Grafana fills in $__rate_interval; 1m stands in for it here).
+        for where, expr in dashboard_queries(dashboard(project)).items():
+            answer = httpx.get(
+                f"{prometheus_url}/api/v1/query", params={"query": expr.replace("$__rate_interval", "1m")}
+            )
+            assert answer.status_code == 200, f"{where}: {answer.text}"
+        assert query(f"max by (model_version) ({package}_drift_share)"), "the drift share panel has data"
