@@ -26,6 +26,7 @@ DEFAULT_TREE = [
     "deploy/k8s/kustomization.yaml",
     "deploy/k8s/service.yaml",
     "benchmarks/drift.py",
+    "benchmarks/retrain_latency.py",
     "monitoring/alerts.yml",
     "monitoring/grafana/dashboards/{pkg}.json",
     "monitoring/grafana/provisioning/dashboards/dashboards.yml",
