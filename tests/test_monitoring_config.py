@@ -231,6 +231,16 @@ def test_exported_names_follow_prometheus_client_suffixes():
     }
 
 
+def test_a_missing_tool_skips_locally_and_fails_in_ci(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("REQUIRE_ALL_TOOLS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install prometheus$"):
+        require_tool("promtool")
+    monkeypatch.setenv("REQUIRE_ALL_TOOLS", "1")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install prometheus-pushgateway"):
+        require_tool("prometheus-pushgateway")
+
+
 # ---------------------------------------------------------------- every answer set
 
 
