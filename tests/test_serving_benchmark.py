@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, explain, install_project
+from conftest import ANSWER_SETS, explain, install_project, require_tool
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("hey") is None,
-        reason="the serving benchmark needs `hey`, the HTTP load generator (apt-get install hey)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 KEYS = {
     "rps",
@@ -54,6 +47,7 @@ def processes_under(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory, prefect_home) -> tuple[dict, Path]:
+    require_tool("hey")  # the HTTP load generator the benchmark drives
     project = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("serving-bench"), prefect_home)
     trained = project.cli("train", "--n-trials", "3")
     assert trained.returncode == 0, explain(trained)
