@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 COOLDOWN_SECONDS = 20
 STORM_EVENTS = 20
 OUTPUT = Path(__file__).parent / "output"
+PREFECT_SERVER = ["uv", "run", "prefect", "server", "start"]
 
 
 @dataclass
@@ -130,7 +131,7 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
         )
         stack.enter_context(
             started(
-                ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                [*PREFECT_SERVER, "--host", "127.0.0.1", "--port", str(prefect_port)],
                 cwd=project.root,
                 env=server_env,
                 log=logs / "prefect-server.log",
@@ -184,7 +185,9 @@ def test_prometheus_scraped_the_monitors_drift_gauges(stack):
         if result or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert result, f"Prometheus has no {metric}; targets: {httpx.get(f'{stack.prometheus}/api/v1/targets').text}"
+    assert result, (
+        f"Prometheus has no {metric}; targets: {httpx.get(f'{stack.prometheus}/api/v1/targets').text}"
+    )
     # The last push was the shifted traffic's verdict.
     assert float(result[0]["value"][1]) == pytest.approx(stack.summary["shifted"]["drift_share"])
 
