@@ -16,7 +16,8 @@ same work pool, whose trigger is a copy of the retrain trigger (posture, thresho
 the concurrency limit) matching a benchmark-only event instead; then one process worker for both
 (localstack.prefect_worker: it polls every PREFECT_WORKER_QUERY_SECONDS, reported as
 `worker_query_seconds`), and one untimed run of the floor deployment, so the worker is known to be
-polling and has started a flow run once. Then, in alternating order from round to round:
+polling and has started a flow run once. Then, in alternating order from round to round, each path on
+an idle worker (no flow run process of the one before left):
 - `seconds`: a run of the monitor deployment (`run_deployment("monitor/monitor")`, as its schedule
   would start it) on the shifted batch of demo.demo_batches, from the monitor flow run's start time to
   the start time of the retrain flow run its drift event made the trigger create (created by AUTOMATION).
@@ -24,13 +25,16 @@ polling and has started a flow run once. Then, in alternating order from round t
   worker's next poll and the retrain flow run's process start and imports.
 - `floor_seconds`: one bare event emitted from this process (emit_event), from the event's time to the
   start time of the floor flow run its trigger created: the same trigger, worker poll and process start,
-  without our flow's work and imports. Prefect cannot start a triggered run faster on this machine.
-`phases` splits each path by the drift event's time and the triggered run's creation time (median over
-rounds): `drift_check` (monitor start -> event), `trigger` (event -> run created), `start` (run created
--> run started, the worker's poll and the process start); `floor_trigger` and `floor_start` likewise.
+  without our flow's work and imports: the least any triggered run costs on this machine.
+`phases` splits each path at the event's time (the emitter's clock), its arrival at the server and the
+triggered run's creation (medians over rounds): `drift_check` (monitor start -> event), `delivery` (event
+-> received by the server), `trigger` (received -> run created by the automation), `start` (run created
+-> run started: the worker's poll, the process start and the flow's imports); `floor_delivery`,
+`floor_trigger` and `floor_start` likewise.
 
 Keys: `seconds` and `floor_seconds` are medians over the rounds (3; one with --quick), `ratio_to_floor`
-divides them; `rounds` holds each round's figures, runs and order; `goal_met`, `worker_query_seconds`,
+divides them; `rounds` holds each round's figures, order and runs (with the monitor run's task runs:
+when each started and how long it ran); `goal_met`, `worker_query_seconds`,
 `trigger` (the retrain trigger's posture, threshold and within), `model`, `rows`, `cpu_count` and
 `load_average` (1 min, before and after) describe the run.
 
@@ -73,6 +77,9 @@ FLOOR_EVENT = "retrain-latency-benchmark.ping"
 FLOOR_RESOURCE = "retrain-latency-benchmark.resource"
 MARKER = "RETRAIN_LATENCY_BENCHMARK_RUN"  # in every process' environment, so leftovers can be found by it
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# Figures come from the server's timestamps, so polling more often would add load to the server, not
+# precision.
+POLL_SECONDS = 1.0
 
 
 @flow(name=FLOOR_FLOW)
@@ -147,7 +154,7 @@ def wait_for_state(client, run_id, states: set[str], timeout: float, what: str):
         run = client.read_flow_run(run_id)
         if state_of(run) in states:
             return run
-        time.sleep(0.25)
+        time.sleep(POLL_SECONDS)
     raise RuntimeError(f"{what} ({run_id}) did not reach {sorted(states)} within {timeout:.0f} s")
 
 
@@ -173,16 +180,17 @@ def triggered_run(client, deployment: str, timeout: float, what: str, watch=None
                 )
         if watch is not None:
             watch()
-        time.sleep(0.25)
+        time.sleep(POLL_SECONDS)
     raise RuntimeError(f"no {what} started within {timeout:.0f} s")
 
 
-def event_time(client, name: str) -> datetime | None:
-    """When the (only) event called `name` occurred, as the server recorded it."""
+def event_times(client, name: str) -> tuple[datetime, datetime] | None:
+    """When the first event called `name` occurred (the emitter's clock) and when the server received it."""
     from prefect.events.filters import EventFilter, EventNameFilter
 
     page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=10)
-    return min((e.occurred for e in page.events), default=None)
+    first = min(page.events, key=lambda e: e.occurred, default=None)
+    return (first.occurred, first.received) if first is not None else None
 
 
 def cancel(client, run, timeout: float) -> str:
@@ -211,10 +219,12 @@ def measure_floor(client, round_no: int, timeout: float) -> dict:
         raise RuntimeError("emit_event sent nothing: is PREFECT_API_URL set?")
     run = triggered_run(client, FLOOR_DEPLOYMENT, timeout, "floor run")
     wait_for_state(client, run.id, TERMINAL, timeout, "the floor run")
+    _, received = event_times(client, FLOOR_EVENT) or (None, None)
     return {
         "floor_seconds": seconds_between(event.occurred, run.start_time),
         "floor_phases": {
-            "floor_trigger": seconds_between(event.occurred, run.created),
+            "floor_delivery": seconds_between(event.occurred, received) if received else None,
+            "floor_trigger": seconds_between(received or event.occurred, run.created),
             "floor_start": seconds_between(run.created, run.start_time),
         },
         "floor_run": run.name,
@@ -236,17 +246,20 @@ def measure_retrain(client, drift_event: str, shifted: Path, timeout: float) -> 
     if final != "CANCELLED":
         log(f"warning: the retrain run {retrain.name} ended {final}, not CANCELLED")
     monitor = wait_for_state(client, monitor.id, TERMINAL, timeout, "the monitor run")
-    emitted = event_time(client, drift_event)
-    phases = {"drift_check": None, "trigger": None}
+    emitted = event_times(client, drift_event)
+    tasks = task_timeline(client, monitor)
+    phases = {"drift_check": None, "delivery": None, "trigger": None}
     if emitted is not None:
+        occurred, received = emitted
         phases = {
-            "drift_check": seconds_between(monitor.start_time, emitted),
-            "trigger": seconds_between(emitted, retrain.created),
+            "drift_check": seconds_between(monitor.start_time, occurred),
+            "delivery": seconds_between(occurred, received),
+            "trigger": seconds_between(received, retrain.created),
         }
     return {
         "seconds": seconds_between(monitor.start_time, retrain.start_time),
         "phases": phases | {"start": seconds_between(retrain.created, retrain.start_time)},
-        "monitor_run": {"name": monitor.name, "state": state_of(monitor)},
+        "monitor_run": {"name": monitor.name, "state": state_of(monitor), "tasks": tasks},
         "retrain_run": {
             "name": retrain.name,
             "created_by": retrain.created_by.type,
@@ -254,6 +267,24 @@ def measure_retrain(client, drift_event: str, shifted: Path, timeout: float) -> 
             "final_state": final,
         },
     }
+
+
+def task_timeline(client, run) -> list[dict]:
+    """The monitor run's task runs: when each started after the run did and how long it ran, to show
+    where the time before the drift event goes."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    timeline = [
+        {
+            "task": task.name,
+            "started_after": seconds_between(run.start_time, task.start_time),
+            "seconds": round(task.total_run_time.total_seconds(), 3),
+        }
+        for task in tasks
+        if task.start_time is not None
+    ]
+    return sorted(timeline, key=lambda entry: entry["started_after"])
 
 
 def warm_up(client, timeout: float) -> None:
@@ -307,6 +338,19 @@ def worker_setting(worker, name: str) -> str | None:
     return None
 
 
+def wait_idle(worker, timeout: float) -> None:
+    """Wait until the worker runs no flow run (the previous path's, cancelled ones included, have exited),
+    so the next path starts on an idle worker."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(psutil.Error):
+        while psutil.Process(worker.process.pid).children(recursive=True):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker still runs a flow run after {timeout:.0f} s")
+            time.sleep(0.25)
+
+
 def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -335,6 +379,7 @@ def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
                     lambda: measure_retrain(client, settings.drift_event, ctx["shifted"], ctx["timeout"]),
                 ]
                 for step in steps if floor_first else reversed(steps):
+                    wait_idle(worker, ctx["timeout"])
                     result.update(step())
     except RuntimeError as exc:
         raise RuntimeError(f"round {round_no}: {exc}{failed_actions(logs)} (logs in {logs})") from exc
@@ -400,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tag = aliases.production_tag(settings)
     except LookupError as exc:
-        log(f"error: {exc}\nThis benchmark needs a production model: run `python -m {package} train` first.")
+        log(f"error: this benchmark needs a production model: {exc}")
         return 2
 
     run_id = uuid.uuid4().hex
@@ -410,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     floor_file = work / "floor.prefect.yaml"
     floor_prefect_yaml(prefect_yaml, floor_file)
     _, shifted = demo.demo_batches(settings, work / "batches")
+    with shifted.open() as lines:
+        rows = sum(1 for _ in lines) - 1
     prefix = config.ENV_PREFIX
     # Inherited by the worker and its flow runs: nothing the benchmark starts leaves a trace in the project.
     os.environ.update(
@@ -457,13 +504,18 @@ def main(argv: list[str] | None = None) -> int:
         "floor_seconds": floor_seconds,
         "ratio_to_floor": ratio(seconds, floor_seconds),
         "goal": f"ratio_to_floor <= {GOAL:g}",
-        "phases": {key: median_of(rounds, "phases", key) for key in ("drift_check", "trigger", "start")}
-        | {key: median_of(rounds, "floor_phases", key) for key in ("floor_trigger", "floor_start")},
+        "phases": {
+            key: median_of(rounds, "phases", key) for key in ("drift_check", "delivery", "trigger", "start")
+        }
+        | {
+            key: median_of(rounds, "floor_phases", key)
+            for key in ("floor_delivery", "floor_trigger", "floor_start")
+        },
         "rounds": rounds,
         "worker_query_seconds": float(ctx["worker_query_seconds"]) if ctx["worker_query_seconds"] else None,
         "trigger": {key: trigger.get(key) for key in ("posture", "threshold", "within")},
         "model": tag,
-        "rows": sum(1 for _ in shifted.open()) - 1,
+        "rows": rows,
         "cpu_count": os.cpu_count(),
         "load_average": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
     }
