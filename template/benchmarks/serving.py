@@ -10,11 +10,14 @@ Goals P3: ratio_to_trivial >= 0.8, ratio_to_fastapi >= 4, p99_ratio_to_trivial <
 Every variant gets the same load on loopback: `hey` with --concurrency clients (32) sending one real row
 of the training data, as fast as each gets its answers, for --seconds (15) after an untimed warm-up:
 - `service`: the project's service (`python -m <package> serve`, the production model, settings.toml's
-  [serving] workers / max_batch_size / max_latency_ms), POST /predict_one, which goes through the
-  adaptive batcher. Its request log goes to a temporary folder (not the project's logs/, which the
-  monitor flow reads), and its API key variable is removed from its environment.
+  [serving] workers / max_batch_size / max_latency_ms / runtime), POST /predict_one, which goes through
+  the adaptive batcher; with runtime "auto" it predicts with ONNX Runtime when the pipeline converts and
+  agrees with scikit-learn (variants.service.runtime says which ran). Its request log goes to a
+  temporary folder (not the project's logs/, which the monitor flow reads), and its API key variable is
+  removed from its environment.
 - `fastapi`: FastAPI + uvicorn with the same number of workers, the same production pipeline loaded with
-  bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request.
+  bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request: what a
+  plain hand-written endpoint does.
 - `trivial`: a BentoML service with the same workers, request and answer types whose endpoint returns
   a constant without touching the model: what BentoML itself can answer on this machine.
 - `batched_predict`: rows/s of the bare pipeline's predict_proba (predict for regression) in this
@@ -272,15 +275,24 @@ def measure(running: Server, body: Path, seconds: float, warmup: float, concurre
 
 
 def batch_sizes(base: str, package: str) -> dict:
-    """The adaptive batcher's batch sizes from the service's /metrics (summed over workers)."""
+    """The adaptive batcher's batch sizes (summed over workers) and the runtime serving the model, from the
+    service's /metrics."""
     total = count = 0.0
+    runtimes: set[str] = set()
     with contextlib.suppress(OSError), urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
+            found = re.match(rf'{package}_model_info\b.*runtime="(\w+)"', line)
+            if found:
+                runtimes.add(found.group(1))
             if line.startswith(f"{package}_batch_size_sum"):
                 total += float(line.rsplit(" ", 1)[1])
             elif line.startswith(f"{package}_batch_size_count"):
                 count += float(line.rsplit(" ", 1)[1])
-    return {"batches": int(count), "mean_batch_size": round(total / count, 1) if count else None}
+    return {
+        "batches": int(count),
+        "mean_batch_size": round(total / count, 1) if count else None,
+        "runtime": ",".join(sorted(runtimes)) or None,
+    }
 
 
 def batched_limit(package: str, settings, frame, seconds: float) -> dict:

@@ -82,6 +82,7 @@ class ServingSettings(BaseModel):
     request_log_buffer: int = Field(10_000, ge=1)
     api_key_env: str = ""
     api_key_block: str = ""
+    runtime: Literal["auto", "onnx", "sklearn"] = "auto"
 
 
 class MonitoringSettings(BaseModel):

@@ -23,18 +23,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
-import pandas as pd
 from bentoml import server_context
 from bentoml.exceptions import InvalidArgument
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
+from . import runtime
 from .aliases import production_tag
 from .batching import Batcher
 from .config import PACKAGE, get_settings
-from .data import conform
 from .middleware import RequestGuard, key_from_secret_block
+from .registry import load
 from .requestlog import RequestLog, worker_path
 from .schema import OnePrediction, Prediction, RowPrediction, row_model
 
@@ -73,7 +72,7 @@ PREDICTIONS = Counter(
 MODEL_SERVED = Gauge(
     f"{PACKAGE}_model_info",
     "The model version this service serves (value 1)",
-    ["model_name", "model_version"],
+    ["model_name", "model_version", "runtime"],
     multiprocess_mode="max",
 )
 BATCH_SIZE = Histogram(
@@ -92,16 +91,18 @@ class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.pipeline = bentoml.sklearn.load_model(self.model)
+        self.runtime = runtime.choose(load(MODEL_TAG), SERVING.runtime, SETTINGS.edge.tolerance)
         self.version = str(self.model.tag)
-        self.classes = [str(c) for c in self.pipeline.classes_] if TASK_TYPE == "classification" else None
+        self.classes = self.runtime.classes
         self.requests = RequestLog(
             worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
             max_bytes=SERVING.request_log_max_bytes,
             backups=SERVING.request_log_backups,
             buffer=SERVING.request_log_buffer,
         )
-        MODEL_SERVED.labels(model_name=self.model.tag.name, model_version=self.version).set(1)
+        MODEL_SERVED.labels(
+            model_name=self.model.tag.name, model_version=self.version, runtime=self.runtime.name
+        ).set(1)
         self.batcher = Batcher(
             self.predict_rows,
             max_batch_size=SERVING.max_batch_size,
@@ -111,13 +112,13 @@ class Predictor:
 
     def __is_ready__(self) -> bool:
         """/readyz: the model is loaded and the request log can take records."""
-        return self.pipeline is not None and self.requests.alive
+        return self.runtime is not None and self.requests.alive
 
     @bentoml.on_shutdown
     def close_request_log(self) -> None:
         self.requests.close()
 
-    def predict_rows(self, rows: list[Any]) -> list[RowPrediction]:
+    def predict_rows(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
         try:
             return self._predict(rows)
@@ -126,33 +127,28 @@ class Predictor:
             # the others, so each is tried alone and carries its own error back to its request (a 400).
             return [self._predict_alone(row) for row in rows]
 
-    def _predict_alone(self, row: Any) -> RowPrediction:
+    def _predict_alone(self, row: dict[str, Any]) -> RowPrediction:
         try:
             return self._predict([row])[0]
         except (ValueError, TypeError) as exc:
             return RowPrediction(error=f"the model cannot predict this row: {exc}")
 
-    def _predict(self, rows: list[Any]) -> list[RowPrediction]:
-        frame = conform(pd.DataFrame([row.model_dump() for row in rows]), FEATURE_SCHEMA)
-        if self.classes is None:
-            return [RowPrediction(prediction=_plain(p)) for p in self.pipeline.predict(frame)]
-        # The label is the most probable class, as scikit-learn's classifiers predict it: one pass
-        # through the model instead of predict + predict_proba.
-        proba = np.asarray(self.pipeline.predict_proba(frame))
-        labels = self.pipeline.classes_.take(proba.argmax(axis=1))
+    def _predict(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
+        predictions, proba = self.runtime.predict(rows)
+        if proba is None or self.classes is None:
+            return [RowPrediction(prediction=p) for p in predictions]
         return [
-            RowPrediction(
-                prediction=_plain(label), probabilities=dict(zip(self.classes, map(float, row), strict=True))
-            )
-            for label, row in zip(labels, proba, strict=True)
+            RowPrediction(prediction=p, probabilities=dict(zip(self.classes, map(float, row), strict=True)))
+            for p, row in zip(predictions, proba, strict=True)
         ]
 
     @bentoml.api
     async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
         """Predict for one or more rows; each row's fields are the training columns."""
         request_id = _request_id(ctx)
-        results = await self._batched(rows)
-        self._record("/predict", request_id, rows, results)
+        features = [row.model_dump() for row in rows]
+        results = await self._batched(features)
+        self._record("/predict", request_id, features, results)
         return Prediction(
             predictions=[r.prediction for r in results],
             probabilities=None if self.classes is None else [r.probabilities or {} for r in results],
@@ -164,8 +160,9 @@ class Predictor:
     async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:  # type: ignore[valid-type]
         """Predict for one row; concurrent calls are batched together."""
         request_id = _request_id(ctx)
-        [result] = await self._batched([row])
-        self._record("/predict_one", request_id, [row], [result])
+        features = row.model_dump()
+        [result] = await self._batched([features])
+        self._record("/predict_one", request_id, [features], [result])
         return OnePrediction(
             prediction=result.prediction,
             probabilities=result.probabilities,
@@ -173,7 +170,7 @@ class Predictor:
             request_id=request_id,
         )
 
-    async def _batched(self, rows: list[Any]) -> list[RowPrediction]:
+    async def _batched(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         """Predict `rows` with those of concurrent requests; a row the model refused is a 400."""
         answers = await self.batcher(rows)
         refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
@@ -181,7 +178,9 @@ class Predictor:
             raise InvalidArgument("; ".join(refused))
         return answers
 
-    def _record(self, endpoint: str, request_id: str, rows: list[Any], results: list[RowPrediction]) -> None:
+    def _record(
+        self, endpoint: str, request_id: str, rows: list[dict[str, Any]], results: list[RowPrediction]
+    ) -> None:
         """Count the predictions and hand them to the request log (never waits for the disk)."""
         now = datetime.now(UTC).isoformat()
         records = []
@@ -195,7 +194,7 @@ class Predictor:
                     "endpoint": endpoint,
                     "model_version": self.version,
                     "row": index,
-                    "features": row.model_dump(),
+                    "features": row,
                     "prediction": result.prediction,
                     "probabilities": result.probabilities,
                 }
@@ -206,11 +205,6 @@ class Predictor:
 def _request_id(ctx: bentoml.Context) -> str:
     """The id RequestGuard gave this request (a fresh one if the service runs without it)."""
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
-
-
-def _plain(value):
-    """numpy scalars to plain Python, so the response serializes the same for every estimator."""
-    return value.item() if hasattr(value, "item") else value
 
 
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
