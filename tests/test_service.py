@@ -245,7 +245,9 @@ def test_metrics_count_predictions_by_label_and_show_the_model_version(service, 
         key = (("label", label), ("model_version", model["tag"]))
         assert after.get(key, 0) - before.get(key, 0) == count, (label, before, after)
     info = metric_samples(service, f"{model['tag'].split(':')[0]}_model_info")
-    assert info == {(("model_name", model["tag"].split(":")[0]), ("model_version", model["tag"])): 1.0}
+    # The pipeline (numbers, text categories, missing values) converts, agrees, and is served by ONNX Runtime.
+    name, version = model["tag"].split(":")[0], model["tag"]
+    assert info == {(("model_name", name), ("model_version", version), ("runtime", "onnx")): 1.0}
     dropped = metric_samples(service, f"{model['tag'].split(':')[0]}_request_log_dropped_total")
     assert dropped == {(): 0.0}
     requests = metric_samples(service, "bentoml_service_request_total")

@@ -11,9 +11,13 @@ sends the webhook alert (when configured); neither can fail the run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# Evidently takes about 2 s to import on two cores. Imported with the flow, it is loaded before a run
+# starts (when a worker loads the flow), not inside the run, between drift and the retraining it asks for.
+import evidently  # noqa: F401
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -71,19 +75,23 @@ def too_few_rows(source: str, rows: int, minimum: int, model_tag: str) -> dict[s
     }
 
 
+@dataclass
+class Check:
+    """A verdict and what its report is made of; the report is written after the event is out."""
+
+    verdict: dict[str, Any]
+    result: monitoring.DriftResult | None = None
+    snapshot: Any = None
+
+
 @task(cache_policy=NO_CACHE)
-def check(current_path: str | None, model_tag: str, start: datetime, end: datetime) -> dict[str, Any]:
+def check(current_path: str | None, model_tag: str, start: datetime, end: datetime) -> Check:
     settings = get_settings()
     options = settings.monitoring
     model = registry.load(model_tag)
     frame, served, window, source = load_current(settings, current_path, start, end)
     if len(frame) < options.min_rows:
-        verdict = too_few_rows(source, len(frame), options.min_rows, model_tag)
-        create_markdown_artifact(
-            key=ARTIFACT_KEY,
-            markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}",
-        )
-        return verdict
+        return Check(too_few_rows(source, len(frame), options.min_rows, model_tag))
     current = monitoring.prepare_current(frame, model.schema, source)
     kind = _prediction_type(model)
     reference = model.reference.assign(**{monitoring.PREDICTION: predictions_for(model, model.reference)})
@@ -103,29 +111,43 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
         performance = traffic.performance(
             window, labels, model.metadata["task_type"], classes, options.performance_threshold
         )
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = monitoring.save_report(snapshot, settings.resolve(options.reports_dir), f"drift-{stamp}")
-    report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
-    create_markdown_artifact(
-        key=ARTIFACT_KEY,
-        markdown=monitoring.markdown_summary(result, model_tag, source)
-        + performance_lines(performance)
-        + (
-            f"\n\nFull report: [{report.name}]({report_url})"
-            if report_url
-            else f"\n\nFull report: `{report}`"
-        ),
-        description="Data and prediction drift of the current traffic against the training reference",
-    )
     verdict = result.as_dict()
     verdict["prediction_drift"] = verdict.pop("prediction")
-    return verdict | {
+    verdict |= {
         "model_version": model_tag,
         "source": source,
         "performance": performance,
-        "report": str(report),
-        "report_url": report_url,
+        "report": None,
+        "report_url": None,
     }
+    return Check(verdict, result, snapshot)
+
+
+@task(cache_policy=NO_CACHE)
+def publish(checked: Check) -> dict[str, Any]:
+    """The full Evidently report in monitoring.reports_dir and the `drift-report` artifact."""
+    verdict = checked.verdict
+    if checked.result is None:
+        create_markdown_artifact(
+            key=ARTIFACT_KEY,
+            markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}",
+        )
+        return verdict
+    options = get_settings().monitoring
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = monitoring.save_report(
+        checked.snapshot, get_settings().resolve(options.reports_dir), f"drift-{stamp}"
+    )
+    report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
+    link = f"[{report.name}]({report_url})" if report_url else f"`{report}`"
+    create_markdown_artifact(
+        key=ARTIFACT_KEY,
+        markdown=monitoring.markdown_summary(checked.result, verdict["model_version"], verdict["source"])
+        + performance_lines(verdict["performance"])
+        + f"\n\nFull report: {link}",
+        description="Data and prediction drift of the current traffic against the training reference",
+    )
+    return verdict | {"report": str(report), "report_url": report_url}
 
 
 def performance_lines(performance: dict[str, Any] | None) -> str:
@@ -192,9 +214,12 @@ def monitor(
     end = end or datetime.now(UTC)
     start = start or end - timedelta(hours=settings.monitoring.window_hours)
     model_tag = aliases.production_tag(settings)  # the served model's reference is the one that matters
-    verdict = check(current_path, model_tag, start, end)
+    checked = check(current_path, model_tag, start, end)
+    verdict = checked.verdict
     why = reasons(verdict)
-    verdict["event_emitted"] = bool(why) and emit(settings, verdict, why)
+    # The event goes out as soon as the verdict is known: retraining need not wait for the report.
+    emitted = bool(why) and emit(settings, verdict, why)
+    verdict = publish(checked) | {"event_emitted": emitted}
     if why:
         logger.warning(
             "Retraining asked for (%s); columns: %s", "; ".join(why), verdict["drifted_columns"][:8]
