@@ -24,6 +24,7 @@ import httpx
 import pytest
 import yaml
 from conftest import Project, explain, free_port, install_project, require_tool, started
+from prefect_ui import capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -103,7 +104,13 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
     gateway_port, prometheus_port, prefect_port = free_port(), free_port(), free_port()
     gateway = f"127.0.0.1:{gateway_port}"
     api_url = f"http://127.0.0.1:{prefect_port}/api"
-    server_env = {**project.env, "PREFECT_HOME": str(home / "prefect-server")}
+    server_env = {
+        **project.env,
+        "PREFECT_HOME": str(home / "prefect-server"),
+        # Where the UI asks the API (else 127.0.0.1:4200, and every page says it cannot connect).
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(prefect_port),
+    }
     with contextlib.ExitStack() as stack, webhook_receiver() as receiver:
         stack.enter_context(
             started(
@@ -229,3 +236,19 @@ print(json.dumps(sum(e is not None for e in events)))
     runs = flow_runs(stack.api_url, "retrain", storm_started)
     assert len(runs) == 1, [(r["name"], r["parameters"]) for r in runs]
     assert runs[0]["parameters"]["reason"].startswith("storm")
+
+
+def test_the_prefect_ui_shows_the_retrain_run_and_the_drift_report(stack):
+    """What a person opening the Prefect UI sees, in a real browser (Debian's Chromium, headless)."""
+    require_tool("chromium")
+    screenshot = OUTPUT / "e2e-prefect-ui.png"
+    seen = capture_prefect_ui(
+        stack.api_url.removesuffix("/api"),
+        flow_run_name_contains=stack.summary["retrain"]["name"],
+        artifact_key="drift-report",
+        screenshot=screenshot,
+    )
+    assert seen["flow_run"]["state"] == "Completed", seen["flow_run"]
+    assert "DRIFT DETECTED" in seen["artifact"]["text"], seen["artifact"]["text"][:500]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"screenshot of the Prefect UI: {screenshot}")

@@ -119,7 +119,11 @@ def prefect_env(api_url: str | None = None, **extra: str) -> dict[str, str]:
 def prefect_server(home: Path, log_dir: Path, timeout: float = 120) -> Iterator[str]:
     """A Prefect server with its own SQLite database under `home`; yields its API URL."""
     port = free_port()
-    env = prefect_env(PREFECT_HOME=str(home))
+    # The UI asks the API at PREFECT_SERVER_API_HOST:PORT (4200 by default), not at --port: without these
+    # its every page says "Can't connect to Server API".
+    env = prefect_env(
+        PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST=LOOPBACK, PREFECT_SERVER_API_PORT=str(port)
+    )
     env.pop("PREFECT_API_URL", None)
     command = [venv_command("prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)]
     with background("prefect-server", command, log_dir=log_dir, env=env, cwd=home.parent) as proc:
