@@ -25,6 +25,7 @@ DEFAULT_TREE = [
     "deploy/k8s/hpa.yaml",
     "deploy/k8s/kustomization.yaml",
     "deploy/k8s/service.yaml",
+    "benchmarks/_common.py",
     "benchmarks/drift.py",
     "benchmarks/retrain_latency.py",
     "monitoring/alerts.yml",

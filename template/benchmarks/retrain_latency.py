@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -59,12 +58,12 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _common import kill_leftovers, load_project, log, production_tag, ratio, run
 from prefect import flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,10 +84,6 @@ POLL_SECONDS = 1.0
 @flow(name=FLOOR_FLOW)
 def floor(reason: str = "manual", drift_share: float | None = None) -> None:
     """Does nothing: the floor deployment's flow, with the retrain flow's parameters."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- deployments -----------------------------------------------------------------------------------------
@@ -300,26 +295,6 @@ def warm_up(client, timeout: float) -> None:
 # --- processes -------------------------------------------------------------------------------------------
 
 
-def kill_leftovers(run_id: str) -> int:
-    """Processes still carrying this run's marker: flow runs start in sessions of their own, so stopping
-    the worker's process group does not reach a run it could not stop."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(MARKER) == run_id:
-                proc.terminate()
-                found.append(proc)
-    _, alive = psutil.wait_procs(found, timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(found)
-
-
 def failed_actions(logs: Path) -> str:
     """The server's "Action failed" lines: the only trace of a trigger whose run could not be created."""
     with contextlib.suppress(OSError):
@@ -385,7 +360,7 @@ def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
         raise RuntimeError(f"round {round_no}: {exc}{failed_actions(logs)} (logs in {logs})") from exc
     finally:
         EventsWorker.drain_all(timeout=10, at_exit=False)  # its client points at this round's server
-        kill_leftovers(ctx["run_id"])
+        kill_leftovers(MARKER, ctx["run_id"])
     result["ratio_to_floor"] = ratio(result["seconds"], result["floor_seconds"])
     log(
         f"round {round_no} ({result['order']}): monitor start -> retrain start {result['seconds']} s "
@@ -396,10 +371,6 @@ def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
 
 
 # --- the report ------------------------------------------------------------------------------------------
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
 
 
 def median_of(rounds: list[dict], key: str, sub: str | None = None) -> float | None:
@@ -435,17 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from prefect.client.orchestration import get_client
 
-    package = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
-    config = importlib.import_module(f"{package}.config")
-    importlib.import_module(package)  # points BentoML at the project's model store, as the CLI does
-    aliases = importlib.import_module(f"{package}.aliases")
-    demo = importlib.import_module(f"{package}.demo")
-    localstack = importlib.import_module(f"{package}.localstack")
-    settings = config.get_settings()
-    try:
-        tag = aliases.production_tag(settings)
-    except LookupError as exc:
-        log(f"error: this benchmark needs a production model: {exc}")
+    _, settings, modules = load_project("demo", "localstack")
+    demo, localstack = modules["demo"], modules["localstack"]
+    tag = production_tag(settings, modules["aliases"])
+    if tag is None:
         return 2
 
     run_id = uuid.uuid4().hex
@@ -457,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     _, shifted = demo.demo_batches(settings, work / "batches")
     with shifted.open() as lines:
         rows = sum(1 for _ in lines) - 1
-    prefix = config.ENV_PREFIX
+    prefix = modules["config"].ENV_PREFIX
     # Inherited by the worker and its flow runs: nothing the benchmark starts leaves a trace in the project.
     os.environ.update(
         {
@@ -490,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(1, args.rounds + 1):
             rounds.append(run_round(round_no, ctx, floor_first=round_no % 2 == 1))
     finally:
-        leftovers = kill_leftovers(run_id)
+        leftovers = kill_leftovers(MARKER, run_id)
         if leftovers:
             log(f"stopped {leftovers} leftover process(es)")
         if args.keep:
@@ -525,8 +489,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RuntimeError as exc:
-        log(f"error: {exc}")
-        sys.exit(1)
+    run(main)

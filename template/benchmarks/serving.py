@@ -53,7 +53,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from _common import kill_leftovers, load_project, log, production_tag, ratio, run
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -75,10 +75,6 @@ GOALS = {
 MARKER = "SERVING_BENCHMARK_RUN"  # in every server's environment, so leftovers can be found by it
 BENTOML_WORKER = "_bentoml_impl.worker"
 START_TIMEOUT = 300.0
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -237,19 +233,6 @@ def stop(process: subprocess.Popen, children: list[psutil.Process], grace: float
             child.kill()
 
 
-def kill_leftovers(run_id: str) -> int:
-    """Any process still carrying this run's marker (none, normally)."""
-    killed = 0
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(MARKER) == run_id:
-                proc.kill()
-                killed += 1
-    return killed
-
-
 # --- the variants ----------------------------------------------------------------------------------------
 
 
@@ -326,10 +309,6 @@ def batched_limit(package: str, settings, frame, seconds: float) -> dict:
 # --- the report ------------------------------------------------------------------------------------------
 
 
-def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
-    return round(a / b, digits) if a is not None and b else None
-
-
 def goal_met(report: dict) -> dict[str, bool | None]:
     met: dict[str, bool | None] = {}
     for key, (op, target) in GOALS.items():
@@ -360,17 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on SIGTERM too
 
-    package = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
-    config = importlib.import_module(f"{package}.config")
-    importlib.import_module(package)  # points BentoML at the project's model store, as the CLI does
-    aliases = importlib.import_module(f"{package}.aliases")
-    data = importlib.import_module(f"{package}.data")
-    settings = config.get_settings()
-    serving = settings.serving
-    try:
-        tag = aliases.production_tag(settings)
-    except LookupError as exc:
-        log(f"error: {exc}")
+    package, settings, modules = load_project("data")
+    data, serving = modules["data"], settings.serving
+    tag = production_tag(settings, modules["aliases"])
+    if tag is None:
         return 2
 
     run_id = uuid.uuid4().hex
@@ -383,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {k: v for k, v in os.environ.items() if k != serving.api_key_env}
     env[MARKER] = run_id
-    env[f"{config.ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
+    env[f"{modules['config'].ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     workers = str(serving.workers)
     load_before = os.getloadavg()[0]
@@ -436,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "service":
                     variants[name].update(batch_sizes(running.base, package))
     finally:
-        leftovers = kill_leftovers(run_id)
+        leftovers = kill_leftovers(MARKER, run_id)
         if leftovers:
             log(f"killed {leftovers} leftover process(es)")
         if args.keep:
@@ -477,8 +449,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except RuntimeError as exc:
-        log(f"error: {exc}")
-        sys.exit(1)
+    run(main)
