@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import sys
 import tomllib
 from collections.abc import Callable
@@ -64,6 +65,17 @@ def kill_leftovers(marker: str, run_id: str) -> int:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     return len(found)
+
+
+def clean_up(marker: str, run_id: str, work: Path, keep: bool) -> None:
+    """After a run: stop what is left of it, and remove its work folder unless asked to keep it."""
+    leftovers = kill_leftovers(marker, run_id)
+    if leftovers:
+        log(f"stopped {leftovers} leftover process(es)")
+    if keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(main: Callable[[], int]) -> None:

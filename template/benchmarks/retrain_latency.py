@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -63,7 +62,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import kill_leftovers, load_project, log, production_tag, ratio, run
+from _common import clean_up, kill_leftovers, load_project, log, production_tag, ratio, run
 from prefect import flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,13 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(1, args.rounds + 1):
             rounds.append(run_round(round_no, ctx, floor_first=round_no % 2 == 1))
     finally:
-        leftovers = kill_leftovers(MARKER, run_id)
-        if leftovers:
-            log(f"stopped {leftovers} leftover process(es)")
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(MARKER, run_id, work, args.keep)
 
     seconds, floor_seconds = median_of(rounds, "seconds"), median_of(rounds, "floor_seconds")
     report = {

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from _common import kill_leftovers, load_project, log, production_tag, ratio, run
+from _common import clean_up, load_project, log, production_tag, ratio, run
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -408,13 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "service":
                     variants[name].update(batch_sizes(running.base, package))
     finally:
-        leftovers = kill_leftovers(MARKER, run_id)
-        if leftovers:
-            log(f"killed {leftovers} leftover process(es)")
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(MARKER, run_id, work, args.keep)
 
     ours, fastapi, trivial = variants["service"], variants["fastapi"], variants["trivial"]
     report = {
