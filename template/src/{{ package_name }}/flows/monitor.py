@@ -6,7 +6,9 @@ window exist, the model's performance. When the share of drifted columns reaches
 `<package>.performance.degraded`; the retrain deployment's trigger in prefect.yaml listens for both, so
 retraining is Prefect's decision to make (with its cooldown and concurrency limit), not this flow's.
 Every run also pushes its gauges to the Pushgateway (when configured) and, when it asks for retraining,
-sends the webhook alert (when configured); neither can fail the run.
+sends the webhook alert (when configured). A gateway or webhook that does not answer is a warning, never a
+failed run; a webhook that is misconfigured (a Secret block that does not exist, a value that is not a URL)
+fails the run with the setting's name, after the event is out, so the mistake is seen at once.
 """
 
 from __future__ import annotations
