@@ -348,6 +348,26 @@ def serving(project: Project, log: Path, timeout: float = 180, **env: str) -> It
         yield base
 
 
+@contextlib.contextmanager
+def prefect_server(project: Project, home: Path, **env: str) -> Iterator[str]:
+    """`prefect server start` from the project's environment, SQLite in `home`; yields the UI's URL. The UI
+    is told where its API is (PREFECT_SERVER_API_HOST/PORT), as any server opened in a browser must be;
+    `env` adds to or overrides that."""
+    port = free_port()
+    ui_url = f"http://127.0.0.1:{port}"
+    server_env = {
+        **project.env,
+        "PREFECT_HOME": str(home / "prefect-server"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        **env,
+    }
+    command = ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    log = home / "prefect-server.log"
+    with started(command, cwd=project.root, env=server_env, log=log, ready_url=f"{ui_url}/api/health"):
+        yield ui_url
+
+
 def answers(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=2).status_code == 200

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import Project, explain, free_port, install_project, require_tool, started
+from conftest import Project, explain, free_port, install_project, prefect_server, require_tool, started
 from prefect_ui import capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -33,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 COOLDOWN_SECONDS = 20
 STORM_EVENTS = 20
 OUTPUT = Path(__file__).parent / "output"
-PREFECT_SERVER = ["uv", "run", "prefect", "server", "start"]
 
 
 @dataclass
@@ -101,16 +100,8 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
     logs = home / "logs"
     logs.mkdir()
     project = install_project({"retrain_cooldown_seconds": COOLDOWN_SECONDS}, home, prefect_home)
-    gateway_port, prometheus_port, prefect_port = free_port(), free_port(), free_port()
+    gateway_port, prometheus_port = free_port(), free_port()
     gateway = f"127.0.0.1:{gateway_port}"
-    api_url = f"http://127.0.0.1:{prefect_port}/api"
-    server_env = {
-        **project.env,
-        "PREFECT_HOME": str(home / "prefect-server"),
-        # Where the UI asks the API (else 127.0.0.1:4200, and every page says it cannot connect).
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(prefect_port),
-    }
     with contextlib.ExitStack() as stack, webhook_receiver() as receiver:
         stack.enter_context(
             started(
@@ -136,15 +127,7 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
                 ready_url=f"http://127.0.0.1:{prometheus_port}/-/ready",
             )
         )
-        stack.enter_context(
-            started(
-                [*PREFECT_SERVER, "--host", "127.0.0.1", "--port", str(prefect_port)],
-                cwd=project.root,
-                env=server_env,
-                log=logs / "prefect-server.log",
-                ready_url=f"{api_url}/health",
-            )
-        )
+        api_url = stack.enter_context(prefect_server(project, home)) + "/api"
         prefix = project.package.upper()
         demo = project.cli(
             "demo",

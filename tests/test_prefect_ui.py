@@ -8,14 +8,21 @@ artifact with a key; then the helper finds both in the UI. The screenshot is kep
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, Project, explain, free_port, install_project, require_tool, started
+from conftest import (
+    ANSWER_SETS,
+    Project,
+    explain,
+    free_port,
+    install_project,
+    prefect_server,
+    require_tool,
+)
 from prefect_ui import PrefectUIError, capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -42,26 +49,6 @@ class Server:
     run_name: str
     key: str
     marker: str
-
-
-@contextlib.contextmanager
-def prefect_server(project: Project, home: Path, **env: str) -> Iterator[str]:
-    """`prefect server start` from the project's environment, SQLite in `home`; yields the UI's URL. The UI
-    is told where its API is (PREFECT_SERVER_API_HOST/PORT), as any server opened in a browser must be;
-    `env` adds to or overrides that."""
-    port = free_port()
-    ui_url = f"http://127.0.0.1:{port}"
-    server_env = {
-        **project.env,
-        "PREFECT_HOME": str(home / "prefect-server"),
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        **env,
-    }
-    command = ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    log = home / "prefect-server.log"
-    with started(command, cwd=project.root, env=server_env, log=log, ready_url=f"{ui_url}/api/health"):
-        yield ui_url
 
 
 @pytest.fixture(scope="module")
