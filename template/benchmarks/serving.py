@@ -55,7 +55,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,19 +184,13 @@ def ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def server(name: str, command: list[str], env: dict[str, str], port: int, logs: Path) -> Iterator[Server]:
-    """Start a server in its own process group; yield once /readyz answers 200; stop it and its workers."""
+def server(
+    name: str, command: list[str], env: dict[str, str], port: int, logs: Path, spawn: Callable
+) -> Iterator[Server]:
+    """Start a server in its own process group (`spawn`: the project's localstack.spawn); yield once
+    /readyz answers 200; stop it and its workers."""
     path = logs / f"{name}.log"
-    with path.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn(command, log=path, env=env, cwd=ROOT)
     running = Server(name, process, path, f"http://{HOST}:{port}")
     seen: dict[int, psutil.Process] = {}
     try:
@@ -339,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on SIGTERM too
 
-    package, settings, modules = load_project("data")
+    package, settings, modules = load_project("data", "localstack")
     data, serving = modules["data"], settings.serving
     tag = production_tag(settings, modules["aliases"])
     if tag is None:
@@ -403,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             command = [part.replace("{port}", str(port)) for part in template]
             log(f"{name}: starting")
-            with server(name, command, env, port, logs) as running:
+            with server(name, command, env, port, logs, modules["localstack"].spawn) as running:
                 variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
                 if name == "service":
                     variants[name].update(batch_sizes(running.base, package))
