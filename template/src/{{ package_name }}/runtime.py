@@ -103,7 +103,7 @@ def choose(model: RegisteredModel, wanted: str, tolerance: float) -> Runtime:
         session = edge.session(edge.convert(model))
         check = model.reference.head(2000)
         largest, rows = edge.compare(model, session, check, tolerance)
-    except (edge.NotConvertible, edge.NotEquivalent, ValueError, RuntimeError) as exc:
+    except (RuntimeError, ValueError) as exc:  # edge.NotConvertible and NotEquivalent are RuntimeErrors
         if wanted == "onnx":
             raise RuntimeError(
                 f"serving.runtime is 'onnx' but the model cannot be served with ONNX Runtime: {exc}. "

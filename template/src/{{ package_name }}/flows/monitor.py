@@ -135,11 +135,10 @@ def publish(checked: Check) -> dict[str, Any]:
             markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}",
         )
         return verdict
-    options = get_settings().monitoring
+    settings = get_settings()
+    options = settings.monitoring
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = monitoring.save_report(
-        checked.snapshot, get_settings().resolve(options.reports_dir), f"drift-{stamp}"
-    )
+    report = monitoring.save_report(checked.snapshot, settings.resolve(options.reports_dir), f"drift-{stamp}")
     report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
     link = f"[{report.name}]({report_url})" if report_url else f"`{report}`"
     create_markdown_artifact(
