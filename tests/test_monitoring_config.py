@@ -36,7 +36,7 @@ BENTOML_METRICS = {
 }
 # Series Prometheus writes itself for every scrape target.
 PROMETHEUS_METRICS = {"up"}
-# The monitor's pushed gauges, for a project without src/<package>/metrics_push.py (whose PUSHED_METRICS
+# The monitor's pushed gauges, for a project without src/<package>/monitoring/pushgateway.py (whose PUSHED_METRICS
 # is the source of truth when it exists); {pkg} is the package name.
 PUSHED_FALLBACK = (
     "{pkg}_drift_share",
@@ -143,7 +143,7 @@ def defined_metrics(source: str, package: str) -> set[str]:
 
 
 def pushed_metrics(source: str, package: str) -> set[str]:
-    """The names in metrics_push.PUSHED_METRICS, each a module-level constant."""
+    """The names in pushgateway.PUSHED_METRICS, each a module-level constant."""
     tree = ast.parse(source)
     constants: dict[str, str | None] = {}
     listed: list[str] = []
@@ -154,7 +154,7 @@ def pushed_metrics(source: str, package: str) -> set[str]:
                 listed = [ast.unparse(item) for item in node.value.elts]
             else:
                 constants[name] = _literal(node.value, package)
-    assert listed, "metrics_push.py has no PUSHED_METRICS tuple of the gauges a push can hold"
+    assert listed, "pushgateway.py has no PUSHED_METRICS tuple of the gauges a push can hold"
     return {constants[name] or name for name in listed}
 
 
@@ -163,8 +163,8 @@ def exported_metrics(project: Path) -> set[str]:
     package = package_of(project)
     sources = {path.name: path.read_text() for path in (project / "src" / package).rglob("*.py")}
     names = set().union(*(defined_metrics(source, package) for source in sources.values()))
-    if "metrics_push.py" in sources:
-        names |= pushed_metrics(sources["metrics_push.py"], package)
+    if "pushgateway.py" in sources:
+        names |= pushed_metrics(sources["pushgateway.py"], package)
     else:
         names |= {name.format(pkg=package) for name in PUSHED_FALLBACK}
     return names

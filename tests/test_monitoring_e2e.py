@@ -198,7 +198,7 @@ def test_a_storm_of_drift_events_starts_at_most_one_retrain(stack):
         f"""
 import json, sys
 from prefect.events import emit_event
-from {stack.project.package}.aliases import production_tag
+from {stack.project.package}.registry.aliases import production_tag
 from {stack.project.package}.config import get_settings
 settings = get_settings()
 tag = production_tag(settings)

@@ -37,8 +37,10 @@ PRODUCTION = """
 import importlib, json, sys
 package = sys.argv[1]
 settings = importlib.import_module(package + ".config").get_settings()
-aliases, data = (importlib.import_module(f"{package}.{m}") for m in ("aliases", "data"))
-features = data.load_dataset(settings).features
+aliases, validation = (
+    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "training.validation")
+)
+features = validation.load_dataset(settings).features
 print(json.dumps({
     "tag": aliases.production_tag(settings),
     "rows": json.loads(features.head(5).to_json(orient="records")),
@@ -60,7 +62,9 @@ import importlib, json, sys
 from vanishing import Vanishing
 package = sys.argv[1]
 settings = importlib.import_module(package + ".config").get_settings()
-aliases, registry = (importlib.import_module(f"{package}.{m}") for m in ("aliases", "registry"))
+aliases, registry = (
+    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "registry.store")
+)
 production = registry.load(aliases.production_tag(settings))
 tag = registry.save(
     settings, Vanishing(), schema=production.schema, reference=production.reference,
@@ -146,7 +150,7 @@ def test_bento_build_writes_the_dockerfile_and_packs_what_the_service_needs(bent
     assert (path / "env" / "docker" / "Dockerfile").is_file()
     assert "ENTRYPOINT" in (path / "env" / "docker" / "Dockerfile").read_text()
     assert (path / "src" / "settings.toml").is_file()
-    assert (path / "src" / project.package / "service.py").is_file()
+    assert (path / "src" / project.package / "serving" / "service.py").is_file()
     info = yaml.safe_load((path / "bento.yaml").read_text())
     assert info["args"] == {"model_tag": production["tag"]}
     assert [m["tag"] for s in info["services"] for m in s["models"]] == [production["tag"]]

@@ -37,7 +37,9 @@ import importlib, json, sys
 package = sys.argv[1]
 settings = importlib.import_module(package + ".config").get_settings()
 import bentoml
-data, registry = (importlib.import_module(f"{package}.{m}") for m in ("data", "registry"))
+data, registry = (
+    importlib.import_module(f"{package}.{m}") for m in ("training.validation", "registry.store")
+)
 schema = bentoml.models.get(registry.latest_tag(settings)).info.metadata["feature_schema"]
 rows = data.load_dataset(settings).features.head(5).to_json(orient="records")
 print(json.dumps({"schema": schema, "rows": json.loads(rows)}))

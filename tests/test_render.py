@@ -38,15 +38,11 @@ DEFAULT_TREE = [
     "settings.toml",
     "src/{pkg}/__init__.py",
     "src/{pkg}/__main__.py",
-    "src/{pkg}/alerts.py",
-    "src/{pkg}/aliases.py",
-    "src/{pkg}/batching.py",
     "src/{pkg}/config.py",
-    "src/{pkg}/data.py",
-    "src/{pkg}/demo.py",
-    "src/{pkg}/deployment.py",
-    "src/{pkg}/edge.py",
-    "src/{pkg}/files.py",
+    "src/{pkg}/dataset.py",
+    "src/{pkg}/features.py",
+    "src/{pkg}/model.py",
+    "src/{pkg}/tables.py",
     "src/{pkg}/flows/__init__.py",
     "src/{pkg}/flows/deploy.py",
     "src/{pkg}/flows/monitor.py",
@@ -54,38 +50,52 @@ DEFAULT_TREE = [
     "src/{pkg}/flows/promote.py",
     "src/{pkg}/flows/retrain.py",
     "src/{pkg}/flows/train.py",
-    "src/{pkg}/localstack.py",
-    "src/{pkg}/metrics_push.py",
-    "src/{pkg}/middleware.py",
-    "src/{pkg}/model.py",
-    "src/{pkg}/monitoring.py",
-    "src/{pkg}/promotion.py",
-    "src/{pkg}/registry.py",
-    "src/{pkg}/requestlog.py",
-    "src/{pkg}/runtime.py",
-    "src/{pkg}/schema.py",
-    "src/{pkg}/scoring.py",
-    "src/{pkg}/service.py",
-    "src/{pkg}/traffic.py",
-    "src/{pkg}/training.py",
-    "src/{pkg}/tuning.py",
+    "src/{pkg}/local/__init__.py",
+    "src/{pkg}/local/demo.py",
+    "src/{pkg}/local/processes.py",
+    "src/{pkg}/monitoring/__init__.py",
+    "src/{pkg}/monitoring/alerts.py",
+    "src/{pkg}/monitoring/drift.py",
+    "src/{pkg}/monitoring/pushgateway.py",
+    "src/{pkg}/monitoring/served_traffic.py",
+    "src/{pkg}/registry/__init__.py",
+    "src/{pkg}/registry/aliases.py",
+    "src/{pkg}/registry/promotion.py",
+    "src/{pkg}/registry/store.py",
+    "src/{pkg}/serving/__init__.py",
+    "src/{pkg}/serving/atomic_write.py",
+    "src/{pkg}/serving/batch_scoring.py",
+    "src/{pkg}/serving/batching.py",
+    "src/{pkg}/serving/bento.py",
+    "src/{pkg}/serving/http_guard.py",
+    "src/{pkg}/serving/onnx_export.py",
+    "src/{pkg}/serving/predictors.py",
+    "src/{pkg}/serving/request_log.py",
+    "src/{pkg}/serving/request_schema.py",
+    "src/{pkg}/serving/service.py",
+    "src/{pkg}/training/__init__.py",
+    "src/{pkg}/training/holdout.py",
+    "src/{pkg}/training/metrics.py",
+    "src/{pkg}/training/pipeline.py",
+    "src/{pkg}/training/tuning.py",
+    "src/{pkg}/training/validation.py",
     "tests/conftest.py",
-    "tests/test_alerts.py",
-    "tests/test_batching.py",
-    "tests/test_data.py",
-    "tests/test_deployment.py",
-    "tests/test_edge.py",
-    "tests/test_flows.py",
-    "tests/test_metrics_push.py",
-    "tests/test_middleware.py",
+    "tests/flows/test_flows.py",
+    "tests/monitoring/test_alerts.py",
+    "tests/monitoring/test_drift.py",
+    "tests/monitoring/test_pushgateway.py",
+    "tests/monitoring/test_served_traffic.py",
+    "tests/registry/test_promotion.py",
+    "tests/serving/test_batch_scoring.py",
+    "tests/serving/test_batching.py",
+    "tests/serving/test_bento.py",
+    "tests/serving/test_http_guard.py",
+    "tests/serving/test_onnx_export.py",
+    "tests/serving/test_predictors.py",
+    "tests/serving/test_request_log.py",
+    "tests/test_dataset.py",
     "tests/test_model.py",
-    "tests/test_monitoring.py",
-    "tests/test_promotion.py",
-    "tests/test_requestlog.py",
-    "tests/test_runtime.py",
-    "tests/test_scoring.py",
-    "tests/test_traffic.py",
-    "tests/test_tuning.py",
+    "tests/training/test_tuning.py",
 ]
 
 CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
@@ -195,9 +205,7 @@ def test_settings_file_holds_the_answered_values(project, answers):
     assert settings["tuning"]["model_family"] == answers["model_family"]
     assert settings["tuning"]["n_trials"] == answers["n_trials"]
     assert settings["monitoring"]["drift_threshold"] == answers["drift_threshold"]
-    assert settings["prefect"] == {
-        key: answers[key] for key in ("work_pool", "train_schedule", "monitor_schedule", "timezone")
-    }
+    assert "prefect" not in settings, "schedules and the work pool live in prefect.yaml only"
 
 
 def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answers):
@@ -206,7 +214,7 @@ def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answe
     assert requires.contains(f"{answers['python_version']}.0")
     assert pyproject["project"]["name"] == answers["package_name"].replace("_", "-")
     assert pyproject["tool"]["ruff"]["target-version"] == "py" + answers["python_version"].replace(".", "")
-    assert pyproject["tool"]["bentoml"]["build"]["service"] == f"{package_of(project)}.service:Predictor"
+    assert pyproject["tool"]["bentoml"]["build"]["service"] == f"{package_of(project)}.serving.service:Predictor"
 
 
 @pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["check", "format"])

@@ -23,11 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_project(*names: str) -> tuple[str, Any, dict[str, ModuleType]]:
-    """The project's package name, its settings and its modules `config`, `aliases` and `names`. The
-    package itself is imported first: that points BentoML at the project's model store, as the CLI does."""
+    """The project's package name, its settings and its modules `config`, `aliases` and `names` (dotted
+    paths inside the package, keyed by their last part). The package itself is imported first: that points
+    BentoML at the project's model store, as the CLI does."""
     package = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
     importlib.import_module(package)
-    modules = {name: importlib.import_module(f"{package}.{name}") for name in ("config", "aliases", *names)}
+    modules = {
+        name.rpartition(".")[2]: importlib.import_module(f"{package}.{name}")
+        for name in ("config", "registry.aliases", *names)
+    }
     return package, modules["config"].get_settings(), modules
 
 

@@ -148,8 +148,8 @@ def variant_runner(name: str, threshold: float) -> Any:
     """A function frames -> {column: drifted}, with everything it needs already imported."""
     from scipy import stats
 
-    monitoring = importlib.import_module(f"{PACKAGE}.monitoring")
-    data = importlib.import_module(f"{PACKAGE}.data")
+    monitoring = importlib.import_module(f"{PACKAGE}.monitoring.drift")
+    data = importlib.import_module(f"{PACKAGE}.tables")
     settings = importlib.import_module(f"{PACKAGE}.config").get_settings()
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the children's third-party deprecation noise
     settings = importlib.import_module(f"{PACKAGE}.config").get_settings()
-    pinned = importlib.import_module(f"{PACKAGE}.monitoring").preset_options(settings.monitoring)
+    pinned = importlib.import_module(f"{PACKAGE}.monitoring.drift").preset_options(settings.monitoring)
     variants = measure(["ours", "ks"], args.rows, args.cols, args.repeats)
     variants |= measure(["evidently_default"], args.rows, args.cols, 1)
     if pinned:

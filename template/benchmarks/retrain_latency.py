@@ -340,7 +340,7 @@ def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
         ):
             deploy(ctx["demo"], localstack, settings, api_url, ctx["floor_file"])
             with (
-                localstack.prefect_worker(settings.prefect.work_pool, api_url, ROOT, logs) as worker,
+                localstack.prefect_worker(localstack.work_pool(ROOT), api_url, ROOT, logs) as worker,
                 ctx["get_client"](sync_client=True) as client,
             ):
                 ctx["worker_query_seconds"] = worker_setting(worker, "PREFECT_WORKER_QUERY_SECONDS")
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from prefect.client.orchestration import get_client
 
-    _, settings, modules = load_project("demo", "localstack")
-    demo, localstack = modules["demo"], modules["localstack"]
+    _, settings, modules = load_project("local.demo", "local.processes")
+    demo, localstack = modules["demo"], modules["processes"]
     tag = production_tag(settings, modules["aliases"])
     if tag is None:
         return 2

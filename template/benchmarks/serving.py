@@ -187,7 +187,7 @@ def ready(url: str) -> bool:
 def server(
     name: str, command: list[str], env: dict[str, str], port: int, logs: Path, spawn: Callable
 ) -> Iterator[Server]:
-    """Start a server in its own process group (`spawn`: the project's localstack.spawn); yield once
+    """Start a server in its own process group (`spawn`: the project's local.processes.spawn); yield once
     /readyz answers 200; stop it and its workers."""
     path = logs / f"{name}.log"
     process = spawn(command, log=path, env=env, cwd=ROOT)
@@ -276,12 +276,12 @@ def batched_limit(package: str, settings, frame, seconds: float) -> dict:
     """rows/s of the bare production pipeline on batches of max_batch_size rows, in this process."""
     import bentoml
 
-    aliases = importlib.import_module(f"{package}.aliases")
-    data = importlib.import_module(f"{package}.data")
+    aliases = importlib.import_module(f"{package}.registry.aliases")
+    tables = importlib.import_module(f"{package}.tables")
     model = bentoml.models.get(aliases.production_tag(settings))
     pipeline = bentoml.sklearn.load_model(model)
     size = settings.serving.max_batch_size
-    batch = data.conform(
+    batch = tables.conform(
         frame.sample(size, replace=len(frame) < size, random_state=0), model.info.metadata["feature_schema"]
     )
     call = (
@@ -333,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on SIGTERM too
 
-    package, settings, modules = load_project("data", "localstack")
-    data, serving = modules["data"], settings.serving
+    package, settings, modules = load_project("training.validation", "local.processes")
+    validation, serving = modules["validation"], settings.serving
     tag = production_tag(settings, modules["aliases"])
     if tag is None:
         return 2
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="serving-benchmark-"))
     logs = work / "logs"
     logs.mkdir()
-    frame = data.load_dataset(settings).features
+    frame = validation.load_dataset(settings).features
     body = work / "body.json"
     body.write_text(json.dumps({"row": json.loads(frame.head(1).to_json(orient="records"))[0]}))
 
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             command = [part.replace("{port}", str(port)) for part in template]
             log(f"{name}: starting")
-            with server(name, command, env, port, logs, modules["localstack"].spawn) as running:
+            with server(name, command, env, port, logs, modules["processes"].spawn) as running:
                 variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
                 if name == "service":
                     variants[name].update(batch_sizes(running.base, package))

@@ -21,7 +21,8 @@ from pydantic import create_model
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
 config, aliases, data, schema = (
-    importlib.import_module(f"{PACKAGE}.{name}") for name in ("config", "aliases", "data", "schema")
+    importlib.import_module(f"{PACKAGE}.{name}")
+    for name in ("config", "registry.aliases", "tables", "serving.request_schema")
 )
 
 SETTINGS = config.get_settings()

@@ -8,7 +8,7 @@ import os
 import sys
 
 from .config import PACKAGE, get_settings
-from .data import DataError
+from .tables import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export-onnx", help="export the production pipeline to ONNX, checked against scikit-learn"
     )
     export.add_argument(
-        "--output", default=None, help="ONNX file (default: edge.output_dir/<model>-<version>.onnx)"
+        "--output", default=None, help="ONNX file (default: onnx.output_dir/<model>-<version>.onnx)"
     )
     export.add_argument("--tag", default=None, help="model tag (default: the production model)")
     deploy = commands.add_parser(
@@ -54,23 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(host: str | None, port: int | None) -> int:
     """Replace this process with `bentoml serve`, so signals and exit codes are BentoML's own."""
-    from .aliases import production_tag
-    from .localstack import venv_command
+    from .local.processes import venv_command
+    from .registry.aliases import production_tag
 
     settings = get_settings()
     host, port = host or settings.serving.host, port or settings.serving.port
     print(f"Serving production model {production_tag(settings)} on http://{host}:{port}")
-    command = [venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor"]
+    command = [venv_command("bentoml"), "serve", f"{PACKAGE}.serving.service:Predictor"]
     command += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
     os.execvpe(command[0], command, os.environ)
 
 
 def export_onnx(output: str | None, tag: str | None) -> int:
-    from . import edge
+    from .serving import onnx_export
 
     try:
-        result = edge.export(get_settings(), tag=tag, output=output)
-    except (edge.NotConvertible, edge.NotEquivalent) as exc:
+        result = onnx_export.export(get_settings(), tag=tag, output=output)
+    except (onnx_export.NotConvertible, onnx_export.NotEquivalent) as exc:
         print(f"error: cannot export to ONNX: {exc}", file=sys.stderr)
         return 1
     print(
@@ -82,17 +82,17 @@ def export_onnx(output: str | None, tag: str | None) -> int:
 
 
 def deploy(stop_only: bool) -> int:
-    from . import deployment
+    from .serving import bento
 
     if stop_only:
-        stopped = deployment.stop(get_settings())
+        stopped = bento.stop(get_settings())
         print(f"stopped {stopped.bento} (pid {stopped.pid})" if stopped else "nothing was serving")
         return 0
     from .flows.deploy import deploy as deploy_flow
 
     try:
         deploy_flow()
-    except deployment.DeployError as exc:
+    except bento.DeployError as exc:
         print(f"error: deploy failed: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "deploy":
             return deploy(args.stop)
         elif args.command == "demo":
-            from .demo import run_demo
+            from .local.demo import run_demo
 
             run_demo()
     except (DataError, LookupError) as exc:

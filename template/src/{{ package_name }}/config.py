@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,7 +52,8 @@ class DataSettings(BaseModel):
 
 
 class TuningSettings(BaseModel):
-    model_family: Literal["random_forest", "gradient_boosting", "linear"] = "random_forest"
+    # A key of model.py's MODEL_FAMILIES (checked in Settings, once the task type is known).
+    model_family: str = "random_forest"
     n_trials: int = Field(20, ge=1)
     trials_per_task: int = Field(10, ge=1)
     timeout_seconds: float = Field(0, ge=0)
@@ -127,7 +128,7 @@ class AlertSettings(BaseModel):
     retry_delay_seconds: float = Field(5, ge=0)
 
 
-class EdgeSettings(BaseModel):
+class OnnxSettings(BaseModel):
     output_dir: str = "dist/edge"
     tolerance: float = Field(1e-4, gt=0)
     check_rows: int = Field(2000, ge=10)
@@ -136,13 +137,6 @@ class EdgeSettings(BaseModel):
 class DeploySettings(BaseModel):
     state_dir: str = ".deploy"
     ready_timeout_seconds: float = Field(180, gt=0)
-
-
-class PrefectSettings(BaseModel):
-    work_pool: str
-    train_schedule: str
-    monitor_schedule: str
-    timezone: str = "UTC"
 
 
 class Settings(BaseSettings):
@@ -157,9 +151,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     alerts: AlertSettings = AlertSettings()
-    edge: EdgeSettings = EdgeSettings()
+    onnx: OnnxSettings = OnnxSettings()
     deploy: DeploySettings = DeploySettings()
-    prefect: PrefectSettings
 
     @field_validator("project")
     @classmethod
@@ -169,6 +162,17 @@ class Settings(BaseSettings):
                 f"[project] package is {value.package!r} in {SETTINGS_FILE} but the code is {PACKAGE!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _model_family_is_in_the_table(self) -> Settings:
+        # Imported here, not at the top: model.py is the user's file and pulls in scikit-learn.
+        from .model import family
+
+        try:
+            family(self.tuning.model_family, self.data.task_type)
+        except ValueError as exc:
+            raise ValueError(f"tuning.model_family in {SETTINGS_FILE.name}: {exc}") from None
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -1,121 +1,108 @@
-"""The scikit-learn pipeline, its Optuna search space and how a fitted pipeline is scored.
+"""Your model: the estimator families Optuna can tune, their search spaces, and the metric that judges them.
 
-Preprocessing lives inside the pipeline so that the model in the store carries it: the service and the
-batch scorer send raw rows, never pre-processed ones.
+One table, MODEL_FAMILIES: a family is a name, how to build its estimator for each task it supports
+(classification and/or regression) from the parameters Optuna chose and the seed, and the ranges Optuna
+searches. Select a family with `tuning.model_family` in settings.toml; the settings refuse a name that is
+not in the table. Imputation, encoding and your features.py steps are put in front of the estimator by
+training/pipeline.py, so a family only names the estimator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
-import pandas as pd
-from sklearn.compose import ColumnTransformer
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    mean_absolute_error,
-    r2_score,
-    roc_auc_score,
-    root_mean_squared_error,
-)
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-Schema = dict[str, dict[str, Any]]
-
-# The metric each task is tuned and judged on, and whether bigger is better.
-PRIMARY_METRIC = {"classification": ("roc_auc", "maximize"), "regression": ("rmse", "minimize")}
+Params = dict[str, Any]
+Factory = Callable[[Params, int], BaseEstimator]
 
 
-def suggest_params(trial: optuna.Trial, family: str, task_type: str) -> dict[str, Any]:
-    """The search space; your code here: widen or narrow it for your data."""
-    if family == "random_forest":
-        return {
+@dataclass(frozen=True)
+class ModelFamily:
+    """How to build one family's estimator (None: the family does not do that task) and what to search."""
+
+    search_space: Callable[[optuna.Trial], Params]
+    classifier: Factory | None = None
+    regressor: Factory | None = None
+    # Standardise numeric columns before the estimator: linear models need it, trees do not.
+    scale_numbers: bool = False
+
+    def factory(self, task_type: str) -> Factory | None:
+        return self.classifier if task_type == "classification" else self.regressor
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    # ---- YOUR CODE STARTS HERE: model families (name -> estimator and search space) ----
+    "random_forest": ModelFamily(
+        search_space=lambda trial: {
             "n_estimators": trial.suggest_int("n_estimators", 20, 200, log=True),
             "max_depth": trial.suggest_int("max_depth", 2, 16, log=True),
             "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 20, log=True),
             "max_features": trial.suggest_float("max_features", 0.2, 1.0),
-        }
-    if family == "gradient_boosting":
-        return {
+        },
+        classifier=lambda params, seed: RandomForestClassifier(random_state=seed, n_jobs=1, **params),
+        regressor=lambda params, seed: RandomForestRegressor(random_state=seed, n_jobs=1, **params),
+    ),
+    "gradient_boosting": ModelFamily(
+        search_space=lambda trial: {
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
             "max_iter": trial.suggest_int("max_iter", 30, 300, log=True),
             "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63, log=True),
             "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
-        }
-    if family == "linear":
-        name = "C" if task_type == "classification" else "alpha"
-        return {name: trial.suggest_float(name, 1e-4, 1e3, log=True)}
-    raise ValueError(f"unknown model_family {family!r}; use random_forest, gradient_boosting or linear")
+        },
+        classifier=lambda params, seed: HistGradientBoostingClassifier(random_state=seed, **params),
+        regressor=lambda params, seed: HistGradientBoostingRegressor(random_state=seed, **params),
+    ),
+    "linear": ModelFamily(
+        # One name for both tasks, so a study's parameters read the same: C for logistic regression,
+        # alpha for ridge, both regularisation strengths on a log scale.
+        search_space=lambda trial: {"strength": trial.suggest_float("strength", 1e-4, 1e3, log=True)},
+        classifier=lambda params, seed: LogisticRegression(
+            max_iter=2000, random_state=seed, C=params["strength"]
+        ),
+        regressor=lambda params, seed: Ridge(random_state=seed, alpha=params["strength"]),
+        scale_numbers=True,
+    ),
+    # ---- YOUR CODE ENDS HERE ----
+}
+
+# The metric each task is tuned and judged on (one that training/metrics.py computes), and whether bigger
+# is better. The promotion gate compares candidate and production on it.
+PRIMARY_METRIC: dict[str, tuple[str, str]] = {
+    # ---- YOUR CODE STARTS HERE: primary metric per task ----
+    "classification": ("roc_auc", "maximize"),
+    "regression": ("rmse", "minimize"),
+    # ---- YOUR CODE ENDS HERE ----
+}
 
 
-def make_estimator(family: str, task_type: str, params: dict[str, Any], seed: int):
-    classification = task_type == "classification"
-    if family == "random_forest":
-        cls = RandomForestClassifier if classification else RandomForestRegressor
-        return cls(random_state=seed, n_jobs=1, **params)
-    if family == "gradient_boosting":
-        cls = HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
-        return cls(random_state=seed, **params)
-    if family == "linear":
-        if classification:
-            return LogisticRegression(max_iter=2000, random_state=seed, **params)
-        return Ridge(random_state=seed, **params)
-    raise ValueError(f"unknown model_family {family!r}; use random_forest, gradient_boosting or linear")
-
-
-def build_pipeline(
-    schema: Schema, family: str, task_type: str, params: dict[str, Any], seed: int
-) -> Pipeline:
-    """Imputation and one-hot encoding inside the pipeline; scaling only where the estimator needs it."""
-    numeric = [c for c, spec in schema.items() if spec["kind"] == "number"]
-    categorical = [c for c, spec in schema.items() if spec["kind"] == "category"]
-    numeric_steps: list[Any] = [SimpleImputer(strategy="median", keep_empty_features=True)]
-    if family == "linear":
-        numeric_steps.append(StandardScaler())
-    transformers: list[tuple[str, Any, list[str]]] = [("numeric", make_pipeline(*numeric_steps), numeric)]
-    if categorical:
-        transformers.append(
-            (
-                "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"),
-                    OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                ),
-                categorical,
-            )
+def family(name: str, task_type: str) -> ModelFamily:
+    """The table's entry, or an error that lists what there is."""
+    entry = MODEL_FAMILIES.get(name)
+    if entry is None or entry.factory(task_type) is None:
+        usable = sorted(n for n, f in MODEL_FAMILIES.items() if f.factory(task_type) is not None)
+        raise ValueError(
+            f"model family {name!r} is not in model.py's MODEL_FAMILIES for {task_type}; "
+            f"add it there or choose one of {usable}"
         )
-    preprocess = ColumnTransformer(transformers, remainder="drop")
-    return Pipeline([("preprocess", preprocess), ("model", make_estimator(family, task_type, params, seed))])
+    return entry
 
 
-def score(pipeline: Pipeline, features: pd.DataFrame, labels: pd.Series, task_type: str) -> dict[str, float]:
-    """Holdout metrics; ROC AUC is one-vs-rest macro when there are more than two classes."""
-    if task_type == "classification":
-        proba = pipeline.predict_proba(features)
-        predicted = pipeline.classes_[np.argmax(proba, axis=1)]
-        if proba.shape[1] == 2:
-            auc = roc_auc_score(labels, proba[:, 1])
-        else:
-            auc = roc_auc_score(labels, proba, multi_class="ovr", average="macro", labels=pipeline.classes_)
-        return {
-            "roc_auc": float(auc),
-            "accuracy": float(accuracy_score(labels, predicted)),
-            "f1_macro": float(f1_score(labels, predicted, average="macro")),
-        }
-    predicted = pipeline.predict(features)
-    return {
-        "rmse": float(root_mean_squared_error(labels, predicted)),
-        "mae": float(mean_absolute_error(labels, predicted)),
-        "r2": float(r2_score(labels, predicted)),
-    }
+def suggest_params(trial: optuna.Trial, name: str, task_type: str) -> Params:
+    return family(name, task_type).search_space(trial)
+
+
+def make_estimator(name: str, task_type: str, params: Params, seed: int) -> BaseEstimator:
+    factory = family(name, task_type).factory(task_type)
+    assert factory is not None  # family() refuses a family without one
+    return factory(params, seed)

@@ -1,6 +1,6 @@
 """Deploy flow: build the production model's Bento and serve it locally, rolling back when it is not ready.
 
-The steps live in deployment.py; this flow makes each one a task and the outcome an artifact, so a failed
+The steps live in serving/bento.py; this flow makes each one a task and the outcome an artifact, so a failed
 deploy (and its rollback) is visible in the Prefect UI.
 """
 
@@ -10,21 +10,22 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from .. import aliases, deployment
 from ..config import get_settings
+from ..registry import aliases
+from ..serving import bento
 
 
 @task(cache_policy=NO_CACHE)
 def build(model_tag: str) -> str:
-    return deployment.build_bento(get_settings(), model_tag)
+    return bento.build_bento(get_settings(), model_tag)
 
 
 @task(cache_policy=NO_CACHE)
 def switch(bento: str, model_tag: str) -> dict:
     logger = get_run_logger()
     try:
-        result = deployment.switch(get_settings(), bento, model_tag, log=logger.info)
-    except deployment.DeployError as exc:
+        result = bento.switch(get_settings(), bento, model_tag, log=logger.info)
+    except bento.DeployError as exc:
         create_markdown_artifact(
             key="deploy", markdown=f"# Deploy failed, rolled back\n\n```\n{exc}\n```", description=bento
         )

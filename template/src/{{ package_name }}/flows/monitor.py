@@ -26,31 +26,33 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from .. import aliases, data, monitoring, registry, traffic
+from .. import tables
 from ..config import Settings, get_settings
+from ..monitoring import drift, served_traffic
+from ..registry import aliases, store
 
 ARTIFACT_KEY = "drift-report"
 
 
 def load_current(
     settings: Settings, current_path: str | None, start: datetime, end: datetime
-) -> tuple[pd.DataFrame, pd.Series | None, traffic.Window | None, str]:
+) -> tuple[pd.DataFrame, pd.Series | None, served_traffic.Window | None, str]:
     """The batch to check: a file when one is given (or monitoring.source is "file"), else the request
     log's window. Returns the features, the served predictions (None for a file), the window, and a label
     for the source."""
     if current_path or settings.monitoring.source == "file":
         path = settings.resolve(current_path or settings.monitoring.current_path)
-        return data.read_table(path), None, None, str(path)
-    window = traffic.read_window(settings.resolve(settings.serving.request_log_path), start, end)
+        return tables.read_table(path), None, None, str(path)
+    window = served_traffic.read_window(settings.resolve(settings.serving.request_log_path), start, end)
     return window.features, window.predictions, window, window.describe()
 
 
-def predictions_for(model: registry.RegisteredModel, frame: pd.DataFrame) -> pd.Series:
+def predictions_for(model: store.RegisteredModel, frame: pd.DataFrame) -> pd.Series:
     """What the model predicts for `frame` (the reference, or a file batch that was never served)."""
     return pd.Series(model.pipeline.predict(frame), index=frame.index).astype(_prediction_type(model))
 
 
-def _prediction_type(model: registry.RegisteredModel) -> str:
+def _prediction_type(model: store.RegisteredModel) -> str:
     return "float64" if model.metadata["task_type"] == "regression" else "str"
 
 
@@ -82,7 +84,7 @@ class Check:
     """A verdict and what its report is made of; the report is written after the event is out."""
 
     verdict: dict[str, Any]
-    result: monitoring.DriftResult | None = None
+    result: drift.DriftResult | None = None
     snapshot: Any = None
 
 
@@ -90,16 +92,16 @@ class Check:
 def check(current_path: str | None, model_tag: str, start: datetime, end: datetime) -> Check:
     settings = get_settings()
     options = settings.monitoring
-    model = registry.load(model_tag)
+    model = store.load(model_tag)
     frame, served, window, source = load_current(settings, current_path, start, end)
     if len(frame) < options.min_rows:
         return Check(too_few_rows(source, len(frame), options.min_rows, model_tag))
-    current = monitoring.prepare_current(frame, model.schema, source)
+    current = drift.prepare_current(frame, model.schema, source)
     kind = _prediction_type(model)
-    reference = model.reference.assign(**{monitoring.PREDICTION: predictions_for(model, model.reference)})
+    reference = model.reference.assign(**{drift.PREDICTION: predictions_for(model, model.reference)})
     current_predictions = predictions_for(model, current) if served is None else served.astype(kind)
-    current = current.assign(**{monitoring.PREDICTION: current_predictions.to_numpy()})
-    result, snapshot = monitoring.compute_drift(
+    current = current.assign(**{drift.PREDICTION: current_predictions.to_numpy()})
+    result, snapshot = drift.compute_drift(
         reference,
         current,
         model.schema,
@@ -107,10 +109,10 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
         prediction_kind="number" if kind == "float64" else "category",
     )
     performance = None
-    labels = traffic.read_labels(settings.resolve(options.labels_path), settings.data.target_column)
+    labels = served_traffic.read_labels(settings.resolve(options.labels_path), settings.data.target_column)
     if window is not None and labels is not None:
         classes = [str(c) for c in getattr(model.pipeline, "classes_", [])] or None
-        performance = traffic.performance(
+        performance = served_traffic.performance(
             window, labels, model.metadata["task_type"], classes, options.performance_threshold
         )
     verdict = result.as_dict()
@@ -138,12 +140,12 @@ def publish(checked: Check) -> dict[str, Any]:
     settings = get_settings()
     options = settings.monitoring
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = monitoring.save_report(checked.snapshot, settings.resolve(options.reports_dir), f"drift-{stamp}")
+    report = drift.save_report(checked.snapshot, settings.resolve(options.reports_dir), f"drift-{stamp}")
     report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
     link = f"[{report.name}]({report_url})" if report_url else f"`{report}`"
     create_markdown_artifact(
         key=ARTIFACT_KEY,
-        markdown=monitoring.markdown_summary(checked.result, verdict["model_version"], verdict["source"])
+        markdown=drift.markdown_summary(checked.result, verdict["model_version"], verdict["source"])
         + performance_lines(verdict["performance"])
         + f"\n\nFull report: {link}",
         description="Data and prediction drift of the current traffic against the training reference",
@@ -208,7 +210,7 @@ def monitor(
 ) -> dict[str, Any]:
     """Check the last monitoring.window_hours of served traffic (or `current_path`, a CSV or Parquet file;
     or the window from `start` to `end`) for drift; `event_emitted` says if retraining was asked for."""
-    from .. import alerts, metrics_push
+    from ..monitoring import alerts, pushgateway
 
     settings = get_settings()
     logger = get_run_logger()
@@ -230,5 +232,5 @@ def monitor(
         logger.warning(verdict["quality"]["too_few_rows"])
     else:
         print(f"No drift: share {verdict['drift_share']:.3f} below threshold {verdict['threshold']}")
-    verdict["pushed"] = metrics_push.push_verdict(verdict, settings)
+    verdict["pushed"] = pushgateway.push_verdict(verdict, settings)
     return verdict

@@ -1,4 +1,7 @@
-"""Batch prediction flow: score a CSV or Parquet file with the production model (logic in scoring.py)."""
+"""Batch prediction flow: score a CSV or Parquet file with the production model.
+
+The logic lives in serving/batch_scoring.py; this flow makes it a task and its result an artifact.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from .. import aliases, scoring
 from ..config import get_settings
+from ..registry import aliases
+from ..serving import batch_scoring
 
 
 @task(cache_policy=NO_CACHE)
@@ -17,7 +21,7 @@ def production_model() -> str:
 
 @task(cache_policy=NO_CACHE)
 def score(input_path: str, output_path: str, tag: str) -> dict:
-    result = scoring.score_file(get_settings(), input_path, output_path, tag)
+    result = batch_scoring.score_file(get_settings(), input_path, output_path, tag)
     create_table_artifact(
         key="batch-predictions",
         table=[{"field": k, "value": str(v)} for k, v in result.as_dict().items() if k != "columns"],

@@ -7,8 +7,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from .. import data, promotion, registry, training
 from ..config import get_settings
+from ..registry import promotion, store
+from ..training import holdout, validation
 
 
 @task(cache_policy=NO_CACHE)
@@ -40,10 +41,10 @@ def gate(candidate_tag: str, features: pd.DataFrame, labels: pd.Series, reason: 
     return result.as_dict()
 
 
-def holdout() -> tuple[pd.DataFrame, pd.Series]:
+def holdout_rows() -> tuple[pd.DataFrame, pd.Series]:
     """The current data's holdout rows: the same split (seed) the train flow scores on."""
     settings = get_settings()
-    parts = training.split(data.load_dataset(settings), settings)
+    parts = holdout.split(validation.load_dataset(settings), settings)
     return parts.test_x, parts.test_y
 
 
@@ -51,8 +52,8 @@ def holdout() -> tuple[pd.DataFrame, pd.Series]:
 def promote_model(tag: str | None = None, reason: str = "manual") -> dict:
     """Put a registered model (the newest by default) through the gate against production."""
     settings = get_settings()
-    features, labels = holdout()
-    result = gate(tag or registry.latest_tag(settings), features, labels, reason)
+    features, labels = holdout_rows()
+    result = gate(tag or store.latest_tag(settings), features, labels, reason)
     print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
     return result
 

@@ -10,15 +10,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from .. import data, registry, training, tuning
+from .. import tables
 from ..config import get_settings
+from ..registry import store
+from ..training import holdout, tuning, validation
 from .promote import gate
 
 
 @task(cache_policy=NO_CACHE)
-def load_data() -> data.Dataset:
+def load_data() -> validation.Dataset:
     """Fail here, before any model exists, when the data is unusable."""
-    return data.load_dataset(get_settings())
+    return validation.load_dataset(get_settings())
 
 
 @task(cache_policy=NO_CACHE)
@@ -29,17 +31,17 @@ def tune_batch(study: optuna.Study, objective: Callable, n_trials: int, deadline
 
 @task(cache_policy=NO_CACHE)
 def refit_and_register(
-    spec: tuning.TuningSpec, parts: training.Split, schema: dict, data_hash: str, reason: str
+    spec: tuning.TuningSpec, parts: holdout.Split, schema: dict, data_hash: str, reason: str
 ) -> str:
     settings = get_settings()
     study = tuning.open_study(spec)
-    params = training.best_params(study)
-    pipeline, metrics = training.refit_and_score(parts, schema, params, settings)
-    tag = registry.save(
+    params = holdout.best_params(study)
+    pipeline, metrics = holdout.refit_and_score(parts, schema, params, settings)
+    tag = store.save(
         settings,
         pipeline,
         schema=schema,
-        reference=training.reference_sample(parts, settings),
+        reference=holdout.reference_sample(parts, settings),
         metrics=metrics,
         params=params,
         data_hash=data_hash,
@@ -59,7 +61,7 @@ def refit_and_register(
 
 def tune(
     spec: tuning.TuningSpec,
-    parts: training.Split,
+    parts: holdout.Split,
     feature_schema: dict,
     n_trials: int,
     timeout_seconds: float = 0,
@@ -97,9 +99,9 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     """Train, tune, register and put the model through the promotion gate; returns its tag in the store."""
     settings = get_settings()
     dataset = load_data()
-    schema = data.feature_schema(dataset.features)
-    data_hash = data.data_hash(dataset.frame)
-    parts = training.split(dataset, settings)
+    schema = tables.feature_schema(dataset.features)
+    data_hash = tables.data_hash(dataset.frame)
+    parts = holdout.split(dataset, settings)
     spec = tuning.make_spec(settings, data_hash)
     wanted = settings.tuning.n_trials if n_trials is None else n_trials
     tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)

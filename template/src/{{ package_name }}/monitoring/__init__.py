@@ -1,0 +1,1 @@
+"""Monitoring: served traffic against the training reference, drift, alerts and Prometheus metrics."""

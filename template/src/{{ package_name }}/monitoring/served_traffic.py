@@ -1,0 +1,139 @@
+"""The traffic the service saw, as the monitor reads it: a time window of the request log, and labels.
+
+The service writes every predicted row to its request log (serving/request_log.py): request id, time,
+model version, features and prediction. The monitor takes the rows of the last `monitoring.window_hours`,
+so drift is measured on what users really sent, not on a file someone prepared.
+
+Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
+table with a `request_id` column, the target column, and optionally `row` (the row's position in a
+/predict request; 0 when absent, which is right for /predict_one). Joined on those, they give the model's
+performance on the window with the metric the promotion gate uses (ROC AUC, one-vs-rest macro for
+several classes; RMSE for regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mean_squared_error, roc_auc_score
+
+from ..model import PRIMARY_METRIC
+from ..serving.request_log import read_records
+from ..tables import DataError, normalize_column, read_table
+
+
+@dataclass(frozen=True)
+class Window:
+    """The rows the service predicted between `start` and `end` (features as sent, one row per record)."""
+
+    features: pd.DataFrame
+    predictions: pd.Series
+    probabilities: pd.DataFrame | None
+    request_ids: pd.Series
+    rows: pd.Series
+    model_versions: pd.Series
+    start: datetime
+    end: datetime
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def describe(self) -> str:
+        return f"request log {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
+
+
+def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
+    """The request log's records with start <= time < end (an empty window when there are none)."""
+    records = [r for r in read_records(log_path) if start <= datetime.fromisoformat(r["time"]) < end]
+    features = pd.DataFrame([r["features"] for r in records])
+    probabilities = [r.get("probabilities") for r in records]
+    return Window(
+        features=features,
+        predictions=pd.Series([r["prediction"] for r in records], dtype=object),
+        probabilities=pd.DataFrame(probabilities) if records and all(probabilities) else None,
+        request_ids=pd.Series([r["request_id"] for r in records], dtype=object),
+        rows=pd.Series([int(r.get("row", 0)) for r in records], dtype="int64"),
+        model_versions=pd.Series([r.get("model_version") for r in records], dtype=object),
+        start=start,
+        end=end,
+    )
+
+
+def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
+    """The labels table (request_id, row, label), or None when there is no labels file yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    table = read_table(path)  # column names normalized as in training: "Request ID" -> request_id
+    target = normalize_column(target)
+    missing = [c for c in ("request_id", target) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: labels need the columns request_id and {target} (the training target); "
+            f"missing: {', '.join(missing)}"
+        )
+    labels = pd.DataFrame(
+        {
+            "request_id": table["request_id"].astype(str),
+            "row": table["row"].astype("int64") if "row" in table.columns else 0,
+            "label": table[target],
+        }
+    )
+    return labels.dropna(subset=["label"]).drop_duplicates(["request_id", "row"], keep="last")
+
+
+def performance(
+    window: Window, labels: pd.DataFrame, task_type: str, classes: list[str] | None, threshold: float
+) -> dict[str, Any] | None:
+    """The primary metric on the window's labelled rows, or None when no row has a label.
+
+    `below_threshold` is True when a threshold is set (> 0) and the metric is worse than it: ROC AUC
+    below it, RMSE above it. A metric that cannot be computed (one class only among the labels) is
+    reported with value None and the reason, never as a failure."""
+    served = pd.DataFrame({"request_id": window.request_ids.astype(str), "row": window.rows})
+    joined = served.reset_index().merge(labels, on=["request_id", "row"], how="inner")
+    if joined.empty:
+        return None
+    metric, _ = PRIMARY_METRIC[task_type]
+    positions = joined["index"].to_numpy()
+    value: float | None
+    reason = ""
+    if task_type == "regression":
+        truth = pd.to_numeric(joined["label"], errors="coerce")
+        predicted = pd.to_numeric(window.predictions.iloc[positions], errors="coerce").to_numpy()
+        value = float(np.sqrt(mean_squared_error(truth, predicted)))
+    else:
+        value, reason = _roc_auc(joined["label"].astype(str), window.probabilities, positions, classes or [])
+    below = None
+    if threshold > 0 and value is not None:
+        below = value < threshold if metric == "roc_auc" else value > threshold
+    return {
+        "metric": metric,
+        "value": value,
+        "threshold": threshold or None,
+        "below_threshold": bool(below) if below is not None else False,
+        "n_labelled": len(joined),
+        "note": reason,
+    }
+
+
+def _roc_auc(
+    truth: pd.Series, probabilities: pd.DataFrame | None, positions: np.ndarray, classes: list[str]
+) -> tuple[float | None, str]:
+    if probabilities is None:
+        return None, "the request log has no class probabilities"
+    present = sorted(set(truth))
+    if len(present) < 2:
+        return None, f"all labelled rows have one class ({present[0]}): ROC AUC needs two"
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        return None, f"labels {unknown} are not classes of the model ({classes})"
+    proba = probabilities.iloc[positions][classes].to_numpy(dtype=float)
+    if len(classes) == 2:
+        return float(roc_auc_score(truth == classes[1], proba[:, 1])), ""
+    return float(roc_auc_score(truth, proba, multi_class="ovr", average="macro", labels=classes)), ""

@@ -1,0 +1,91 @@
+"""The production alias: which registered model the service serves, and the ones it served before.
+
+Written by hand because BentoML's model store has no aliases or stages. It is one small JSON record per
+model name beside the store ($BENTOML_HOME/aliases/<name>.json), changed only under an exclusive file lock
+(two flows promoting at once take turns, each seeing the other's result) and replaced atomically (a crash
+mid-write leaves the previous record, never half a file), so it survives restarts and is never torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+
+
+@dataclass
+class AliasRecord:
+    """`history` is oldest first; its last entry is production."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def production(self) -> str | None:
+        return self.history[-1]["tag"] if self.history else None
+
+
+def alias_file(settings: Settings) -> Path:
+    return settings.bentoml_home / "aliases" / f"{settings.model_name}.json"
+
+
+def read(settings: Settings) -> AliasRecord:
+    path = alias_file(settings)
+    if not path.exists():
+        return AliasRecord()
+    try:
+        return AliasRecord(history=json.loads(path.read_text())["history"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(
+            f"{path}: the production alias record is unreadable ({exc}); restore it or delete it"
+        ) from exc
+
+
+@contextlib.contextmanager
+def locked(settings: Settings) -> Iterator[AliasRecord]:
+    """Read-modify-write under an exclusive lock; the record as the block leaves it is written atomically."""
+    path = alias_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            record = read(settings)
+            before = list(record.history)
+            yield record
+            if record.history != before:
+                _write_atomically(path, {"history": record.history})
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, content: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
+    ) as tmp:
+        json.dump(content, tmp, indent=2)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+
+
+def entry(tag: str, reason: str, **details: Any) -> dict[str, Any]:
+    return {"tag": tag, "since": datetime.now(UTC).isoformat(), "reason": reason, **details}
+
+
+def production_tag(settings: Settings) -> str:
+    """The model the service must serve; a clear error when none has been promoted yet."""
+    tag = read(settings).production
+    if tag is None:
+        raise LookupError(
+            f"no production model for {settings.model_name!r} (record {alias_file(settings)}); "
+            f"run `python -m {settings.project.package} train`, which promotes a model that passes the gate"
+        )
+    return tag

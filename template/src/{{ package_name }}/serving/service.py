@@ -1,0 +1,218 @@
+"""The BentoML service: the production model behind a small, strict JSON API.
+
+    POST /predict      {"rows": [{...}, ...]}  ->  {"predictions": [...], "probabilities": [...], ...}
+    POST /predict_one  {"row": {...}}          ->  {"prediction": ..., "probabilities": {...}, ...}
+    GET  /livez /readyz /metrics /docs.json     (never behind the API key)
+
+Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
+
+Both prediction endpoints hand their rows to one adaptive batcher in the worker (batching.py, BentoML's
+own dispatcher), so concurrent requests are predicted together, bounded by serving.max_batch_size and
+serving.max_latency_ms; a request that would wait longer is answered 503 (load shed, never queued).
+
+The model is the production one (the alias record in registry/aliases.py, set by promotion; a Bento built with
+`--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
+built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
+nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import bentoml
+from bentoml import server_context
+from bentoml.exceptions import InvalidArgument
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, Field
+
+from ..config import PACKAGE, get_settings
+from ..registry.aliases import production_tag
+from ..registry.store import load
+from . import predictors
+from .batching import Batcher
+from .http_guard import RequestGuard, key_from_secret_block
+from .request_log import RequestLog, worker_path
+from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
+
+
+class ServiceArguments(BaseModel):
+    """BentoML template arguments (`bentoml build|serve --arg model_tag=<tag>`): a Bento pins its model so
+    it serves the same one wherever it runs, even where the production alias record does not exist."""
+
+    model_tag: str = ""
+
+
+SETTINGS = get_settings()
+SERVING = SETTINGS.serving
+MODEL_TAG = bentoml.use_arguments(ServiceArguments).model_tag or production_tag(SETTINGS)
+_MODEL_INFO = bentoml.models.get(MODEL_TAG)
+FEATURE_SCHEMA: dict = _MODEL_INFO.info.metadata["feature_schema"]
+TASK_TYPE: str = _MODEL_INFO.info.metadata["task_type"]
+Features = row_model(FEATURE_SCHEMA)
+# An empty list would reach scikit-learn and fail with a 500; a huge one would stall a worker.
+Rows = Annotated[
+    list[Features],  # type: ignore[valid-type]
+    Field(
+        min_length=1,
+        max_length=SERVING.max_rows,
+        description="Rows to predict, each with the training columns",
+    ),
+]
+REGRESSION_LABEL = "value"
+# prometheus_client metrics, as BentoML documents for custom metrics: they appear on /metrics beside
+# BentoML's own (request counts, latency, adaptive batch sizes), summed over workers.
+PREDICTIONS = Counter(
+    f"{PACKAGE}_predictions",
+    "Rows predicted, by predicted label (regression: 'value') and model version",
+    ["label", "model_version"],
+)
+MODEL_SERVED = Gauge(
+    f"{PACKAGE}_model_info",
+    "The model version this service serves (value 1)",
+    ["model_name", "model_version", "runtime"],
+    multiprocess_mode="max",
+)
+BATCH_SIZE = Histogram(
+    f"{PACKAGE}_batch_size",
+    "Rows predicted together by the adaptive batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+
+
+@bentoml.service(
+    name=SETTINGS.model_name.replace("_", "-") + "-service",
+    workers=SERVING.workers,
+    traffic={"timeout": SERVING.timeout_seconds},
+)
+class Predictor:
+    model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.runtime = predictors.choose(load(MODEL_TAG), SERVING.runtime, SETTINGS.onnx.tolerance)
+        self.version = str(self.model.tag)
+        self.classes = self.runtime.classes
+        self.requests = RequestLog(
+            worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
+            max_bytes=SERVING.request_log_max_bytes,
+            backups=SERVING.request_log_backups,
+            buffer=SERVING.request_log_buffer,
+        )
+        MODEL_SERVED.labels(
+            model_name=self.model.tag.name, model_version=self.version, predictors=self.runtime.name
+        ).set(1)
+        self.batcher = Batcher(
+            self.predict_rows,
+            max_batch_size=SERVING.max_batch_size,
+            max_latency_ms=SERVING.max_latency_ms,
+            on_batch=BATCH_SIZE.observe,
+        )
+
+    def __is_ready__(self) -> bool:
+        """/readyz: the model is loaded and the request log can take records."""
+        return self.runtime is not None and self.requests.alive
+
+    @bentoml.on_shutdown
+    def close_request_log(self) -> None:
+        self.requests.close()
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
+        """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
+        try:
+            return self._predict(rows)
+        except (ValueError, TypeError):
+            # Rows of several requests are predicted together: one row the model refuses must not fail
+            # the others, so each is tried alone and carries its own error back to its request (a 400).
+            return [self._predict_alone(row) for row in rows]
+
+    def _predict_alone(self, row: dict[str, Any]) -> RowPrediction:
+        try:
+            return self._predict([row])[0]
+        except (ValueError, TypeError) as exc:
+            return RowPrediction(error=f"the model cannot predict this row: {exc}")
+
+    def _predict(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
+        predictions, proba = self.runtime.predict(rows)
+        if proba is None or self.classes is None:
+            return [RowPrediction(prediction=p) for p in predictions]
+        return [
+            RowPrediction(prediction=p, probabilities=dict(zip(self.classes, map(float, row), strict=True)))
+            for p, row in zip(predictions, proba, strict=True)
+        ]
+
+    @bentoml.api
+    async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
+        """Predict for one or more rows; each row's fields are the training columns."""
+        request_id = _request_id(ctx)
+        features = [row.model_dump() for row in rows]
+        results = await self._batched(features)
+        self._record("/predict", request_id, features, results)
+        return Prediction(
+            predictions=[r.prediction for r in results],
+            probabilities=None if self.classes is None else [r.probabilities or {} for r in results],
+            model_version=self.version,
+            request_id=request_id,
+        )
+
+    @bentoml.api
+    async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:  # type: ignore[valid-type]
+        """Predict for one row; concurrent calls are batched together."""
+        request_id = _request_id(ctx)
+        features = row.model_dump()
+        [result] = await self._batched([features])
+        self._record("/predict_one", request_id, [features], [result])
+        return OnePrediction(
+            prediction=result.prediction,
+            probabilities=result.probabilities,
+            model_version=self.version,
+            request_id=request_id,
+        )
+
+    async def _batched(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
+        """Predict `rows` with those of concurrent requests; a row the model refused is a 400."""
+        answers = await self.batcher(rows)
+        refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
+        if refused:
+            raise InvalidArgument("; ".join(refused))
+        return answers
+
+    def _record(
+        self, endpoint: str, request_id: str, rows: list[dict[str, Any]], results: list[RowPrediction]
+    ) -> None:
+        """Count the predictions and hand them to the request log (never waits for the disk)."""
+        now = datetime.now(UTC).isoformat()
+        records = []
+        for index, (row, result) in enumerate(zip(rows, results, strict=True)):
+            label = REGRESSION_LABEL if self.classes is None else str(result.prediction)
+            PREDICTIONS.labels(label=label, model_version=self.version).inc()
+            records.append(
+                {
+                    "request_id": request_id,
+                    "time": now,
+                    "endpoint": endpoint,
+                    "model_version": self.version,
+                    "row": index,
+                    "features": row,
+                    "prediction": result.prediction,
+                    "probabilities": result.probabilities,
+                }
+            )
+        self.requests.submit(records)
+
+
+def _request_id(ctx: bentoml.Context) -> str:
+    """The id RequestGuard gave this request (a fresh one if the service runs without it)."""
+    return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
+
+
+# BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
+KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
+if SERVING.api_key_block:
+    key_from_secret_block(SERVING.api_key_block, KEY_ENV)
+Predictor.add_asgi_middleware(
+    RequestGuard,
+    protected=[method.route for method in Predictor.apis.values()],
+    api_key_env=KEY_ENV,
+)

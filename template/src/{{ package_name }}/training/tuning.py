@@ -1,0 +1,116 @@
+"""Hyperparameter search with Optuna: a TPE sampler, a median pruner and a resumable study.
+
+The study name is derived from the data hash, the model family and the seed: a killed run on the same data
+picks its study up where it stopped, while new data starts a fresh study instead of mixing old scores in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.base import clone
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from ..config import Settings
+from ..model import PRIMARY_METRIC, suggest_params
+from .metrics import score
+from .pipeline import build_pipeline
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class TuningSpec:
+    """Everything a batch of trials needs, small enough to hand to a Prefect task."""
+
+    study_name: str
+    storage: str
+    family: str
+    task_type: str
+    seed: int
+    cv_folds: int
+
+    @property
+    def metric(self) -> str:
+        return PRIMARY_METRIC[self.task_type][0]
+
+    @property
+    def direction(self) -> str:
+        return PRIMARY_METRIC[self.task_type][1]
+
+
+def make_spec(settings: Settings, data_hash: str) -> TuningSpec:
+    family, task_type, seed = settings.tuning.model_family, settings.data.task_type, settings.data.seed
+    return TuningSpec(
+        study_name=f"{settings.model_name}-{family}-{data_hash}-seed{seed}",
+        storage=settings.optuna_storage,
+        family=family,
+        task_type=task_type,
+        seed=seed,
+        cv_folds=settings.tuning.cv_folds,
+    )
+
+
+def open_study(spec: TuningSpec, storage: str | optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study, or load it to resume. The sampler's seed moves on with the finished trials, so a
+    resumed study does not replay the random start-up trials it already ran; a fresh one starts at `seed`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial drowns the flow's own log
+    study = optuna.create_study(
+        study_name=spec.study_name,
+        storage=spec.storage if storage is None else storage,
+        direction=spec.direction,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        load_if_exists=True,
+    )
+    done = finished_trials(study)
+    if done:
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed + done)
+    return study
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, schema) -> Callable:
+    """Cross-validated score; each fold is reported so the pruner can stop a poor trial early."""
+    splitter_cls = StratifiedKFold if spec.task_type == "classification" else KFold
+    folds = list(
+        splitter_cls(n_splits=spec.cv_folds, shuffle=True, random_state=spec.seed).split(features, labels)
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial, spec.family, spec.task_type)
+        template = build_pipeline(schema, spec.family, spec.task_type, params, spec.seed)
+        scores = []
+        for step, (train_idx, valid_idx) in enumerate(folds):
+            pipeline = clone(template).fit(features.iloc[train_idx], labels.iloc[train_idx])
+            scores.append(
+                score(pipeline, features.iloc[valid_idx], labels.iloc[valid_idx], spec.task_type)[spec.metric]
+            )
+            trial.report(float(np.mean(scores)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(np.mean(scores))
+
+    return objective
+
+
+def run_trials(study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None) -> int:
+    """Run up to n_trials, stopping at the deadline (a time.time() value); returns how many finished."""
+    before = finished_trials(study)
+    timeout = None if deadline is None else max(deadline - time.time(), 0.0)
+    if n_trials > 0 and (timeout is None or timeout > 0):
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
+    return finished_trials(study) - before
+
+
+def plan_batches(remaining: int, per_task: int) -> list[int]:
+    """Split the remaining trials into batches of at most per_task, one Prefect task each."""
+    return [min(per_task, remaining - start) for start in range(0, max(remaining, 0), per_task)]
