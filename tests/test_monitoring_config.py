@@ -36,8 +36,8 @@ BENTOML_METRICS = {
 }
 # Series Prometheus writes itself for every scrape target.
 PROMETHEUS_METRICS = {"up"}
-# The monitor's pushed gauges, for a project without src/<package>/monitoring/pushgateway.py (whose PUSHED_METRICS
-# is the source of truth when it exists); {pkg} is the package name.
+# The monitor's pushed gauges, for a project without src/<package>/monitoring/pushgateway.py (whose
+# PUSHED_METRICS is the source of truth when it exists); {pkg} is the package name.
 PUSHED_FALLBACK = (
     "{pkg}_drift_share",
     "{pkg}_drift_detected",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
-from conftest import package_of, recorded_answers, render
+import yaml
+from conftest import REPO, package_of, recorded_answers, render
 
 CSV = {"data_path": "data/train.csv"}
 
@@ -62,3 +65,21 @@ def test_package_name_is_derived_from_the_project_name(tmp_path, answers, packag
     project = render(answers, tmp_path / "project")
     assert package_of(project) == package
     assert (project / "src" / package / "__init__.py").is_file()
+
+
+def model_families_in_the_template() -> set[str]:
+    """The keys of MODEL_FAMILIES in the template's model.py, read without importing scikit-learn."""
+    source = (REPO / "template" / "src" / "{{ package_name }}" / "model.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "MODEL_FAMILIES":
+            assert isinstance(node.value, ast.Dict)
+            return {ast.literal_eval(key) for key in node.value.keys if key is not None}
+    raise AssertionError("model.py has no MODEL_FAMILIES table")
+
+
+def test_the_model_family_question_offers_exactly_the_families_of_model_py():
+    """The project's settings accept what model.py's table holds (tests/test_model.py in the project), so
+    a choice missing from the table would render a project that refuses its own settings."""
+    question = yaml.safe_load((REPO / "copier.yml").read_text())["model_family"]
+    assert set(question["choices"].values()) == model_families_in_the_template()
+    assert question["default"] in model_families_in_the_template()

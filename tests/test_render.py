@@ -80,6 +80,8 @@ DEFAULT_TREE = [
     "src/{pkg}/training/tuning.py",
     "src/{pkg}/training/validation.py",
     "tests/conftest.py",
+    "tests/test_config.py",
+    "tests/test_features.py",
     "tests/flows/test_flows.py",
     "tests/monitoring/test_alerts.py",
     "tests/monitoring/test_drift.py",
@@ -214,7 +216,8 @@ def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answe
     assert requires.contains(f"{answers['python_version']}.0")
     assert pyproject["project"]["name"] == answers["package_name"].replace("_", "-")
     assert pyproject["tool"]["ruff"]["target-version"] == "py" + answers["python_version"].replace(".", "")
-    assert pyproject["tool"]["bentoml"]["build"]["service"] == f"{package_of(project)}.serving.service:Predictor"
+    service = f"{package_of(project)}.serving.service:Predictor"
+    assert pyproject["tool"]["bentoml"]["build"]["service"] == service
 
 
 @pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["check", "format"])

@@ -76,12 +76,12 @@ class ServingSettings(BaseModel):
     timeout_seconds: float = Field(30, gt=0)
     max_rows: int = Field(1000, ge=1)
     max_batch_size: int = Field(100, ge=1)
-    max_latency_ms: int = Field(1000, ge=1)
+    max_latency_ms: int = Field(2000, ge=1)
     request_log_path: str = "logs/requests.jsonl"
     request_log_max_bytes: int = Field(10_000_000, ge=1024)
     request_log_backups: int = Field(5, ge=0)
     request_log_buffer: int = Field(10_000, ge=1)
-    api_key_env: str = ""
+    api_key_env: str = f"{ENV_PREFIX}API_KEY"
     api_key_block: str = ""
     runtime: Literal["auto", "onnx", "sklearn"] = "auto"
 
@@ -120,7 +120,7 @@ class AlertSettings(BaseModel):
     # The webhook URL comes from a Prefect Secret block (its name here) or else from the environment
     # variable named here, never from a file in the repository. Neither set: no alerts.
     webhook_block: str = ""
-    webhook_env: str = ""
+    webhook_env: str = f"{ENV_PREFIX}ALERT_WEBHOOK_URL"
     # "slack": {"text": ...} (Slack, Mattermost, Rocket.Chat, Teams workflows); "json": text plus details.
     format: Literal["slack", "json"] = "slack"
     timeout_seconds: float = Field(10, gt=0)

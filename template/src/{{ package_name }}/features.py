@@ -30,12 +30,19 @@ class Ratio(BaseEstimator, TransformerMixin):
             raise ValueError(
                 f"features.Ratio: columns {missing} not in the data; columns are {list(X.columns)}"
             )
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)  # also marks the step as fitted
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
         denominator = X[self.denominator].astype("float64").replace(0, np.nan)
         ratio = X[self.numerator].astype("float64") / denominator
-        return X.assign(**{self.name or f"{self.numerator}_per_{self.denominator}": ratio})
+        return X.assign(**{self.output_name(): ratio})
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        return np.append(self.feature_names_in_, self.output_name())
+
+    def output_name(self) -> str:
+        return self.name or f"{self.numerator}_per_{self.denominator}"
 
 
 def feature_steps() -> list[tuple[str, TransformerMixin]]:

@@ -14,7 +14,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ..features import feature_steps
+from .. import features as user_features
 from ..model import MODEL_FAMILIES, make_estimator
 
 Schema = dict[str, dict[str, Any]]
@@ -27,7 +27,7 @@ def build_pipeline(
 
     Without feature steps the columns come from the schema, which ONNX export can follow. With them, the
     columns are picked by type when the pipeline is fitted, so the columns the steps add are included."""
-    features = feature_steps()
+    features = user_features.feature_steps()
     numeric: Any = [c for c, spec in schema.items() if spec["kind"] == "number"]
     categorical: Any = [c for c, spec in schema.items() if spec["kind"] == "category"]
     if features:
