@@ -16,10 +16,12 @@ from packaging.specifiers import SpecifierSet
 # The tree of a project with default answers; {pkg} is the package name.
 DEFAULT_TREE = [
     ".copier-answers.yml",
+    ".env.example",
     ".github/workflows/ci.yml",
     ".gitignore",
     "README.md",
     "benchmarks/serving.py",
+    "data/README.md",
     "benchmarks/serving_apps.py",
     "deploy/k8s/deployment.yaml",
     "deploy/k8s/hpa.yaml",
