@@ -99,7 +99,9 @@ DEFAULT_TREE = [
     "tests/serving/test_request_log.py",
     "tests/test_dataset.py",
     "tests/test_model.py",
+    "tests/test_tables.py",
     "tests/training/test_tuning.py",
+    "tests/training/test_validation.py",
 ]
 
 CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
