@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from sklearn.base import BaseEstimator
@@ -78,7 +78,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
 
 # The metric each task is tuned and judged on (one that training/metrics.py computes), and whether bigger
 # is better. The promotion gate compares candidate and production on it.
-PRIMARY_METRIC: dict[str, tuple[str, str]] = {
+PRIMARY_METRIC: dict[str, tuple[str, Literal["maximize", "minimize"]]] = {
     # ---- YOUR CODE STARTS HERE: primary metric per task ----
     "classification": ("roc_auc", "maximize"),
     "regression": ("rmse", "minimize"),

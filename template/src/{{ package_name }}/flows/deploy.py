@@ -21,19 +21,19 @@ def build(model_tag: str) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def switch(bento: str, model_tag: str) -> dict:
+def switch(bento_tag: str, model_tag: str) -> dict:
     logger = get_run_logger()
     try:
-        result = bento.switch(get_settings(), bento, model_tag, log=logger.info)
+        result = bento.switch(get_settings(), bento_tag, model_tag, log=logger.info)
     except bento.DeployError as exc:
         create_markdown_artifact(
-            key="deploy", markdown=f"# Deploy failed, rolled back\n\n```\n{exc}\n```", description=bento
+            key="deploy", markdown=f"# Deploy failed, rolled back\n\n```\n{exc}\n```", description=bento_tag
         )
         raise
     create_markdown_artifact(
         key="deploy",
-        markdown=f"# Deployed `{model_tag}`\n\nBento `{bento}` at {result['url']}, pid {result['pid']}.",
-        description=bento,
+        markdown=f"# Deployed `{model_tag}`\n\nBento `{bento_tag}` at {result['url']}, pid {result['pid']}.",
+        description=bento_tag,
     )
     return result
 
@@ -42,6 +42,6 @@ def switch(bento: str, model_tag: str) -> dict:
 def deploy() -> dict:
     """Build the Bento of the production model and (re)start local serving on serving.host:serving.port."""
     model_tag = aliases.production_tag(get_settings())
-    bento = build(model_tag)
-    print(f"Built Bento {bento} for {model_tag}")
-    return switch(bento, model_tag)
+    bento_tag = build(model_tag)
+    print(f"Built Bento {bento_tag} for {model_tag}")
+    return switch(bento_tag, model_tag)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 # Evidently takes about 2 s to import on two cores. Imported with the flow, it is loaded before a run
 # starts (when a worker loads the flow), not inside the run, between drift and the retraining it asks for.
@@ -52,7 +52,7 @@ def predictions_for(model: store.RegisteredModel, frame: pd.DataFrame) -> pd.Ser
     return pd.Series(model.pipeline.predict(frame), index=frame.index).astype(_prediction_type(model))
 
 
-def _prediction_type(model: store.RegisteredModel) -> str:
+def _prediction_type(model: store.RegisteredModel) -> Literal["float64", "str"]:
     return "float64" if model.metadata["task_type"] == "regression" else "str"
 
 

@@ -97,7 +97,7 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
                 ),
             )
             if runs:
-                run = min(runs, key=lambda r: r.created)
+                run = min(runs, key=lambda r: r.created or since)  # the server always sets created
                 if run.state and run.state.type.value in TERMINAL:
                     break
             await asyncio.sleep(2)

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -77,7 +77,8 @@ def webhook_url(settings: Settings) -> str | None:
 
 def _from_block(name: str) -> Any:
     try:
-        return Secret.load(name).get()
+        # load() is typed block-or-coroutine (a coroutine inside an event loop); here it is the block.
+        return cast("Secret[str]", Secret.load(name)).get()
     except ValueError as exc:  # Prefect's "Unable to find block document named ..."
         raise AlertConfigError(
             f"alerts.webhook_block is {name!r} but there is no Prefect Secret block of that name on this "

@@ -10,6 +10,7 @@ alias lock, so two flows promoting at once are judged one after the other agains
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -80,7 +81,9 @@ def judge(
     margin = settings.registry.promotion_margin
     cand_score = score(candidate.pipeline, features, labels, task_type)[metric]
     groups: list[dict[str, Any]] = []
-    common = {"candidate": candidate.tag, "metric": metric, "candidate_score": cand_score, "margin": margin}
+    verdict = partial(
+        GateResult, candidate=candidate.tag, metric=metric, candidate_score=cand_score, margin=margin
+    )
     if settings.registry.sensitive_column:
         groups = group_scores(
             candidate.pipeline, features, labels, settings.registry.sensitive_column, task_type
@@ -91,45 +94,41 @@ def judge(
                 f"{metric} differs by {gap:.4f} between groups of {settings.registry.sensitive_column!r}, "
                 f"more than registry.max_group_gap {settings.registry.max_group_gap}"
             )
-            return GateResult(
+            return verdict(
                 production=production.tag if production else None,
                 production_score=None,
                 passed=False,
                 reason=reason,
                 groups=groups,
-                **common,
             )
     if production is None:
-        return GateResult(
+        return verdict(
             production=None,
             production_score=None,
             passed=True,
             reason="no production model yet",
             groups=groups,
-            **common,
         )
     try:
         prod_score = score(production.pipeline, features, labels, task_type)[metric]
     except (KeyError, ValueError) as exc:  # the production model cannot read the new data's columns
-        return GateResult(
+        return verdict(
             production=production.tag,
             production_score=None,
             passed=True,
             reason=f"production model cannot score the current holdout ({exc}); the candidate replaces it",
             groups=groups,
-            **common,
         )
     gain = improvement(cand_score, prod_score, direction)
     passed = gain > margin
     verb = "beats" if passed else "does not beat"
     reason = f"{metric} {cand_score:.4f} vs {prod_score:.4f}: {verb} production by more than {margin}"
-    return GateResult(
+    return verdict(
         production=production.tag,
         production_score=prod_score,
         passed=passed,
         reason=reason,
         groups=groups,
-        **common,
     )
 
 

@@ -90,10 +90,11 @@ def latest_tag(settings: Settings) -> str:
 
 def load(tag: str) -> RegisteredModel:
     model = bentoml.models.get(tag)
+    metadata: dict[str, Any] = dict(model.info.metadata)  # what save() wrote: JSON values
     return RegisteredModel(
         tag=str(model.tag),
         pipeline=bentoml.sklearn.load_model(model),
-        metadata=dict(model.info.metadata),
-        schema=model.info.metadata["feature_schema"],
+        metadata=metadata,
+        schema=metadata["feature_schema"],
         reference=model.custom_objects["reference"],
     )

@@ -77,7 +77,7 @@ def check_against_schema(frame: pd.DataFrame, schema: dict[str, dict[str, Any]],
         else:
             known = set(spec.get("categories") or ())
             if known:
-                text = values.astype("object").where(~absent, None).map(lambda v: v if v is None else str(v))
+                text = values.astype("object").map(str)  # only rows with a value are compared and named
                 bad = ~absent & ~text.isin(known)
                 if bad.any():
                     raise DataError(

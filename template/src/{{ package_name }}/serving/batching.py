@@ -16,8 +16,8 @@ BentoML's internal package (pinned in pyproject.toml); tests/test_batching.py fa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 from bentoml.exceptions import ServiceUnavailable
@@ -49,7 +49,7 @@ class Batcher:
         self._predict = predict
         self._on_batch = on_batch
         self._limits = (max_batch_size, max_latency_ms)
-        self._call: Callable[[list[Any]], Any] | None = None
+        self._call: Callable[[list[Any]], Awaitable[list[Any]]] | None = None
 
     async def __call__(self, rows: list[Any]) -> list[Any]:
         if self._call is None:  # created on first use: the dispatcher binds to the running event loop
@@ -61,7 +61,8 @@ class Batcher:
                 get_batch_size=len,
                 batch_dim=(0, 0),
             )
-            self._call = dispatcher(self._infer)
+            # BentoML annotates the wrapper as returning `T_OUT | None`; it returns T_OUT or raises.
+            self._call = cast(Callable[[list[Any]], Awaitable[list[Any]]], dispatcher(self._infer))
         return await self._call(rows)
 
     async def _infer(self, requests: Sequence[list[Any]]) -> list[list[Any]]:

@@ -22,7 +22,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's request id is reused only when it is short and plain, so it cannot inject into logs.
@@ -66,7 +66,8 @@ def key_from_secret_block(block: str, env_name: str) -> None:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(block).get()
+        # load() is typed block-or-coroutine (a coroutine inside an event loop); here it is the block.
+        value = cast("Secret[str]", Secret.load(block)).get()
     except ValueError as exc:  # Prefect's "Unable to find block document named ..."
         raise RuntimeError(
             f"serving.api_key_block names the Prefect Secret block {block!r}, which cannot be loaded "

@@ -67,7 +67,7 @@ class OnnxRuntime:
         self.schema = model.schema
         regression = model.metadata["task_type"] == "regression"
         self.labels = None if regression else model.pipeline.classes_
-        self.classes = None if regression else [str(c) for c in self.labels]
+        self.classes = None if self.labels is None else [str(c) for c in self.labels]
         self.numbers = [c for c, spec in self.schema.items() if spec["kind"] == "number"]
         self.texts = [c for c, spec in self.schema.items() if spec["kind"] != "number"]
 

@@ -21,7 +21,7 @@ def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
         kind: Any = Number
     else:
         categories = tuple(spec.get("categories") or ())
-        kind = Literal[categories] if categories else str  # type: ignore[valid-type]
+        kind = Literal[categories] if categories else str
     if spec.get("nullable"):
         return kind | None, Field(default=None)
     return kind, Field(...)
@@ -29,7 +29,8 @@ def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
 
 def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type[BaseModel]:
     """A pydantic model of one row: unknown fields are refused, so a misspelt column is not ignored."""
-    fields = {column: field_for(spec) for column, spec in schema.items()}
+    # Any: mypy checks a **dict's values against every keyword of create_model (__config__, __doc__, ...).
+    fields: dict[str, Any] = {column: field_for(spec) for column, spec in schema.items()}
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -41,6 +42,12 @@ class RowPrediction(BaseModel):
         default=None, description="Class probabilities (classification only)"
     )
     error: str | None = None
+
+    def value(self) -> float | int | str:
+        """The prediction of a row the model did not refuse (rows it refused are a 400 before this)."""
+        if self.prediction is None:
+            raise ValueError(f"no prediction for this row: {self.error}")
+        return self.prediction
 
 
 class Prediction(BaseModel):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
 from bentoml import server_context
@@ -48,13 +48,16 @@ class ServiceArguments(BaseModel):
 SETTINGS = get_settings()
 SERVING = SETTINGS.serving
 MODEL_TAG = bentoml.use_arguments(ServiceArguments).model_tag or production_tag(SETTINGS)
-_MODEL_INFO = bentoml.models.get(MODEL_TAG)
-FEATURE_SCHEMA: dict = _MODEL_INFO.info.metadata["feature_schema"]
-TASK_TYPE: str = _MODEL_INFO.info.metadata["task_type"]
-Features = row_model(FEATURE_SCHEMA)
+_METADATA: dict[str, Any] = dict(bentoml.models.get(MODEL_TAG).info.metadata)
+FEATURE_SCHEMA: dict[str, dict[str, Any]] = _METADATA["feature_schema"]
+TASK_TYPE: str = _METADATA["task_type"]
+if TYPE_CHECKING:  # built at import from the model's schema; to a type checker, some pydantic model
+    Features = BaseModel
+else:
+    Features = row_model(FEATURE_SCHEMA)
 # An empty list would reach scikit-learn and fail with a 500; a huge one would stall a worker.
 Rows = Annotated[
-    list[Features],  # type: ignore[valid-type]
+    list[Features],
     Field(
         min_length=1,
         max_length=SERVING.max_rows,
@@ -101,7 +104,7 @@ class Predictor:
             buffer=SERVING.request_log_buffer,
         )
         MODEL_SERVED.labels(
-            model_name=self.model.tag.name, model_version=self.version, predictors=self.runtime.name
+            model_name=self.model.tag.name, model_version=self.version, runtime=self.runtime.name
         ).set(1)
         self.batcher = Batcher(
             self.predict_rows,
@@ -150,21 +153,21 @@ class Predictor:
         results = await self._batched(features)
         self._record("/predict", request_id, features, results)
         return Prediction(
-            predictions=[r.prediction for r in results],
+            predictions=[r.value() for r in results],
             probabilities=None if self.classes is None else [r.probabilities or {} for r in results],
             model_version=self.version,
             request_id=request_id,
         )
 
     @bentoml.api
-    async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:  # type: ignore[valid-type]
+    async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:
         """Predict for one row; concurrent calls are batched together."""
         request_id = _request_id(ctx)
         features = row.model_dump()
         [result] = await self._batched([features])
         self._record("/predict_one", request_id, [features], [result])
         return OnePrediction(
-            prediction=result.prediction,
+            prediction=result.value(),
             probabilities=result.probabilities,
             model_version=self.version,
             request_id=request_id,
@@ -211,8 +214,10 @@ def _request_id(ctx: bentoml.Context) -> str:
 KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
 if SERVING.api_key_block:
     key_from_secret_block(SERVING.api_key_block, KEY_ENV)
-Predictor.add_asgi_middleware(
+# @bentoml.service returns a bentoml.Service; mypy does not apply class decorators' return types.
+SERVICE = cast("bentoml.Service[Predictor]", Predictor)
+SERVICE.add_asgi_middleware(
     RequestGuard,
-    protected=[method.route for method in Predictor.apis.values()],
+    protected=[method.route for method in SERVICE.apis.values()],
     api_key_env=KEY_ENV,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import optuna
@@ -40,7 +41,7 @@ class TuningSpec:
         return PRIMARY_METRIC[self.task_type][0]
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["maximize", "minimize"]:
         return PRIMARY_METRIC[self.task_type][1]
 
 
