@@ -27,6 +27,13 @@ DEFAULT_TREE = [
     "deploy/k8s/hpa.yaml",
     "deploy/k8s/kustomization.yaml",
     "deploy/k8s/service.yaml",
+    "docs/benchmarks.md",
+    "docs/decisions.md",
+    "docs/deployment.md",
+    "docs/monitoring.md",
+    "docs/serving.md",
+    "docs/settings.md",
+    "docs/training.md",
     "benchmarks/_common.py",
     "benchmarks/drift.py",
     "benchmarks/retrain_latency.py",
@@ -108,6 +115,12 @@ CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}
 
 # The only Jinja-looking text meant to survive rendering: Prefect fills it in from the drift event.
 PREFECT_TEMPLATES = ["{{ event.payload.reason }}", "{{ event.payload.drift_share }}"]
+
+# The README is read in full by a newcomer: short, with the detail in docs/ (STYLE.md: the best are 1-3 KB).
+README_MAX_BYTES = 6_000
+DOCS_LINK = re.compile(r"\]\((docs/[^)#\s]+)")
+# A pointer such as docs/decisions.md#serving-runtime, in code comments, settings and the docs themselves.
+DOCS_POINTER = re.compile(r"\b(?:docs/)?(\w+\.md)#([\w-]+)")
 
 pytestmark = pytest.mark.parametrize("answer_set", list(ANSWER_SETS))
 
@@ -228,3 +241,29 @@ def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answe
 def test_ruff_is_clean_on_the_rendered_project(project, command):
     result = ruff(project, *command)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_is_short_and_every_docs_page_it_links_exists(project):
+    readme = (project / "README.md").read_bytes()
+    assert len(readme) < README_MAX_BYTES, f"README.md is {len(readme)} bytes: move detail to docs/"
+    linked = set(DOCS_LINK.findall(readme.decode()))
+    assert linked, "the README links no page of docs/"
+    assert sorted(page for page in linked if not (project / page).is_file()) == []
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading: lowercase, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_pointer_to_a_docs_section_names_a_heading_that_exists(project):
+    anchors = {
+        page.name: {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)}
+        for page in (project / "docs").glob("*.md")
+    }
+    dangling = set()
+    for name in files_of(project):
+        for page, anchor in DOCS_POINTER.findall((project / name).read_text()):
+            if anchor not in anchors.get(page, set()):
+                dangling.add(f"{name}: {page}#{anchor}")
+    assert sorted(dangling) == []
