@@ -10,16 +10,16 @@ Goal P6: ratio_to_floor <= 2.
 Each round runs on a fresh server, because the retrain trigger's `within` (its cooldown, copier answer
 retrain_cooldown_seconds) absorbs every matching event after the first, from any model, for that long:
 a second drift event on the same server would start nothing. In a round: `prefect deploy --all` of the
-project's prefect.yaml (demo.deploy: work pool and deployments, the retrain trigger included), then a
+project's prefect.yaml (local.demo.deploy: work pool and deployments, the retrain trigger included), then a
 trivial `floor` deployment (the flow in this file, run from the project folder like the others) on the
 same work pool, whose trigger is a copy of the retrain trigger (posture, threshold, within, parameters,
 the concurrency limit) matching a benchmark-only event instead; then one process worker for both
-(localstack.prefect_worker: it polls every PREFECT_WORKER_QUERY_SECONDS, reported as
+(local.processes.prefect_worker: it polls every PREFECT_WORKER_QUERY_SECONDS, reported as
 `worker_query_seconds`), and one untimed run of the floor deployment, so the worker is known to be
 polling and has started a flow run once. Then, in alternating order from round to round, each path on
 an idle worker (no flow run process of the one before left):
 - `seconds`: a run of the monitor deployment (`run_deployment("monitor/monitor")`, as its schedule
-  would start it) on the shifted batch of demo.demo_batches, from the monitor flow run's start time to
+  would start it) on the shifted batch of local.demo.demo_batches, from the monitor flow run's start time to
   the start time of the retrain flow run its drift event made the trigger create (created by AUTOMATION).
   It covers the drift check in the flow run (Evidently's import included), the event, the trigger, the
   worker's next poll and the retrain flow run's process start and imports.

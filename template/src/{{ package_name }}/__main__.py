@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="tune, train, score and register a model")
     train.add_argument("--n-trials", type=int, default=None, help="Optuna trials (default: tuning.n_trials)")
-    serve = commands.add_parser("serve", help="serve the newest registered model with BentoML")
+    serve = commands.add_parser("serve", help="serve the production model with BentoML")
     serve.add_argument("--host", default=None, help="default: serving.host")
     serve.add_argument("--port", type=int, default=None, help="default: serving.port")
     monitor = commands.add_parser(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-# Evidently takes about 2 s to import on two cores. Imported with the flow, it is loaded before a run
-# starts (when a worker loads the flow), not inside the run, between drift and the retraining it asks for.
+# Evidently is slow to import (docs/decisions.md#import-times). Imported with the flow, it is loaded before a
+# run starts (when a worker loads the flow), not inside the run, between drift and the retraining it asks for.
 import evidently  # noqa: F401
 import pandas as pd
 from prefect import flow, get_run_logger, task

@@ -25,7 +25,8 @@ def load_data() -> validation.Dataset:
 
 @task(cache_policy=NO_CACHE)
 def tune_batch(study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None) -> int:
-    """One task runs a whole batch of trials: task overhead (tens of ms) stays small next to trial time."""
+    """One task runs a whole batch of trials, so Prefect's per-task overhead stays small next to trial time
+    (docs/decisions.md#tuning-in-batches)."""
     return tuning.run_trials(study, objective, n_trials, deadline)
 
 

@@ -1,35 +1,19 @@
 """Drift between the training reference and a current batch, computed with Evidently.
 
-Evidently is imported inside `compute_drift` only: it takes seconds to import, and the CLI, the service and
-the training flow never need it.
+Evidently is imported inside `compute_drift` only: it is slow to import, and the CLI, the service and the
+training flow never need it (docs/decisions.md#import-times).
 
 Which method, at which size (settings.toml, [monitoring])
 - Evidently chooses each column's method from the reference's size, and we keep its choice unless
-  `num_method`, `cat_method` or their thresholds say otherwise. Up to 1,000 rows it uses a test (KS for
-  numbers, chi-squared or Z for categories; drifted at p < 0.05); above, a distance with a threshold
-  (normed Wasserstein for numbers, Jensen-Shannon for categories; drifted at 0.1 or more). That asks the
-  right question at each size: on few rows a test flags only shifts too large to be chance, while on many
-  rows every real-world column becomes "significant" (a KS test on 1,000,000 rows per side finds a 0.005
-  standard-deviation shift 9 times in 10), so the question becomes whether a shift is large enough to
-  matter, which a distance answers: a normed Wasserstein distance of 0.1 is, for instance, a mean shift of
-  0.1 reference standard deviations.
+  `num_method`, `cat_method` or their thresholds say otherwise: a test (KS, chi-squared, Z) up to 1,000
+  rows, a distance (normed Wasserstein, Jensen-Shannon) above. On many rows every real-world column is
+  "significant" to a test, so the question becomes whether a shift is large enough to matter, which a
+  distance answers (docs/decisions.md#drift-methods).
 - Before Evidently sees them, the reference and the current batch are each cut to a random sample of at
-  most `max_rows` rows (100,000 by default), drawn with `sample_seed`, so a rerun gives the same verdict.
-  A distance measured on a sample is an estimate whose error shrinks like 1/sqrt(rows): on 100,000 rows per
-  side, two samples of one distribution are 0.005 apart on average (0.011 at most in 50 trials), and a true
-  distance of 0.1 comes out within about 0.004 (one standard deviation). A column that clearly drifted or
-  clearly did not gets the verdict it gets on all rows; only a column within about 0.01 of its threshold
-  can change sides, which it also does from one full batch to the next.
-- With a test configured instead (`num_method = "ks"`), sampling costs power: KS on 100,000 rows per side
-  finds a mean shift of 0.02 standard deviations 98 times in 100 and one of 0.01 about half the time,
-  where all of 1,000,000 rows find 0.005. Shifts that only all rows make significant are missed; for
-  deciding to retrain they rarely matter, which is why distances are the default at these sizes.
-- Cost: Evidently's preset runs each column's method three times (verdict, summary, table) and draws its
-  plots; on 1,000,000 x 10 numbers that took 48 to 126 s on two shared cores (default methods; 31 s with
-  KS) and 0.5 GB above the memory the process held before, on 100,000-row samples 3 to 4 s and 70 MB.
-  With the sample, time and memory stay flat as batches grow; benchmarks/drift.py compares them with a
-  plain per-column KS test on all rows (goals: time at most 3 times the KS test's, peak memory at most
-  3 times the two frames; measured 1.7 to 2.4 times and 0.46 times).
+  most `max_rows` rows, drawn with `sample_seed`, so a rerun gives the same verdict and time and memory stay
+  flat as batches grow. A column that clearly drifted or clearly did not gets the verdict it gets on all
+  rows; only a column very close to its threshold can change sides, and a pinned test loses some power
+  (docs/decisions.md#drift-sample; benchmarks/drift.py).
 - The data-quality summary (missing values, categories never seen in training, ignored columns) is
   counted on all rows: it is cheap, and a rare new category must not hide outside the sample.
 """

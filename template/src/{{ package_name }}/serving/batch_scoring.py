@@ -46,7 +46,7 @@ class ScoringResult:
 def check_against_schema(frame: pd.DataFrame, schema: dict[str, dict[str, Any]], source: str) -> None:
     """Raise a DataError naming the file and the column when the rows do not fit the model's schema.
 
-    The rules are the service's (schema.row_model), applied column by column so a million rows take
+    The rules are the service's (request_schema.row_model), applied column by column so a million rows take
     milliseconds: every feature column present; numbers parse as numbers; no missing value where the training
     data had none; categories among those seen in training. Extra columns are allowed and kept in the output.
     """

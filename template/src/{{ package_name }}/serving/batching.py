@@ -3,15 +3,15 @@
 Why not `@bentoml.api(batchable=True)` behind the public endpoints: BentoML batches only requests that
 arrive over HTTP at the batchable endpoint itself, and an endpoint reaches another endpoint of its own
 service only through BentoML's client (`self.to_async`): a second request through the whole ASGI stack,
-JSON both ways. Measured with benchmarks/serving.py on 2 cores (1 worker, 32 clients, single rows): that
-route answered 118 requests/s where a BentoML endpoint that returns a constant answered 544, and the
-client's session renewal failed requests in flight (github.com/bentoml/BentoML/issues/5544).
+JSON both ways, which cost most of the throughput, and the client's session renewal failed requests in
+flight (github.com/bentoml/BentoML/issues/5544; docs/decisions.md#batching).
 
 So the endpoints hand their rows to BentoML's own `CorkDispatcher` directly: the same adaptive algorithm
 (it learns the model's cost per batch and waits only while waiting pays), the same bounds
 (serving.max_batch_size rows, serving.max_latency_ms), and the same load shedding: a request that would
 wait longer than max_latency_ms is answered 503, visibly, never queued without bound. The import is from
-BentoML's internal package (pinned in pyproject.toml); tests/test_batching.py fails if its API changes.
+BentoML's internal package (pinned in pyproject.toml); tests/serving/test_batching.py fails if its API
+changes.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ class Batcher:
 
     `predict` takes a list of rows and returns one result per row, in order. It runs in the event loop,
     one batch at a time, not in a thread as BentoML runs batchable methods: a model call holds the GIL
-    for most of its few milliseconds, and handing it to a thread made the two threads fight for the GIL
-    (measured: 1.70 ms of CPU per single-row request in a thread, 1.44 in the loop). Requests that arrive
-    meanwhile wait in the socket's queue and make the next batch.
+    for most of its duration, and handing it to a thread made the two threads fight for the GIL and cost
+    more CPU per request (docs/decisions.md#batching). Requests that arrive meanwhile wait in the socket's
+    queue and make the next batch.
     `on_batch` is told each batch's size (for the batch-size histogram on /metrics).
     """
 

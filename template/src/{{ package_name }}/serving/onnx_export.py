@@ -65,7 +65,7 @@ class ExportResult:
 class MissingText(BaseEstimator, TransformerMixin):
     """Stands in for a fitted text SimpleImputer in the ONNX copy: "" (a missing value) becomes `fill`.
 
-    Per column, `fill` is what the fitted imputer gives a missing value (None after data.conform), so the
+    Per column, `fill` is what the fitted imputer gives a missing value (None after tables.conform), so the
     ONNX graph (Equal + Where, which ONNX Runtime runs on strings, unlike its Imputer) does what scikit-learn
     does.
     """
@@ -203,7 +203,7 @@ def _is_text(imputer: SimpleImputer) -> bool:
 
 
 def _fill_for_none(imputer: SimpleImputer) -> list[str]:
-    """What the fitted imputer makes of a missing value, as data.conform hands it over, in each column: its
+    """What the fitted imputer makes of a missing value, as tables.conform hands it over, in each column: its
     statistic, or "" when it leaves the value alone (the one-hot step's category for it is spelt "" too)."""
     missing = tables.conform(pd.DataFrame({"c": [None]}), {"c": {"kind": "category"}})["c"].iloc[0]
     row = [[missing] * len(imputer.statistics_)]

@@ -1,16 +1,12 @@
 """How the service computes predictions: ONNX Runtime when the pipeline converts and agrees with
 scikit-learn, else scikit-learn itself (`serving.runtime`: "auto", "onnx" or "sklearn").
 
-Why: a scikit-learn call has a fixed cost that batching cannot hide. On the default model (a 42-tree
-forest on 30 columns) predict_proba took about 4 ms per call whether it got 1 row or 32 (per-tree input
-checks, the ColumnTransformer on pandas), while ONNX Runtime answered the same batch in 0.04 ms. With 32
-clients sending single rows, batches average about 16 rows, so scikit-learn cost about 0.3 ms of the
-worker's CPU per request, as much as a third of what BentoML itself needs per request
-(benchmarks/serving.py).
+Why: a scikit-learn call has a fixed cost that batching cannot hide, and ONNX Runtime answers the
+same batch for a small fraction of it (docs/decisions.md#serving-runtime).
 
-The same pipeline, preprocessing included, is converted at service start (onnx_export.py, about 0.3 s) and
-checked against scikit-learn on the reference rows stored with the model: the same labels, probabilities
-or predictions within onnx.tolerance. When conversion or the check fails, "auto" serves with scikit-learn
+The same pipeline, preprocessing included, is converted at service start (onnx_export.py) and checked
+against scikit-learn on the reference rows stored with the model: the same labels, probabilities or
+predictions within onnx.tolerance. When conversion or the check fails, "auto" serves with scikit-learn
 and says why in the log and on /metrics (the `runtime` label of the model_info gauge); "onnx" refuses to
 start instead.
 
@@ -72,9 +68,9 @@ class OnnxRuntime:
         self.texts = [c for c, spec in self.schema.items() if spec["kind"] != "number"]
 
     def feed(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """One [rows, 1] array per column, built from the dicts directly (no DataFrame: 15 times faster
-        for small batches); NaN and onnx_export.MISSING_TEXT for missing values, as onnx_export.feed
-        writes them."""
+        """One [rows, 1] array per column, built from the dicts directly (building a DataFrame costs many
+        times more on small batches: docs/decisions.md#serving-runtime); NaN and onnx_export.MISSING_TEXT
+        for missing values, as onnx_export.feed writes them."""
         arrays = {}
         for column in self.numbers:
             values = [row.get(column) for row in rows]

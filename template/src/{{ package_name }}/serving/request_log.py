@@ -88,7 +88,7 @@ class RequestLog:
         while True:
             records = [self._queue.get()]
             # Whatever else is queued goes out in few writes: one write (and flush) per record cost the
-            # service 0.2 ms of CPU per single-row request (benchmarks/serving.py). Each write is at most a
+            # service CPU on every request (docs/decisions.md#request-log-writes). Each write is at most a
             # tenth of max_bytes, so files still rotate before they pass max_bytes.
             with contextlib.suppress(queue.Empty):
                 while len(records) < WRITE_BATCH:
