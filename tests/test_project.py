@@ -92,6 +92,25 @@ def test_projects_own_test_suite_passes(project):
     assert result.returncode == 0, explain(result)
 
 
+def test_mypy_passes_on_the_fresh_project(project):
+    result = project.run("uv", "run", "mypy")
+    assert result.returncode == 0, explain(result)
+
+
+def test_pre_commit_hooks_pass_on_the_fresh_project(project, tmp_path):
+    """Every hook is local (the project's locked tools through `uv run`), so it runs offline, and none of
+    them finds anything to fix in what Copier wrote."""
+    if not (project.root / ".git").is_dir():  # the copy task runs `git init` only where git is installed
+        assert project.run("git", "init", "-q").returncode == 0
+    staged = project.run("git", "add", "-A")
+    assert staged.returncode == 0, explain(staged)
+    result = project.run(
+        "uv", "run", "pre-commit", "run", "--all-files", PRE_COMMIT_HOME=str(tmp_path / "pre-commit-home")
+    )
+    assert result.returncode == 0, explain(result)
+    assert "Passed" in result.stdout
+
+
 def test_train_registers_a_model(project, trained):
     assert trained.returncode == 0, explain(trained)
     assert "Registered model" in trained.stdout + trained.stderr  # Prefect logs prints to stderr

@@ -19,6 +19,7 @@ DEFAULT_TREE = [
     ".env.example",
     ".github/workflows/ci.yml",
     ".gitignore",
+    ".pre-commit-config.yaml",
     "README.md",
     "benchmarks/serving.py",
     "data/README.md",
