@@ -54,7 +54,9 @@ def step(title: str, command: list[str], cwd: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", type=Path, default=DEFAULT_DEST, help="where to create the project")
+    parser.add_argument(
+        "dest", nargs="?", type=Path, default=DEFAULT_DEST, help="where to create the project"
+    )
     args = parser.parse_args(argv)
     dest = args.dest.resolve()
     if dest.exists() and any(dest.iterdir()):
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step("lifecycle", [uv(), "run", "python", "-m", package, "demo"], dest)
     except subprocess.CalledProcessError as exc:
-        print(f"The demo failed (exit {exc.returncode}); logs are in {dest / '.demo' / 'logs'}", file=sys.stderr)
+        print(
+            f"The demo failed (exit {exc.returncode}); logs are in {dest / '.demo' / 'logs'}", file=sys.stderr
+        )
         return exc.returncode
     print(f"Done in {time.monotonic() - started:.0f} s. The project is in {dest}.")
     return 0
