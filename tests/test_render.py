@@ -73,7 +73,7 @@ DEFAULT_TREE = [
     "src/{pkg}/registry/promotion.py",
     "src/{pkg}/registry/store.py",
     "src/{pkg}/serving/__init__.py",
-    "src/{pkg}/serving/atomic_write.py",
+    "src/{pkg}/atomic_write.py",
     "src/{pkg}/serving/batch_scoring.py",
     "src/{pkg}/serving/batching.py",
     "src/{pkg}/serving/bento.py",

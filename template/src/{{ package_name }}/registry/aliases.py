@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..atomic_write import write_atomically
 from ..config import Settings
 
 
@@ -61,19 +60,10 @@ def locked(settings: Settings) -> Iterator[AliasRecord]:
             before = list(record.history)
             yield record
             if record.history != before:
-                _write_atomically(path, {"history": record.history})
+                content = json.dumps({"history": record.history}, indent=2).encode()
+                write_atomically(path, lambda sink: sink.write(content))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_atomically(path: Path, content: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
-    ) as tmp:
-        json.dump(content, tmp, indent=2)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
 
 
 def entry(tag: str, reason: str, **details: Any) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic_write import write_atomically
 from ..config import Settings
 from ..registry import aliases, store
 from ..tables import DataError, conform, read_table
-from .atomic_write import write_atomically
 
 PREDICTION = "prediction"
 MODEL_VERSION = "model_version"

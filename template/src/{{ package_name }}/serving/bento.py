@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 
+from ..atomic_write import write_atomically
 from ..config import Settings
 from ..local.processes import Background, run, spawn, venv_command
 from ..registry import aliases
-from .atomic_write import write_atomically
 
 PID_FILE = "serve.pid"
 STATE_FILE = "serve.json"

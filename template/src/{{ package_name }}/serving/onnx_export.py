@@ -31,10 +31,10 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from .. import tables
+from ..atomic_write import write_atomically
 from ..config import Settings
 from ..registry import aliases, store
 from ..training import holdout, validation
-from .atomic_write import write_atomically
 
 MISSING_TEXT = ""
 
