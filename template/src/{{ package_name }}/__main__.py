@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "promote", help="put a registered model through the gate against production"
     )
     promote.add_argument("--tag", default=None, help="model tag (default: the newest registered model)")
+    promote.add_argument(
+        "--accept-schema-change",
+        action="store_true",
+        help="promote even though the model's feature columns differ from production's (the API changes)",
+    )
     commands.add_parser("rollback", help="make the previous production model production again")
     predict = commands.add_parser("predict", help="score a CSV or Parquet file with the production model")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the feature columns")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "promote":
             from .flows.promote import promote_model
 
-            result = promote_model(tag=args.tag)
+            result = promote_model(tag=args.tag, accept_schema_change=args.accept_schema_change)
             return 0 if result["passed"] else 1
         elif args.command == "rollback":
             from .flows.promote import rollback_model

@@ -59,6 +59,8 @@ class TuningSettings(BaseModel):
     timeout_seconds: float = Field(0, ge=0)
     cv_folds: int = Field(3, ge=2)
     storage: str = "sqlite:///.optuna/studies.db"
+    # How long a training run waits for another one of the project to finish; 0: as long as it takes.
+    lock_wait_seconds: float = Field(0, ge=0)
 
 
 class RegistrySettings(BaseModel):
@@ -67,6 +69,8 @@ class RegistrySettings(BaseModel):
     promotion_margin: float = Field(0.0, ge=0)
     sensitive_column: str = ""
     max_group_gap: float = Field(0.1, ge=0)
+    # Models kept in the store besides production and its rollback history; 0: keep every model.
+    keep_models: int = Field(10, ge=0)
 
 
 class ServingSettings(BaseModel):
@@ -84,6 +88,8 @@ class ServingSettings(BaseModel):
     api_key_env: str = f"{ENV_PREFIX}API_KEY"
     api_key_block: str = ""
     runtime: Literal["auto", "onnx", "sklearn"] = "auto"
+    # A category field lists its allowed values in the API only up to this many; above, it takes any text.
+    max_enum_categories: int = Field(50, ge=0)
 
 
 class MonitoringSettings(BaseModel):

@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
+# The largest float32: scikit-learn's tree models compute in float32, so a larger number becomes infinity
+# inside them. Training refuses such values and the request schema bounds numbers by it.
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 class DataError(ValueError):
     """Data that cannot be used; the message says which file, which column and what to do."""

@@ -13,25 +13,40 @@ from ..training import holdout, validation
 
 
 @task(cache_policy=NO_CACHE)
-def gate(candidate_tag: str, features: pd.DataFrame, labels: pd.Series, reason: str) -> dict:
+def gate(
+    candidate_tag: str,
+    features: pd.DataFrame,
+    labels: pd.Series,
+    reason: str,
+    accept_schema_change: bool = False,
+) -> dict:
     """Judge and maybe promote; the verdict (and the per-group table) become artifacts."""
-    result = promotion.promote(get_settings(), candidate_tag, features, labels, reason)
+    result = promotion.promote(
+        get_settings(), candidate_tag, features, labels, reason, accept_schema_change=accept_schema_change
+    )
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
+    lines = [
+        f"# {verdict}: `{result.candidate}`",
+        "",
+        f"{result.reason}.",
+        "",
+        f"| model | {result.metric} |",
+        "|---|---|",
+        f"| candidate `{result.candidate}` | {result.candidate_score:.4f} |",
+        f"| production `{result.production}` | {production} |",
+    ]
+    if result.schema_changes:
+        decision = (
+            "accepted explicitly (`--accept-schema-change`)"
+            if result.schema_change_accepted
+            else "not accepted: the gate does not promote a schema change on its own"
+        )
+        lines += ["", f"## Schema change: {decision}", ""]
+        lines += [f"- {change}" for change in result.schema_changes]
     create_markdown_artifact(
         key="promotion-gate",
-        markdown="\n".join(
-            [
-                f"# {verdict}: `{result.candidate}`",
-                "",
-                f"{result.reason}.",
-                "",
-                f"| model | {result.metric} |",
-                "|---|---|",
-                f"| candidate `{result.candidate}` | {result.candidate_score:.4f} |",
-                f"| production `{result.production}` | {production} |",
-            ]
-        ),
+        markdown="\n".join(lines),
         description="The quality gate between the new model and production",
     )
     if result.groups:
@@ -49,11 +64,13 @@ def holdout_rows() -> tuple[pd.DataFrame, pd.Series]:
 
 
 @flow(name="promote", log_prints=True)
-def promote_model(tag: str | None = None, reason: str = "manual") -> dict:
-    """Put a registered model (the newest by default) through the gate against production."""
+def promote_model(tag: str | None = None, reason: str = "manual", accept_schema_change: bool = False) -> dict:
+    """Put a registered model (the newest by default) through the gate against production.
+
+    `accept_schema_change`: the explicit decision a model with other feature columns than production needs."""
     settings = get_settings()
     features, labels = holdout_rows()
-    result = gate(tag or store.latest_tag(settings), features, labels, reason)
+    result = gate(tag or store.latest_tag(settings), features, labels, reason, accept_schema_change)
     print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
     return result
 

@@ -1,4 +1,5 @@
-"""Training flow: validate the data, tune with Optuna in batches of trials, refit, score, register."""
+"""Training flow: validate the data, tune with Optuna in batches of trials, refit, score, register, gate, and
+prune the model store; one run at a time per project (training/lock.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from .. import tables
 from ..config import get_settings
-from ..registry import store
-from ..training import holdout, tuning, validation
+from ..registry import retention, store
+from ..training import holdout, lock, tuning, validation
 from .promote import gate
 
 
@@ -24,10 +25,12 @@ def load_data() -> validation.Dataset:
 
 
 @task(cache_policy=NO_CACHE)
-def tune_batch(study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None) -> int:
+def tune_batch(
+    study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None, target: int
+) -> int:
     """One task runs a whole batch of trials, so Prefect's per-task overhead stays small next to trial time
-    (docs/decisions.md#tuning-in-batches)."""
-    return tuning.run_trials(study, objective, n_trials, deadline)
+    (docs/decisions.md#tuning-in-batches); none beyond the study's `target` finished trials."""
+    return tuning.run_trials(study, objective, n_trials, deadline, target=target)
 
 
 @task(cache_policy=NO_CACHE)
@@ -60,6 +63,15 @@ def refit_and_register(
     return tag
 
 
+@task(cache_policy=NO_CACHE)
+def prune_store() -> list[str]:
+    """Apply registry.keep_models; production and its rollback history are always kept."""
+    deleted = retention.prune(get_settings())
+    if deleted:
+        get_run_logger().info("Deleted %d old model(s) from the store: %s", len(deleted), ", ".join(deleted))
+    return deleted
+
+
 def tune(
     spec: tuning.TuningSpec,
     parts: holdout.Split,
@@ -88,7 +100,7 @@ def tune(
     )
     ran = 0
     for size in batches:
-        ran += tune_batch(study, objective, size, deadline)
+        ran += tune_batch(study, objective, size, deadline, n_trials)
         if deadline is not None and time.time() >= deadline:
             logger.warning("Tuning time budget of %ss reached", timeout_seconds)
             break
@@ -105,9 +117,11 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     parts = holdout.split(dataset, settings)
     spec = tuning.make_spec(settings, data_hash)
     wanted = settings.tuning.n_trials if n_trials is None else n_trials
-    tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
-    tag = refit_and_register(spec, parts, schema, data_hash, reason)
-    print(f"Registered model {tag}")
-    verdict = gate(tag, parts.test_x, parts.test_y, reason)
-    print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
+    with lock.exclusive(settings, on_wait=get_run_logger().warning):
+        tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
+        tag = refit_and_register(spec, parts, schema, data_hash, reason)
+        print(f"Registered model {tag}")
+        verdict = gate(tag, parts.test_x, parts.test_y, reason)
+        print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
+        prune_store()
     return tag

@@ -5,6 +5,10 @@ more than `registry.promotion_margin` on the primary metric (ROC AUC, higher is 
 better), and, when `registry.sensitive_column` is set, when the gap of that metric between the column's
 groups stays within `registry.max_group_gap`. The comparison and the change of the pointer happen under the
 alias lock, so two flows promoting at once are judged one after the other against the real production.
+
+A candidate whose feature schema differs from production's (a column added or gone, or of another kind) is
+never promoted by the gate alone: the request API changes with it, and production may not even be able to
+score the new holdout. It needs an explicit decision (`promote --tag T --accept-schema-change`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class GateResult:
     passed: bool
     reason: str
     groups: list[dict[str, Any]] = field(default_factory=list)
+    # How the candidate's feature schema differs from production's; empty when they agree.
+    schema_changes: list[str] = field(default_factory=list)
+    schema_change_accepted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +47,19 @@ class GateResult:
 def improvement(candidate: float, production: float, direction: str) -> float:
     """How much better the candidate is, positive when better, whatever the metric's direction."""
     return candidate - production if direction == "maximize" else production - candidate
+
+
+def schema_changes(candidate: dict[str, dict[str, Any]], production: dict[str, dict[str, Any]]) -> list[str]:
+    """What a client of the service would notice: columns added or gone, or of another kind. Categories and
+    missing values are the data's, and change with every retraining."""
+    changes = [f"column {c!r} is new" for c in candidate if c not in production]
+    changes += [f"column {c!r} is gone" for c in production if c not in candidate]
+    changes += [
+        f"column {c!r} was a {production[c]['kind']}, is now a {spec['kind']}"
+        for c, spec in candidate.items()
+        if c in production and spec["kind"] != production[c]["kind"]
+    ]
+    return changes
 
 
 def group_scores(
@@ -74,15 +94,28 @@ def judge(
     production: store.RegisteredModel | None,
     features: pd.DataFrame,
     labels: pd.Series,
+    *,
+    accept_schema_change: bool = False,
 ) -> GateResult:
-    """The gate's verdict for a candidate against production on the same holdout rows."""
+    """The gate's verdict for a candidate against production on the same holdout rows.
+
+    `accept_schema_change` is the explicit decision a schema change needs; without it such a candidate is not
+    promoted, whatever its score."""
     task_type = candidate.metadata["task_type"]
     metric, direction = PRIMARY_METRIC[task_type]
     margin = settings.registry.promotion_margin
     cand_score = score(candidate.pipeline, features, labels, task_type)[metric]
     groups: list[dict[str, Any]] = []
+    changes = schema_changes(candidate.schema, production.schema) if production else []
     verdict = partial(
-        GateResult, candidate=candidate.tag, metric=metric, candidate_score=cand_score, margin=margin
+        GateResult,
+        candidate=candidate.tag,
+        production=production.tag if production else None,
+        metric=metric,
+        candidate_score=cand_score,
+        margin=margin,
+        schema_changes=changes,
+        schema_change_accepted=bool(changes) and accept_schema_change,
     )
     if settings.registry.sensitive_column:
         groups = group_scores(
@@ -94,50 +127,48 @@ def judge(
                 f"{metric} differs by {gap:.4f} between groups of {settings.registry.sensitive_column!r}, "
                 f"more than registry.max_group_gap {settings.registry.max_group_gap}"
             )
-            return verdict(
-                production=production.tag if production else None,
-                production_score=None,
-                passed=False,
-                reason=reason,
-                groups=groups,
-            )
+            return verdict(production_score=None, passed=False, reason=reason, groups=groups)
     if production is None:
-        return verdict(
-            production=None,
-            production_score=None,
-            passed=True,
-            reason="no production model yet",
-            groups=groups,
+        return verdict(production_score=None, passed=True, reason="no production model yet", groups=groups)
+    if changes and not accept_schema_change:
+        reason = (
+            f"schema changed ({'; '.join(changes)}); promote explicitly with "
+            f"`python -m {settings.project.package} promote --tag {candidate.tag} --accept-schema-change`"
         )
+        return verdict(production_score=None, passed=False, reason=reason, groups=groups)
     try:
         prod_score = score(production.pipeline, features, labels, task_type)[metric]
     except (KeyError, ValueError) as exc:  # the production model cannot read the new data's columns
-        return verdict(
-            production=production.tag,
-            production_score=None,
-            passed=True,
-            reason=f"production model cannot score the current holdout ({exc}); the candidate replaces it",
-            groups=groups,
-        )
+        if not accept_schema_change:
+            reason = (
+                f"production cannot score the current holdout ({exc}); promote explicitly with "
+                f"`python -m {settings.project.package} promote --tag {candidate.tag} --accept-schema-change`"
+            )
+            return verdict(production_score=None, passed=False, reason=reason, groups=groups)
+        reason = f"schema change accepted: production cannot score the current holdout ({exc})"
+        return verdict(production_score=None, passed=True, reason=reason, groups=groups)
     gain = improvement(cand_score, prod_score, direction)
     passed = gain > margin
     verb = "beats" if passed else "does not beat"
     reason = f"{metric} {cand_score:.4f} vs {prod_score:.4f}: {verb} production by more than {margin}"
-    return verdict(
-        production=production.tag,
-        production_score=prod_score,
-        passed=passed,
-        reason=reason,
-        groups=groups,
-    )
+    if changes:
+        reason = f"schema change accepted; {reason}"
+    return verdict(production_score=prod_score, passed=passed, reason=reason, groups=groups)
 
 
 def promote(
-    settings: Settings, candidate_tag: str, features: pd.DataFrame, labels: pd.Series, reason: str
+    settings: Settings,
+    candidate_tag: str,
+    features: pd.DataFrame,
+    labels: pd.Series,
+    reason: str,
+    *,
+    accept_schema_change: bool = False,
 ) -> GateResult:
-    """Judge the candidate against production and, when it passes, make it production, all under the lock."""
-    candidate = store.load(candidate_tag)
+    """Judge the candidate against production and, when it passes, make it production, all under the lock
+    (the candidate is loaded under it too, so the store's retention cannot remove it in between)."""
     with aliases.locked(settings) as record:
+        candidate = store.load(candidate_tag)
         if record.production == candidate.tag:
             return GateResult(
                 candidate=candidate.tag,
@@ -150,11 +181,14 @@ def promote(
                 reason="already production",
             )
         production = store.load(record.production) if record.production else None
-        result = judge(settings, candidate, production, features, labels)
+        result = judge(
+            settings, candidate, production, features, labels, accept_schema_change=accept_schema_change
+        )
         if result.passed:
-            record.history.append(
-                aliases.entry(candidate.tag, reason, metric=result.metric, score=result.candidate_score)
-            )
+            details: dict[str, Any] = {"metric": result.metric, "score": result.candidate_score}
+            if result.schema_change_accepted:
+                details["schema_changes"] = result.schema_changes
+            record.history.append(aliases.entry(candidate.tag, reason, **details))
     return result
 
 

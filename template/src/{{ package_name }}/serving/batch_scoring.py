@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from ..atomic_write import write_atomically
-from ..config import Settings
+from ..config import Settings, get_settings
 from ..registry import aliases, store
 from ..tables import DataError, conform, read_table
+from .request_schema import listed_categories
 
 PREDICTION = "prediction"
 MODEL_VERSION = "model_version"
@@ -48,8 +49,10 @@ def check_against_schema(frame: pd.DataFrame, schema: dict[str, dict[str, Any]],
 
     The rules are the service's (request_schema.row_model), applied column by column so a million rows take
     milliseconds: every feature column present; numbers parse as numbers; no missing value where the training
-    data had none; categories among those seen in training. Extra columns are allowed and kept in the output.
+    data had none; categories among those seen in training, for the columns whose categories the request
+    schema lists (serving.max_enum_categories). Extra columns are allowed and kept in the output.
     """
+    max_categories = get_settings().serving.max_enum_categories
     missing = [column for column in schema if column not in frame.columns]
     if missing:
         raise DataError(
@@ -75,7 +78,7 @@ def check_against_schema(frame: pd.DataFrame, schema: dict[str, dict[str, Any]],
                     f"{_values(values[bad])}"
                 )
         else:
-            known = set(spec.get("categories") or ())
+            known = set(listed_categories(spec, max_categories) or ())
             if known:
                 text = values.astype("object").map(str)  # only rows with a value are compared and named
                 bad = ~absent & ~text.isin(known)

@@ -10,27 +10,45 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-# The largest float32: scikit-learn's tree models compute in float32, and a larger number becomes infinity
-# inside them (a 500 found by schemathesis). NaN and infinity are refused too: a missing value is null.
-FLOAT32_MAX = 3.4028234663852886e38
+from ..config import get_settings
+from ..tables import FLOAT32_MAX
+
+# Bounded to float32 (tables.FLOAT32_MAX): a larger number became infinity inside a tree model (a 500 found
+# by schemathesis). NaN and infinity are refused too: a missing value is null.
 Number = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
 
-def field_for(spec: dict[str, Any]) -> tuple[Any, Any]:
+def listed_categories(spec: dict[str, Any], limit: int) -> tuple[str, ...] | None:
+    """The values a category field is restricted to, or None when it takes any text.
+
+    A column with more than `limit` categories (serving.max_enum_categories) is not enumerated: its values
+    would fill the public OpenAPI document and every 400, and a value the model never saw is harmless there,
+    since the pipeline's one-hot encoder ignores unknown categories."""
+    categories = tuple(spec.get("categories") or ())
+    return categories if 0 < len(categories) <= limit else None
+
+
+def field_for(spec: dict[str, Any], max_categories: int) -> tuple[Any, Any]:
     if spec["kind"] == "number":
         kind: Any = Number
     else:
-        categories = tuple(spec.get("categories") or ())
+        categories = listed_categories(spec, max_categories)
         kind = Literal[categories] if categories else str
     if spec.get("nullable"):
         return kind | None, Field(default=None)
     return kind, Field(...)
 
 
-def row_model(schema: dict[str, dict[str, Any]], name: str = "Features") -> type[BaseModel]:
-    """A pydantic model of one row: unknown fields are refused, so a misspelt column is not ignored."""
+def row_model(
+    schema: dict[str, dict[str, Any]], name: str = "Features", max_categories: int | None = None
+) -> type[BaseModel]:
+    """A pydantic model of one row: unknown fields are refused, so a misspelt column is not ignored.
+
+    `max_categories` defaults to serving.max_enum_categories."""
+    if max_categories is None:
+        max_categories = get_settings().serving.max_enum_categories
     # Any: mypy checks a **dict's values against every keyword of create_model (__config__, __doc__, ...).
-    fields: dict[str, Any] = {column: field_for(spec) for column, spec in schema.items()}
+    fields: dict[str, Any] = {column: field_for(spec, max_categories) for column, spec in schema.items()}
     return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
 
 

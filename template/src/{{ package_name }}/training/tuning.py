@@ -103,12 +103,25 @@ def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, 
     return objective
 
 
-def run_trials(study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None) -> int:
-    """Run up to n_trials, stopping at the deadline (a time.time() value); returns how many finished."""
+def run_trials(
+    study: optuna.Study, objective: Callable, n_trials: int, deadline: float | None, target: int | None = None
+) -> int:
+    """Run up to n_trials, stopping at the deadline (a time.time() value) or once the study holds `target`
+    finished trials, whoever ran them; returns how many trials the study gained.
+
+    The target is checked before the first trial and after each one with Optuna's MaxTrialsCallback, which
+    counts the trials of every worker on the study's storage, so a study shared by several processes stops
+    at the target instead of each process running its own n_trials."""
     before = finished_trials(study)
+    callbacks = []
+    if target is not None:
+        n_trials = min(n_trials, target - before)
+        callbacks.append(optuna.study.MaxTrialsCallback(target, states=FINISHED))
     timeout = None if deadline is None else max(deadline - time.time(), 0.0)
     if n_trials > 0 and (timeout is None or timeout > 0):
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
+        study.optimize(
+            objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False, callbacks=callbacks
+        )
     return finished_trials(study) - before
 
 

@@ -1,0 +1,32 @@
+"""The model store's retention: every training run registers a model, so old ones are deleted.
+
+Kept: the newest `registry.keep_models` models, and every model in the production alias record's history
+(production and what `rollback` walks back to), however old. BentoML has no retention of its own. The
+deletion happens under the alias lock, so a promotion or rollback running at the same moment either sees the
+model still there or runs after it is gone, never in between.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from ..config import Settings
+from . import aliases
+
+
+def prune(settings: Settings) -> list[str]:
+    """Delete the models retention does not keep; returns their tags (none when keep_models is 0)."""
+    keep = settings.registry.keep_models
+    if keep == 0:
+        return []
+    with aliases.locked(settings) as record:
+        protected = {entry["tag"] for entry in record.history}
+        models = sorted(
+            bentoml.models.list(settings.model_name),
+            key=lambda model: (model.info.creation_time, str(model.tag)),
+            reverse=True,
+        )
+        doomed = [str(model.tag) for model in models[keep:] if str(model.tag) not in protected]
+        for tag in doomed:
+            bentoml.models.delete(tag)
+    return doomed
