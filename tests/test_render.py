@@ -24,6 +24,7 @@ DEFAULT_TREE = [
     "benchmarks/serving.py",
     "data/README.md",
     "benchmarks/serving_apps.py",
+    "benchmarks/soak.py",
     "deploy/k8s/deployment.yaml",
     "deploy/k8s/hpa.yaml",
     "deploy/k8s/kustomization.yaml",
