@@ -45,11 +45,13 @@ SAMPLE = """
 import importlib, json, sys
 package = sys.argv[1]
 settings = importlib.import_module(package + ".config").get_settings()
-aliases, data = (importlib.import_module(f"{package}.{m}") for m in ("aliases", "data"))
+aliases, validation = (
+    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "training.validation")
+)
 import bentoml
 tag = aliases.production_tag(settings)
 model = bentoml.models.get(tag)
-rows = json.loads(data.load_dataset(settings).features.head(20).to_json(orient="records"))
+rows = json.loads(validation.load_dataset(settings).features.head(20).to_json(orient="records"))
 print(json.dumps({
     "tag": tag,
     "schema": model.info.metadata["feature_schema"],
