@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from .config import PACKAGE, get_settings
+from .config import PACKAGE, SettingsError, get_settings
 from .tables import DataError
 
 
@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     try:
+        get_settings()  # before any flow starts: a bad setting is one line per problem, not a failed run
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
         if args.command == "train":
             from .flows.train import train
 
@@ -115,12 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             return serve(args.host, args.port)
         elif args.command == "monitor":
-            from .flows.monitor import monitor
+            from .flows.monitor import SignalLost, monitor
 
-            verdict = monitor(current_path=args.current)
+            try:
+                verdict = monitor(current_path=args.current)
+            except SignalLost as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            covered = ""
+            if window := verdict["window"]:  # None for a file; the flow's log warns when it is short
+                covered = f" covered_hours={window['covered_hours']:g}/{window['requested_hours']:g}"
             print(
                 f"rows={verdict['n_current']} drift_share={verdict['drift_share']:.3f}"
                 f" drifted={verdict['drifted']} event={verdict['event_emitted']} report={verdict['report']}"
+                f" skipped_lines={verdict['skipped_lines']}{covered}"
             )
         elif args.command == "promote":
             from .flows.promote import promote_model

@@ -3,16 +3,25 @@
 Values come from settings.toml (written once by `copier copy`) and can be overridden by environment
 variables named <PACKAGE>_<SECTION>__<KEY>, so a deployment or a test changes behaviour without editing
 files. Every other module asks `get_settings()` instead of holding constants of its own.
+
+Nothing is silently ignored: a key in the file that no section has, or an environment variable with the
+project's prefix that names no setting, is an error, like a bad value. Errors come as a SettingsError, one
+line per problem naming the key (section.key), where it came from (the file or the variable) and, for an
+unknown key, the closest valid one.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import tomllib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,13 +46,19 @@ def _settings_file() -> Path:
 SETTINGS_FILE = _settings_file()
 
 
-class ProjectSettings(BaseModel):
+class Section(BaseModel):
+    """A section of settings.toml: a key it does not have is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProjectSettings(Section):
     name: str
     package: str = PACKAGE
     template_version: str = "unknown"
 
 
-class DataSettings(BaseModel):
+class DataSettings(Section):
     path: str = ""
     target_column: str = "target"
     task_type: Literal["classification", "regression"] = "classification"
@@ -51,7 +66,7 @@ class DataSettings(BaseModel):
     seed: int = Field(42, ge=0)
 
 
-class TuningSettings(BaseModel):
+class TuningSettings(Section):
     # A key of model.py's MODEL_FAMILIES (checked in Settings, once the task type is known).
     model_family: str = "random_forest"
     n_trials: int = Field(20, ge=1)
@@ -63,7 +78,7 @@ class TuningSettings(BaseModel):
     lock_wait_seconds: float = Field(0, ge=0)
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(Section):
     bentoml_home: str = ""
     reference_rows: int = Field(5000, ge=10)
     promotion_margin: float = Field(0.0, ge=0)
@@ -73,7 +88,7 @@ class RegistrySettings(BaseModel):
     keep_models: int = Field(10, ge=0)
 
 
-class ServingSettings(BaseModel):
+class ServingSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
@@ -83,7 +98,10 @@ class ServingSettings(BaseModel):
     max_latency_ms: int = Field(2000, ge=1)
     request_log_path: str = "logs/requests.jsonl"
     request_log_max_bytes: int = Field(10_000_000, ge=1024)
-    request_log_backups: int = Field(5, ge=0)
+    # Rotated files are deleted once their newest record is older than this (at least the monitor's
+    # window); backups is only the ceiling on their number.
+    request_log_retention_hours: float = Field(24, gt=0)
+    request_log_backups: int = Field(100, ge=0)
     request_log_buffer: int = Field(10_000, ge=1)
     api_key_env: str = f"{ENV_PREFIX}API_KEY"
     api_key_block: str = ""
@@ -92,7 +110,7 @@ class ServingSettings(BaseModel):
     max_enum_categories: int = Field(50, ge=0)
 
 
-class MonitoringSettings(BaseModel):
+class MonitoringSettings(Section):
     drift_threshold: float = Field(0.3, gt=0, le=1)
     # "requests": the service's request log (serving.request_log_path), its last window_hours;
     # "file": the table at current_path. The monitor flow's `current_path` parameter overrides both.
@@ -120,9 +138,13 @@ class MonitoringSettings(BaseModel):
     cat_method: str = ""
     num_threshold: float = Field(0.0, ge=0)
     cat_threshold: float = Field(0.0, ge=0)
+    # A retrain event counts as sent once the Prefect server shows it; each try waits this long for that,
+    # and event_retries more tries post it over the REST API. Unconfirmed: the run fails (signal lost).
+    event_timeout_seconds: float = Field(20, gt=0)
+    event_retries: int = Field(2, ge=0)
 
 
-class AlertSettings(BaseModel):
+class AlertSettings(Section):
     # The webhook URL comes from a Prefect Secret block (its name here) or else from the environment
     # variable named here, never from a file in the repository. Neither set: no alerts.
     webhook_block: str = ""
@@ -134,21 +156,41 @@ class AlertSettings(BaseModel):
     retry_delay_seconds: float = Field(5, ge=0)
 
 
-class OnnxSettings(BaseModel):
+class OnnxSettings(Section):
     output_dir: str = "dist/edge"
     tolerance: float = Field(1e-4, gt=0)
     check_rows: int = Field(2000, ge=10)
 
 
-class DeploySettings(BaseModel):
+class DeploySettings(Section):
     state_dir: str = ".deploy"
     ready_timeout_seconds: float = Field(180, gt=0)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", toml_file=SETTINGS_FILE, extra="forbid"
     )
+
+    def __init__(self, **values: Any) -> None:
+        """Check the file's keys and the prefixed environment variables first (pydantic-settings ignores
+        unknown variables and cannot say where a value came from), then let pydantic validate the values,
+        and turn its errors into one line per problem."""
+        problems = unknown_keys(SETTINGS_FILE, os.environ)
+        if problems:
+            raise SettingsError(problems)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc, SETTINGS_FILE, os.environ)) from None
 
     project: ProjectSettings
     data: DataSettings = DataSettings()
@@ -177,7 +219,18 @@ class Settings(BaseSettings):
         try:
             family(self.tuning.model_family, self.data.task_type)
         except ValueError as exc:
-            raise ValueError(f"tuning.model_family in {SETTINGS_FILE.name}: {exc}") from None
+            raise ValueError(f"tuning.model_family: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _request_log_outlives_the_window(self) -> Settings:
+        retention, window = self.serving.request_log_retention_hours, self.monitoring.window_hours
+        if retention < window:
+            raise ValueError(
+                f"serving.request_log_retention_hours: {retention:g} h is shorter than "
+                f"monitoring.window_hours ({window:g} h), so the monitor would find its window cut; make it "
+                f"at least {window:g}"
+            )
         return self
 
     @classmethod
@@ -235,6 +288,109 @@ class Settings(BaseSettings):
     @property
     def performance_event(self) -> str:
         return f"{PACKAGE}.performance.degraded"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    return {
+        name: field.annotation
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+
+
+# Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_3000_TCP, ... for each Service in its
+# namespace; a Service named after the package would otherwise look like misspelt settings.
+_SERVICE_LINK = re.compile(
+    r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
+
+
+def _closest(word: str, candidates: list[str]) -> str | None:
+    lowered = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[found[0]] if found else None
+
+
+def _did_you_mean(suggestion: str | None) -> str:
+    return f"; did you mean {suggestion}?" if suggestion else ""
+
+
+def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
+    """One line per key in the settings file and per variable with the project's prefix that names no
+    setting, each with the closest valid name; also a file that is not valid TOML."""
+    sections = _sections()
+    everything = [f"{s}.{k}" for s, model in sections.items() for k in model.model_fields]
+    problems = []
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            return [f"{path}: not valid TOML: {exc}"]
+    for section, values in data.items():
+        if not isinstance(values, dict):  # a key above the first [section]
+            guess = _closest(section, [key.partition(".")[2] for key in everything])
+            where = next((key for key in everything if key.endswith(f".{guess}")), None)
+            problems.append(f"{section} in {path}: outside any [section]{_did_you_mean(where)}")
+            continue
+        if section not in sections:
+            near = _closest(section, list(sections))
+            problems.append(f"[{section}] in {path}: no such section{_did_you_mean(near and f'[{near}]')}")
+            continue
+        known = list(sections[section].model_fields)
+        for key in values:
+            if key not in known:  # the closest key of this section, else of any (a key in the wrong section)
+                near = _closest(key, known)
+                guess = f"{section}.{near}" if near else _closest(key, everything)
+                problems.append(f"{section}.{key} in {path}: no such setting{_did_you_mean(guess)}")
+    # Settings whose value names an environment variable (api_key_env, webhook_env): those variables are
+    # the project's too. Their values may themselves come from the file or the environment.
+    named = {f"{ENV_PREFIX}SETTINGS_FILE"}
+    for section, model in sections.items():
+        for key, field in model.model_fields.items():
+            if key.endswith("_env"):
+                variable = f"{ENV_PREFIX}{section}__{key}".upper()
+                override = next((v for n, v in environ.items() if n.upper() == variable), None)
+                named.add(str(override or data.get(section, {}).get(key, field.default)).upper())
+    valid = [f"{s}__{k}".upper() for s, model in sections.items() for k in model.model_fields]
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in named or _SERVICE_LINK.search(upper):
+            continue
+        rest = upper.removeprefix(ENV_PREFIX)
+        if rest in valid or rest.lower() in sections:  # a whole section as JSON is pydantic-settings' too
+            continue
+        others = [n.removeprefix(ENV_PREFIX) for n in named if n.startswith(ENV_PREFIX)]
+        guess = _closest(rest, valid + others)
+        setting = f" ({guess.lower().replace('__', '.', 1)})" if guess and "__" in guess else ""
+        suggestion = f"{ENV_PREFIX}{guess}{setting}" if guess else None
+        problems.append(
+            f"{name} (environment variable): no such setting; settings are {ENV_PREFIX}<SECTION>__<KEY>"
+            f"{_did_you_mean(suggestion)}"
+        )
+    return problems
+
+
+def describe_errors(error: ValidationError, path: Path, environ: Mapping[str, str]) -> list[str]:
+    """pydantic's errors as one line each: the key, its value, where it came from, and what is wrong."""
+    upper_environ = {name.upper(): name for name in environ}
+    lines = []
+    for problem in error.errors(include_url=False):
+        location = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if not location:  # a check across settings names its key at the start of its message
+            location, _, message = message.partition(": ")
+        if problem["type"] == "missing" and location == "project" and not path.exists():
+            lines.append(f"{path}: settings file not found (the project root, or {ENV_PREFIX}SETTINGS_FILE)")
+            continue
+        parts = location.split(".")
+        variable = len(parts) > 1 and upper_environ.get(f"{ENV_PREFIX}{parts[0]}__{parts[-1]}".upper())
+        source = f"from {variable}" if variable else f"in {path}"
+        # The value when pydantic names the key itself (not for a missing key or a check across settings).
+        shown = len(parts) == 2 and problem["loc"] and problem["type"] != "missing"
+        value = f" = {problem['input']!r}" if shown else ""
+        lines.append(f"{location}{value} {source}: {message}")
+    return lines
 
 
 @lru_cache

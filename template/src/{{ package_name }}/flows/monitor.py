@@ -5,6 +5,11 @@ window exist, the model's performance. When the share of drifted columns reaches
 `<package>.drift.detected`, and when performance is below `monitoring.performance_threshold`
 `<package>.performance.degraded`; the retrain deployment's trigger in prefect.yaml listens for both, so
 retraining is Prefect's decision to make (with its cooldown and concurrency limit), not this flow's.
+An event counts as sent only when the server shows it (read back through the REST API); when it cannot be
+confirmed after `monitoring.event_retries` more tries over the REST API, the report, alert and gauges still
+go out and then the run fails saying the retrain signal was lost.
+When the request log does not reach back to the start of the window, or had lines that are no record, the
+verdict, the artifact and a warning say so (`window`, `skipped_lines`).
 Every run also pushes its gauges to the Pushgateway (when configured) and, when it asks for retraining,
 sends the webhook alert (when configured). A gateway or webhook that does not answer is a warning, never a
 failed run; a webhook that is misconfigured (a Secret block that does not exist, a value that is not a URL)
@@ -13,6 +18,7 @@ fails the run with the setting's name, after the event is out, so the mistake is
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -24,14 +30,23 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
+from prefect.events import Event, emit_event
 
 from .. import tables
 from ..config import Settings, get_settings
 from ..monitoring import drift, served_traffic
 from ..registry import aliases, store
+from ..serving.request_log import describe_bad_lines
 
 ARTIFACT_KEY = "drift-report"
+
+
+class SignalLost(RuntimeError):
+    """A retrain event the Prefect server never showed: no retraining will start from it."""
+
+
+class EventNotConfirmed(RuntimeError):
+    """One attempt at sending an event ended without the server showing it (the task retries)."""
 
 
 def load_current(
@@ -94,8 +109,9 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
     options = settings.monitoring
     model = store.load(model_tag)
     frame, served, window, source = load_current(settings, current_path, start, end)
+    about_the_log = log_fields(settings, window)
     if len(frame) < options.min_rows:
-        return Check(too_few_rows(source, len(frame), options.min_rows, model_tag))
+        return Check(too_few_rows(source, len(frame), options.min_rows, model_tag) | about_the_log)
     current = drift.prepare_current(frame, model.schema, source)
     kind = _prediction_type(model)
     reference = model.reference.assign(**{drift.PREDICTION: predictions_for(model, model.reference)})
@@ -123,8 +139,60 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
         "performance": performance,
         "report": None,
         "report_url": None,
-    }
+    } | about_the_log
     return Check(verdict, result, snapshot)
+
+
+def log_fields(settings: Settings, window: served_traffic.Window | None) -> dict[str, Any]:
+    """What the verdict says about the request log it rests on: the window it really covers, and the lines
+    it skipped (None and 0 for a file)."""
+    if window is None:
+        return {"window": None, "skipped_lines": 0, "skipped_where": [], "log_warnings": []}
+    warnings = []
+    note = None
+    if not window.complete:
+        note = f"The request log {window.coverage()}: {shortfall_cause(settings, window)}"
+        warnings.append(note)
+    if window.bad_lines:
+        warnings.append(
+            f"{describe_bad_lines(list(window.bad_lines))}. They are no records (a write torn "
+            "by a killed service or a full disk, or an edit); the rest of the log was read."
+        )
+    return {
+        "window": {
+            "start": window.start.isoformat(),
+            "end": window.end.isoformat(),
+            "requested_hours": round(window.requested_hours, 3),
+            "covered_hours": round(window.covered_hours, 3),
+            "oldest_record": window.oldest_record.isoformat() if window.oldest_record else None,
+            "complete": window.complete,
+            "note": note,
+        },
+        "skipped_lines": len(window.bad_lines),
+        "skipped_where": [str(bad) for bad in window.bad_lines[:20]],
+        "log_warnings": warnings,
+    }
+
+
+def shortfall_cause(settings: Settings, window: served_traffic.Window) -> str:
+    """Why the log does not reach back to the window's start, as far as its files tell."""
+    serving = settings.serving
+    if window.oldest_record is None:
+        return "it has no records yet."
+    rotated = max((window.backups or {}).values(), default=0)
+    if serving.request_log_backups and rotated >= serving.request_log_backups:
+        return (
+            f"its size ceiling was reached (serving.request_log_backups = {serving.request_log_backups} "
+            f"rotated files of serving.request_log_max_bytes = {serving.request_log_max_bytes} bytes), so "
+            "older records were deleted; raise request_log_backups (or request_log_max_bytes) to keep "
+            "the whole window."
+        )
+    if window.requested_hours > serving.request_log_retention_hours:
+        return (
+            f"rotated files are kept serving.request_log_retention_hours = "
+            f"{serving.request_log_retention_hours:g} h, less than the window asked for."
+        )
+    return "there are no older records (the service has been logging only since then)."
 
 
 @task(cache_policy=NO_CACHE)
@@ -134,7 +202,8 @@ def publish(checked: Check) -> dict[str, Any]:
     if checked.result is None:
         create_markdown_artifact(
             key=ARTIFACT_KEY,
-            markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}",
+            markdown=f"# Drift check: not enough data\n\n{verdict['quality']['too_few_rows']}"
+            + log_lines(verdict),
         )
         return verdict
     settings = get_settings()
@@ -147,6 +216,7 @@ def publish(checked: Check) -> dict[str, Any]:
         key=ARTIFACT_KEY,
         markdown=drift.markdown_summary(checked.result, verdict["model_version"], verdict["source"])
         + performance_lines(verdict["performance"])
+        + log_lines(verdict)
         + f"\n\nFull report: {link}",
         description="Data and prediction drift of the current traffic against the training reference",
     )
@@ -168,6 +238,13 @@ def performance_lines(performance: dict[str, Any] | None) -> str:
     return text + (f"\n\n{performance['note']}" if performance["note"] else "")
 
 
+def log_lines(verdict: dict[str, Any]) -> str:
+    """The request log's warnings (short window, skipped lines) for the artifact."""
+    if not verdict["log_warnings"]:
+        return ""
+    return "\n\n## Request log\n\n" + "\n".join(f"- **Warning:** {w}" for w in verdict["log_warnings"])
+
+
 def reasons(verdict: dict[str, Any]) -> list[str]:
     """Why this verdict asks for retraining (empty: it does not)."""
     found = []
@@ -182,8 +259,9 @@ def reasons(verdict: dict[str, Any]) -> list[str]:
     return found
 
 
-def emit(settings: Settings, verdict: dict[str, Any], why: list[str]) -> bool:
-    """One event per reason kind; the retrain trigger expects either."""
+def events_for(settings: Settings, verdict: dict[str, Any], why: list[str]) -> list[Event]:
+    """One event per reason kind (the retrain trigger expects either), each with its id fixed here, so a
+    retry sends the same event and the server keeps one."""
     payload = {
         "reason": "; ".join(why),
         "drift_share": verdict["drift_share"],
@@ -201,7 +279,81 @@ def emit(settings: Settings, verdict: dict[str, Any], why: list[str]) -> bool:
         names.append(settings.drift_event)
     if (verdict.get("performance") or {}).get("below_threshold"):
         names.append(settings.performance_event)
-    return all(emit_event(event=name, resource=resource, payload=payload) is not None for name in names)
+    return [Event(event=name, resource=resource, payload=payload) for name in names]
+
+
+@task(cache_policy=NO_CACHE)
+def deliver(event: Event, timeout_seconds: float) -> None:
+    """Send `event` and wait until the server shows it. The first try goes through Prefect's events
+    connection (emit_event, a websocket, which adds the run as related resources); retries post it to the
+    REST API, which works where the websocket is blocked. `emit_event` alone cannot tell whether an event
+    arrived (it hands it to a background sender that drops it when it cannot connect), hence the read-back."""
+    from prefect.runtime import task_run
+
+    sent = task_run.run_count <= 1 and emit_event(
+        event=event.event,
+        resource=dict(event.resource),
+        payload=event.payload,
+        id=event.id,
+        occurred=event.occurred,
+    )
+    if not sent:
+        post_event(event)
+    if not wait_for_event(event, timeout_seconds):
+        raise EventNotConfirmed(
+            f"event {event.event} ({event.id}) not shown by the Prefect server within {timeout_seconds:g} s"
+        )
+
+
+def post_event(event: Event) -> None:
+    """POST the event to the server's REST API (/events); a failure is logged, the read-back decides."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.request("POST", "/events", json=[event.model_dump(mode="json")])
+    except Exception as exc:  # the server may be down for a moment: the retry tries again
+        get_run_logger().warning("Posting event %s to the Prefect API failed: %s", event.id, exc)
+
+
+def wait_for_event(event: Event, timeout_seconds: float) -> bool:
+    """Poll the server's events API until it shows `event` (its persister writes in batches, by default
+    every 5 s), at most `timeout_seconds`."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventIDFilter
+
+    deadline = time.monotonic() + timeout_seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                # limit: the server refuses the client's default of 100 (its maximum is 50)
+                page = client.read_events(filter=EventFilter(id=EventIDFilter(id=[event.id])), limit=1)
+                if page.events:
+                    return True
+            except Exception as exc:  # an API error is no confirmation; keep polling until the deadline
+                get_run_logger().debug("Reading event %s back failed: %s", event.id, exc)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def emit(settings: Settings, verdict: dict[str, Any], why: list[str]) -> tuple[bool, str | None]:
+    """Send the retrain events and confirm each; returns (all confirmed, what was lost or None)."""
+    options = settings.monitoring
+    attempt = deliver.with_options(retries=options.event_retries, retry_delay_seconds=1)
+    lost = []
+    for event in events_for(settings, verdict, why):
+        state = attempt(event, options.event_timeout_seconds, return_state=True)
+        if state.is_failed():
+            lost.append(f"{event.event} ({event.id})")
+    if not lost:
+        return True, None
+    return False, (
+        f"retrain signal lost: the Prefect server did not show {', '.join(lost)} after "
+        f"{options.event_retries + 1} tries of {options.event_timeout_seconds:g} s each (the events "
+        "connection and the REST API's /events were tried); no retraining will start from this run. "
+        "Check that the server is reachable and healthy, then run the monitor again."
+    )
 
 
 @flow(name="monitor", log_prints=True)
@@ -220,9 +372,13 @@ def monitor(
     checked = check(current_path, model_tag, start, end)
     verdict = checked.verdict
     why = reasons(verdict)
+    for warning in verdict["log_warnings"]:
+        logger.warning(warning)
     # The event goes out as soon as the verdict is known: retraining need not wait for the report.
-    emitted = bool(why) and emit(settings, verdict, why)
-    verdict = publish(checked) | {"event_emitted": emitted}
+    emitted, lost = emit(settings, verdict, why) if why else (False, None)
+    verdict = publish(checked) | {"event_emitted": emitted, "signal_lost": lost}
+    if lost:
+        logger.error(lost)
     if why:
         logger.warning(
             "Retraining asked for (%s); columns: %s", "; ".join(why), verdict["drifted_columns"][:8]
@@ -233,4 +389,6 @@ def monitor(
     else:
         print(f"No drift: share {verdict['drift_share']:.3f} below threshold {verdict['threshold']}")
     verdict["pushed"] = pushgateway.push_verdict(verdict, settings)
+    if lost:  # after the report, the alert and the gauges: they still go out, then the run fails
+        raise SignalLost(lost)
     return verdict

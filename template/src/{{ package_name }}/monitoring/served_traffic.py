@@ -2,7 +2,9 @@
 
 The service writes every predicted row to its request log (serving/request_log.py): request id, time,
 model version, features and prediction. The monitor takes the rows of the last `monitoring.window_hours`,
-so drift is measured on what users really sent, not on a file someone prepared.
+so drift is measured on what users really sent, not on a file someone prepared. A window says how much of
+the requested time the log really covers (it may start later: a service started since, or files rotated
+out) and which lines of the log it had to skip (torn lines, named by file and line).
 
 Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
 table with a `request_id` column, the target column, and optionally `row` (the row's position in a
@@ -23,7 +25,7 @@ import pandas as pd
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from ..model import PRIMARY_METRIC
-from ..serving.request_log import read_records
+from ..serving.request_log import BadLine, ReadReport, read_records
 from ..tables import DataError, normalize_column, read_table
 
 
@@ -39,17 +41,57 @@ class Window:
     model_versions: pd.Series
     start: datetime
     end: datetime
+    # The oldest record in the whole log (None: the log is empty): when it is after `start`, the log does
+    # not reach back to the start of the window and the window is shorter than asked for.
+    oldest_record: datetime | None = None
+    bad_lines: tuple[BadLine, ...] = ()
+    # Rotated files per worker's log, to tell a log cut by its size ceiling from a young one.
+    backups: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.features)
 
+    @property
+    def requested_hours(self) -> float:
+        return (self.end - self.start).total_seconds() / 3600
+
+    @property
+    def covered_hours(self) -> float:
+        """The hours of the window the log covers: from its oldest record (or the start) to the end."""
+        if self.oldest_record is None:
+            return 0.0
+        return max(0.0, (self.end - max(self.start, self.oldest_record)).total_seconds() / 3600)
+
+    @property
+    def complete(self) -> bool:
+        return self.oldest_record is not None and self.oldest_record <= self.start
+
+    def coverage(self) -> str:
+        """How much of the window the log covers, e.g. "covers 3.2 h of the requested 24 h"."""
+        if self.complete:
+            return f"covers the requested {self.requested_hours:g} h"
+        oldest = f"oldest record {self.oldest_record:%Y-%m-%d %H:%M} UTC" if self.oldest_record else "empty"
+        return f"covers {self.covered_hours:.1f} h of the requested {self.requested_hours:g} h ({oldest})"
+
     def describe(self) -> str:
-        return f"request log {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
+        text = f"request log {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC"
+        return text if self.complete else f"{text}, which {self.coverage()}"
+
+
+RECORD_KEYS = ("request_id", "time", "features", "prediction")  # what the monitor needs of each record
 
 
 def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
-    """The request log's records with start <= time < end (an empty window when there are none)."""
-    records = [r for r in read_records(log_path) if start <= datetime.fromisoformat(r["time"]) < end]
+    """The request log's records with start <= time < end (an empty window when there are none); lines
+    that are no record are skipped and listed in the window's `bad_lines`."""
+    report = ReadReport()
+    records = [
+        r
+        for r in read_records(log_path, report, required=RECORD_KEYS)
+        if start <= datetime.fromisoformat(r["time"]) < end
+    ]
+    # With several workers, each writing its own file, the window is whole only where every one reaches.
+    oldest = max(report.oldest.values(), default=None)
     features = pd.DataFrame([r["features"] for r in records])
     probabilities = [r.get("probabilities") for r in records]
     return Window(
@@ -61,6 +103,9 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
         model_versions=pd.Series([r.get("model_version") for r in records], dtype=object),
         start=start,
         end=end,
+        oldest_record=oldest,
+        bad_lines=tuple(report.bad_lines),
+        backups=dict(report.backups),
     )
 
 

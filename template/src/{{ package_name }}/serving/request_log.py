@@ -11,6 +11,15 @@ operator already knows (`requests.jsonl`, `requests.jsonl.1`, ...), needs no ext
 across threads. It is not safe for several processes sharing one file, so with more than one BentoML
 worker each worker writes its own file (`requests.w2.jsonl` for worker 2); `log_files` and `read_records`
 find them all.
+
+Retention follows time: a rotated file is kept until its newest record is older than
+`serving.request_log_retention_hours` (at least the monitor's window), so the monitor's window is whole
+whatever the traffic; `backups` (rotated files at most) is only the ceiling on disk use. The standard
+library has no handler that rotates by size and keeps by age, hence the small subclass below.
+
+A line can be torn: a process killed in the middle of a write, a full disk. The reader skips and counts
+such lines (naming file and line) instead of failing on them, and the writer starts on a fresh line when
+it finds the file ending mid-line, so the next record is never glued onto the fragment.
 """
 
 from __future__ import annotations
@@ -18,10 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -36,6 +49,7 @@ DROPPED = Counter(
 )
 _STOP = object()
 WRITE_BATCH = 1000  # records per write at most
+LOGGER = logging.getLogger(__name__)
 
 
 def worker_path(path: str | Path, worker: int | None) -> Path:
@@ -47,26 +61,34 @@ def worker_path(path: str | Path, worker: int | None) -> Path:
 
 
 class RequestLog:
-    """A bounded, non-blocking JSON-lines sink with size-based rotation."""
+    """A bounded, non-blocking JSON-lines sink, rotated by size and kept by age."""
 
     def __init__(
         self,
         path: str | Path,
         *,
         max_bytes: int = 10_000_000,
-        backups: int = 5,
+        backups: int = 100,
         buffer: int = 10_000,
+        retention_hours: float | None = None,
         dropped: Any = DROPPED,
     ) -> None:
+        """`retention_hours`: rotated files whose newest record is older are deleted; None: the setting
+        serving.request_log_retention_hours (the service passes the size settings only)."""
+        if retention_hours is None:
+            from ..config import get_settings
+
+            retention_hours = get_settings().serving.request_log_retention_hours
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dropped = 0
         self._dropped_metric = dropped
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=buffer)
-        self._handler = RotatingFileHandler(
-            self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
+        self._handler = _RotatingByAge(
+            self.path, max_bytes=max_bytes, backups=backups, retention_seconds=retention_hours * 3600
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._handler.prune()
         self._chunk_bytes = max(1, max_bytes // 10)
         self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
         self._thread.start()
@@ -79,10 +101,13 @@ class RequestLog:
                 self._queue.put_nowait(record)
             except queue.Full:
                 lost += 1
+        self._count_dropped(lost)
+        return lost
+
+    def _count_dropped(self, lost: int) -> None:
         if lost:
             self.dropped += lost
             self._dropped_metric.inc(lost)
-        return lost
 
     def _drain(self) -> None:
         while True:
@@ -96,12 +121,13 @@ class RequestLog:
             stop = any(record is _STOP for record in records)
             try:
                 lines = [line for record in records if record is not _STOP and (line := self._line(record))]
-                for message in chunks(lines, self._chunk_bytes):
+                for message, count in chunks(lines, self._chunk_bytes):
                     self._handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO}))
+                    if self._handler.failed:  # a full disk: these records are not in the log; count them
+                        self._handler.failed = False
+                        self._count_dropped(count)
             except Exception:  # a failed write must not stop the thread: the records after it still count
-                logging.getLogger(__name__).exception(
-                    "request log: %d records could not be written", len(records)
-                )
+                LOGGER.exception("request log: %d records could not be written", len(records))
             finally:
                 for _ in records:
                     self._queue.task_done()
@@ -113,7 +139,7 @@ class RequestLog:
         try:
             return json.dumps(record, default=str, separators=(",", ":"))
         except (TypeError, ValueError):  # one record that cannot be written must not lose the others
-            logging.getLogger(__name__).exception("request log: a record could not be written")
+            LOGGER.exception("request log: a record could not be written")
             return None
 
     def flush(self) -> None:
@@ -133,24 +159,84 @@ class RequestLog:
         return self._thread.is_alive()
 
 
-def chunks(lines: list[str], max_bytes: int) -> Iterator[str]:
-    """The lines joined into messages of at most max_bytes characters (a longer line goes alone)."""
+class _RotatingByAge(RotatingFileHandler):
+    """RotatingFileHandler that deletes rotated files by age (backups is the ceiling), starts on a fresh
+    line when the file ends mid-line (a writer killed mid-write), and notes a failed write."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int, retention_seconds: float) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
+        self.retention_seconds = retention_seconds
+        self.failed = False
+        self._fresh_line_checked = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._fresh_line_checked:
+            self._fresh_line_checked = end_torn_line(Path(self.baseFilename))
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        # The write may have left part of a line on disk and the rest in the stream's buffer: drop the
+        # stream (and that rest), and start the next write on a fresh line of a reopened file.
+        self.failed = True
+        self._fresh_line_checked = False
+        LOGGER.error("request log: a write to %s failed", self.baseFilename, exc_info=True)
+        if self.stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.close()
+            self.stream = None  # reopened by the next emit (delay=True)
+
+    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+        super().doRollover()
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete rotated files whose newest record is older than the retention (oldest first)."""
+        oldest_kept = time.time() - self.retention_seconds
+        for number in range(self.backupCount, 0, -1):
+            backup = Path(f"{self.baseFilename}.{number}")
+            with contextlib.suppress(FileNotFoundError):
+                if backup.stat().st_mtime < oldest_kept:
+                    backup.unlink()
+
+
+def end_torn_line(path: Path) -> bool:
+    """Add a newline when `path` ends mid-line, so the next record starts on its own line; True when the
+    file is now safe to append to (also when it does not exist yet)."""
+    try:
+        with path.open("rb+") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return True
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
+                LOGGER.warning("request log: %s ended mid-line (torn write); continuing on a new line", path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        LOGGER.exception("request log: could not check the end of %s", path)
+        return False
+    return True
+
+
+def chunks(lines: list[str], max_bytes: int) -> Iterator[tuple[str, int]]:
+    """The lines joined into messages of at most max_bytes characters (a longer line goes alone), each
+    with its number of lines."""
     chunk: list[str] = []
     size = 0
     for line in lines:
         if chunk and size + len(line) + 1 > max_bytes:
-            yield "\n".join(chunk)
+            yield "\n".join(chunk), len(chunk)
             chunk, size = [], 0
         chunk.append(line)
         size += len(line) + 1
     if chunk:
-        yield "\n".join(chunk)
+        yield "\n".join(chunk), len(chunk)
 
 
 def log_files(path: str | Path) -> list[Path]:
     """Every file of the log at `path`: all workers' files and their rotated backups, oldest first."""
     path = Path(path)
-    pattern = re.compile(rf"^{re.escape(path.stem)}(\.w\d+)?{re.escape(path.suffix)}(\.(\d+))?$")
+    pattern = _name_pattern(path)
     found = [p for p in path.parent.glob(f"{path.stem}*") if pattern.match(p.name)]
 
     def age(p: Path) -> tuple[int, str]:
@@ -161,10 +247,89 @@ def log_files(path: str | Path) -> list[Path]:
     return sorted(found, key=age)
 
 
-def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The records in every file of the log, skipping a last line that is still being written."""
+def _name_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(path.stem)}(\.w\d+)?{re.escape(path.suffix)}(\.(\d+))?$")
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of the log that is no record: torn by a killed writer or a full disk, or edited by hand."""
+
+    file: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} ({self.reason})"
+
+
+@dataclass
+class ReadReport:
+    """What reading the log found besides its records: the lines it skipped, and for each worker's log
+    (named by its live file) the oldest record's time and how many rotated files it has."""
+
+    bad_lines: list[BadLine] = field(default_factory=list)
+    oldest: dict[str, datetime] = field(default_factory=dict)
+    backups: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, shown: int = 5) -> str:
+        """One line: how many lines were skipped and where (the first `shown` of them)."""
+        return describe_bad_lines(self.bad_lines, shown)
+
+
+def describe_bad_lines(bad_lines: list[BadLine], shown: int = 5) -> str:
+    where = ", ".join(str(bad) for bad in bad_lines[:shown])
+    more = f" and {len(bad_lines) - shown} more" if len(bad_lines) > shown else ""
+    return f"{len(bad_lines)} unreadable lines skipped: {where}{more}"
+
+
+def read_records(
+    path: str | Path, report: ReadReport | None = None, *, required: tuple[str, ...] = ()
+) -> Iterator[dict[str, Any]]:
+    """The records in every file of the log, oldest file first. A line that is not a JSON object with the
+    `required` keys (when "time" is one, an ISO time with a time zone) is skipped, logged with its file
+    and line, and counted in `report`; a last line still being written (no newline yet) is skipped."""
+    report = report if report is not None else ReadReport()
+    pattern = _name_pattern(Path(path))
     for file in log_files(path):
-        with file.open(encoding="utf-8") as lines:
-            for line in lines:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+        match = pattern.match(file.name)
+        live = file.name[: match.start(2)] if match and match.group(2) else file.name
+        if live != file.name:
+            report.backups[live] = report.backups.get(live, 0) + 1
+        bad = []
+        with file.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.endswith("\n") or not line.strip():
+                    continue
+                record, when, reason = _parse(line.rstrip("\n"), required)
+                if record is None:
+                    bad.append(BadLine(file, number, reason))
+                    continue
+                if when is not None and (live not in report.oldest or when < report.oldest[live]):
+                    report.oldest[live] = when
+                yield record
+        if bad:
+            LOGGER.warning("request log %s: %s", file, describe_bad_lines(bad))
+            report.bad_lines += bad
+
+
+def _parse(line: str, required: tuple[str, ...]) -> tuple[dict[str, Any] | None, datetime | None, str]:
+    """The record on `line` and its time, or None and why it is no record."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        return None, None, f"not JSON: {exc}"
+    if not isinstance(record, dict):
+        return None, None, "not a JSON object"
+    missing = [key for key in required if key not in record]
+    if missing:
+        return None, None, f"no {', '.join(missing)}"
+    if "time" not in required:
+        return record, None, ""
+    try:
+        when = datetime.fromisoformat(record["time"])
+    except (TypeError, ValueError):
+        return None, None, f"time {record['time']!r} is not an ISO time"
+    if when.tzinfo is None:
+        return None, None, f"time {record['time']!r} has no time zone"
+    return record, when, ""
