@@ -83,6 +83,26 @@ def test_the_pod_is_probed_and_has_resources(resources, project):
     assert f"{package_of(project).upper()}_API_KEY" in {env["name"] for env in container["env"]}
 
 
+def test_the_pod_drains_before_it_stops(resources):
+    """preStop keeps the pod serving while it leaves the Service's endpoints; the grace period then covers
+    that sleep plus the longest request (serving.timeout_seconds, 30 s by default) and a margin."""
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = int(command[1])
+    assert 5 <= pre_stop <= 30
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + 30 + 5
+
+
+def test_the_api_key_secret_is_required(resources, project):
+    """A missing secret must not mean an open API: the pod waits for the secret instead."""
+    (container,) = resources["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (key,) = [env for env in container["env"] if env["name"] == f"{package_of(project).upper()}_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["name"] == f"{app_name(project)}-api-key"
+    assert key["valueFrom"]["secretKeyRef"].get("optional", False) is False
+
+
 def test_kustomization_lists_every_manifest(project):
     kustomization = yaml.safe_load((project / "deploy" / "k8s" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == MANIFESTS

@@ -94,6 +94,7 @@ class ServingSettings(Section):
     workers: int = Field(1, ge=1)
     timeout_seconds: float = Field(30, gt=0)
     max_rows: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1024)
     max_batch_size: int = Field(100, ge=1)
     max_latency_ms: int = Field(2000, ge=1)
     request_log_path: str = "logs/requests.jsonl"

@@ -9,9 +9,10 @@ flight (github.com/bentoml/BentoML/issues/5544; docs/decisions.md#batching).
 So the endpoints hand their rows to BentoML's own `CorkDispatcher` directly: the same adaptive algorithm
 (it learns the model's cost per batch and waits only while waiting pays), the same bounds
 (serving.max_batch_size rows, serving.max_latency_ms), and the same load shedding: a request that would
-wait longer than max_latency_ms is answered 503, visibly, never queued without bound. The import is from
-BentoML's internal package (pinned in pyproject.toml); tests/serving/test_batching.py fails if its API
-changes.
+wait here longer than max_latency_ms is answered 503, visibly, never queued without bound. Only the wait
+here counts, not the time a request spent in the HTTP stack before (docs/decisions.md#overload). The
+import is from BentoML's internal package (pinned in pyproject.toml); tests/serving/test_batching.py fails
+if its API changes.
 """
 
 from __future__ import annotations

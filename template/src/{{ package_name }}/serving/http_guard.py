@@ -1,4 +1,5 @@
-"""The HTTP guard in front of the service's endpoints: request ids, the API key, content types, errors.
+"""The HTTP guard in front of the service's endpoints: request ids, the API key, body size, content types,
+errors, and bounded labels on BentoML's HTTP metrics.
 
 A plain ASGI middleware (added with `Predictor.add_asgi_middleware`, BentoML's documented hook), so it
 sees every request, BentoML's own routes included, and needs no model: tests use it on a toy app.
@@ -7,7 +8,10 @@ sees every request, BentoML's own routes included, and needs no model: tests use
   id is put in the ASGI scope (`scope["state"]["request_id"]`, so `request.state.request_id`) for the
   endpoints to echo in their JSON body and the request log, and it is added to JSON error bodies.
 - Prediction endpoints answer 401 without `Authorization: Bearer <key>` when a key is configured; health
-  and metrics routes never ask for one. The key is compared in constant time and never logged.
+  and metrics routes never ask for one. The key is compared in constant time and never logged. A key
+  variable that is set but blank stops the service (`api_key_from`): it must not quietly mean "no key".
+- A prediction request whose body is larger than `max_body_bytes` gets a 413 before its body is read: at
+  once from its Content-Length, or, for a chunked body, as soon as the bytes received pass the limit.
 - Prediction endpoints accept JSON only: BentoML would try to parse other content types anyway and
   answer some of them (form data, for example) with a 500, so they get a 415 naming what to send.
 - JSON error bodies are made readable: `error` names each bad field (`rows.0.size: Field required`),
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import re
 import uuid
@@ -34,6 +39,8 @@ MAX_PROBLEMS = 10
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
+
+logger = logging.getLogger(__name__)
 
 
 def request_id_from(headers: dict[str, str]) -> str:
@@ -77,6 +84,23 @@ def key_from_secret_block(block: str, env_name: str) -> None:
     os.environ[env_name] = str(value)
 
 
+def api_key_from(env_name: str) -> bytes:
+    """The API key in the environment variable `env_name`: b"" (no key) when there is no name or the variable
+    is not set at all. Set but blank (empty or only whitespace: an unfilled `.env` line, a secret created
+    empty, `KEY=${UNSET}` in a compose file) raises: someone meant the service to have a key, and reading
+    blank as "no key" would open it to everyone without a word."""
+    if not env_name or env_name not in os.environ:
+        return b""
+    key = os.environ[env_name].strip()
+    if not key:
+        raise RuntimeError(
+            f"the environment variable {env_name} (serving.api_key_env) is set but blank, which would leave "
+            f"the prediction endpoints open to everyone: set it to the API key, or unset it (remove it from "
+            f"your .env or the deployment) to serve without a key"
+        )
+    return key.encode()
+
+
 class RequestGuard:
     def __init__(
         self,
@@ -84,12 +108,28 @@ class RequestGuard:
         *,
         protected: Iterable[str],
         api_key_env: str = "",
+        max_body_bytes: int = 0,
     ) -> None:
         """`api_key_env` names the environment variable holding the key (the key itself is never passed
-        around, so it cannot end up in a repr or a log); no name, or an empty variable, means no key."""
+        around, so it cannot end up in a repr or a log); no name, or no such variable, means no key, and
+        a blank one raises (`api_key_from`). `max_body_bytes` bounds the body of protected routes (0: no
+        bound)."""
         self.app = app
         self.protected = set(protected)
-        self._api_key = (os.environ.get(api_key_env, "") if api_key_env else "").strip().encode()
+        self.max_body_bytes = max_body_bytes
+        self._api_key = api_key_from(api_key_env)
+        if self._api_key:
+            logger.info(
+                "API key on: %s need 'Authorization: Bearer <key>' (key from %s)",
+                ", ".join(sorted(self.protected)),
+                api_key_env,
+            )
+        else:
+            logger.warning(
+                "API key off: %s answer anyone who can reach this port%s",
+                ", ".join(sorted(self.protected)),
+                f" (set {api_key_env} to require a key)" if api_key_env else "",
+            )
 
     def __repr__(self) -> str:  # never show the key
         return (
@@ -128,7 +168,40 @@ class RequestGuard:
                     request_id,
                 )
                 return
+            if self.max_body_bytes:
+                limited = await self._within_limit(headers, receive)
+                if limited is None:
+                    await _answer(
+                        send,
+                        413,
+                        f"the request body is larger than {self.max_body_bytes} bytes "
+                        "(serving.max_body_bytes); send fewer rows per request",
+                        request_id,
+                        # The rest of the body is not wanted: the server closes the connection rather than
+                        # read it only to throw it away.
+                        extra_headers=[(b"connection", b"close")],
+                    )
+                    return
+                receive = limited
         await self.app(scope, _counting(receive, body_size) if guarded else receive, send)
+
+    async def _within_limit(self, headers: dict[str, str], receive: Receive) -> Receive | None:
+        """`receive` for a body within max_body_bytes, or None when it is larger, known without reading it
+        when the client declared its length. A chunked body (no Content-Length) is read here up to the
+        limit and handed on from memory, so an endless one costs at most max_body_bytes."""
+        length = headers.get("content-length")
+        if length is not None and length.isdigit():  # the HTTP server makes the body match it
+            return receive if int(length) <= self.max_body_bytes else None
+        received: list[dict[str, Any]] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return _replay(received, receive)
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, supplied = headers.get("authorization", "").partition(" ")
@@ -170,6 +243,16 @@ class RequestGuard:
         return stamped
 
 
+def _replay(messages: list[dict[str, Any]], receive: Receive) -> Receive:
+    """`receive` that hands out `messages` first, then whatever the server sends next (a disconnect)."""
+    pending = list(reversed(messages))
+
+    async def replayed() -> dict[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
 def _counting(receive: Receive, size: list[int]) -> Receive:
     async def counted() -> dict[str, Any]:
         message = await receive()
@@ -205,3 +288,43 @@ async def _answer(
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+# The `endpoint` label every request outside the service's own routes gets on BentoML's HTTP metrics.
+OTHER_ENDPOINT = "other"
+_REAL_PATH = "guard.real_path"
+
+
+def bounded_endpoint_label(metrics_middleware: type, routes: Iterable[str]) -> type:
+    """BentoML's HTTP metrics middleware made to label only `routes` by their path, and every other path with
+    OTHER_ENDPOINT.
+
+    BentoML's middleware (the outermost, before any the service adds) labels its request series with the
+    raw request path, so each distinct unknown path a client tried became a dozen new series: memory and
+    /metrics grew without bound (docs/decisions.md#http-limits). No BentoML setting changes that label, so
+    this subclass shows it a scope whose path is OTHER_ENDPOINT and gives the rest of the stack the real
+    path back; routing, the access log and the answer (a 404) are unchanged.
+    """
+    known = frozenset(routes)
+
+    class BoundedEndpointLabel(metrics_middleware):
+        def __init__(self, app: Any, **options: Any) -> None:
+            super().__init__(_with_real_path(app), **options)
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] in ("http", "websocket") and scope["path"] not in known:
+                scope = {**scope, "path": OTHER_ENDPOINT, _REAL_PATH: scope["path"]}
+            await super().__call__(scope, receive, send)
+
+    BoundedEndpointLabel.__qualname__ = f"Bounded{metrics_middleware.__name__}"
+    return BoundedEndpointLabel
+
+
+def _with_real_path(app: Any) -> Callable[[Scope, Receive, Send], Any]:
+    async def real_path(scope: Scope, receive: Receive, send: Send) -> None:
+        if _REAL_PATH in scope:
+            scope = dict(scope)
+            scope["path"] = scope.pop(_REAL_PATH)
+        await app(scope, receive, send)
+
+    return real_path

@@ -2,13 +2,14 @@
 
     POST /predict      {"rows": [{...}, ...]}  ->  {"predictions": [...], "probabilities": [...], ...}
     POST /predict_one  {"row": {...}}          ->  {"prediction": ..., "probabilities": {...}, ...}
-    GET  /livez /readyz /metrics /docs.json     (never behind the API key)
+    GET  /livez /readyz /metrics /docs.json /schema.json     (never behind the API key)
 
 Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
 
 Both prediction endpoints hand their rows to one adaptive batcher in the worker (batching.py, BentoML's
 own dispatcher), so concurrent requests are predicted together, bounded by serving.max_batch_size and
-serving.max_latency_ms; a request that would wait longer is answered 503 (load shed, never queued).
+serving.max_latency_ms: a request whose wait at the batcher would pass it is answered 503 (load shed). Time
+spent before the batcher (accept queue, HTTP, JSON) is not counted (docs/decisions.md#overload).
 
 The model is the production one (the alias record in registry/aliases.py, set by promotion; a Bento built with
 `--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
@@ -18,12 +19,14 @@ nothing has been promoted yet. /readyz answers 200 only once the model is loaded
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
 from bentoml import server_context
+from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
@@ -33,7 +36,7 @@ from ..registry.aliases import production_tag
 from ..registry.store import load
 from . import predictors
 from .batching import Batcher
-from .http_guard import RequestGuard, key_from_secret_block
+from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
 
@@ -210,14 +213,27 @@ def _request_id(ctx: bentoml.Context) -> str:
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
 
 
+# BentoML sets the root logger to WARNING in its server processes; the project's own INFO lines (the API key
+# on or off, the runtime chosen) belong in the server's log too.
+logging.getLogger(PACKAGE).setLevel(logging.INFO)
+
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
 KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
 if SERVING.api_key_block:
     key_from_secret_block(SERVING.api_key_block, KEY_ENV)
+api_key_from(KEY_ENV)  # a blank key stops `bentoml serve` here, before any worker starts
 # @bentoml.service returns a bentoml.Service; mypy does not apply class decorators' return types.
 SERVICE = cast("bentoml.Service[Predictor]", Predictor)
+ROUTES = [method.route for method in SERVICE.apis.values()]
 SERVICE.add_asgi_middleware(
     RequestGuard,
-    protected=[method.route for method in SERVICE.apis.values()],
+    protected=ROUTES,
     api_key_env=KEY_ENV,
+    max_body_bytes=SERVING.max_body_bytes,
+)
+# BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics. BentoML builds
+# its middleware from this module attribute when a worker starts, after importing this module.
+BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
+instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ignore[misc, assignment]
+    instruments.RunnerTrafficMetricsMiddleware, ROUTES + BENTOML_ROUTES
 )

@@ -1,0 +1,219 @@
+"""The generated service against a hostile client: a real `bentoml serve` of one installed default project.
+
+What a probe of the service found and what must hold now: paths it does not serve never become new metric
+series; a body over serving.max_body_bytes gets a 413 before it is read, and does not hold up other
+requests; SIGTERM lets the requests the server has begun finish; a blank API key stops the service instead
+of opening it; the start-up log says whether the API key is on. Bounded loops, no timed assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving
+
+pytestmark = pytest.mark.slow
+
+MAX_BODY = 1_000_000  # serving.max_body_bytes for these servers
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_home) -> Project:
+    installed = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("hostile"), prefect_home)
+    trained = installed.cli("train", "--n-trials", "2")
+    assert trained.returncode == 0, explain(trained)
+    return installed
+
+
+def settings(project: Project, **values: str) -> dict[str, str]:
+    return {f"{project.package.upper()}_{key}": value for key, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def served(project, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A server without an API key: its URL and its log."""
+    log = tmp_path_factory.mktemp("hostile-serve") / "serve.log"
+    with serving(project, log, **settings(project, SERVING__MAX_BODY_BYTES=str(MAX_BODY))) as base:
+        yield base, log
+
+
+@pytest.fixture(scope="module")
+def row(served) -> dict:
+    """A valid row, built from the request schema the service publishes."""
+    base, _ = served
+    schema = httpx.get(f"{base}/docs.json", timeout=30).json()["components"]["schemas"]["Features"]
+    values = {"number": 1.0, "integer": 1, "boolean": True, "string": "x"}
+    row = {}
+    for name, field in schema["properties"].items():
+        kinds = [field, *field.get("anyOf", [])]
+        enum = next((k["enum"] for k in kinds if "enum" in k), None)
+        row[name] = enum[0] if enum else next(values[k["type"]] for k in kinds if k.get("type") in values)
+    return row
+
+
+def metric_lines(base: str) -> list[str]:
+    return [line for line in httpx.get(f"{base}/metrics", timeout=60).text.splitlines() if line[:1] != "#"]
+
+
+def test_paths_the_service_does_not_serve_share_one_metrics_label(served):
+    base, _ = served
+    with httpx.Client(base_url=base, timeout=30) as http:
+        for i in range(300):
+            assert http.get(f"/probe-{i}/x").status_code == 404
+        assert http.post("/predict/../../etc/passwd").status_code == 404
+        assert http.get("/docs.json").status_code == 200
+    lines = metric_lines(base)
+    endpoints = {m for line in lines for m in re.findall(r'endpoint="([^"]*)"', line)}
+    assert not [e for e in endpoints if "probe" in e or "passwd" in e]
+    served_routes = {
+        "/predict",
+        "/predict_one",
+        "/",
+        "/docs.json",
+        "/schema.json",
+        "/readyz",
+        "/livez",
+        "/healthz",
+    }
+    assert endpoints <= served_routes | {"other"}
+    assert "other" in endpoints
+    before = len(lines)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        for i in range(300):
+            http.get(f"/second-probe-{i}")
+    assert len(metric_lines(base)) == before
+
+
+def raw_request(base: str, path: str, headers: dict[str, str]) -> socket.socket:
+    """A connection with the request line and headers sent, the body still to come."""
+    url = urlsplit(base)
+    connection = socket.create_connection((url.hostname, url.port), timeout=60)
+    head = [f"POST {path} HTTP/1.1", f"Host: {url.hostname}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    connection.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    return connection
+
+
+def answered(connection: socket.socket, wait: float) -> bool:
+    return bool(select.select([connection], [], [], wait)[0])
+
+
+def read_response(connection: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the one response on `connection` (which the server may close after it)."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < content_length(data):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body[: content_length(data)] or b"null")
+
+
+def content_length(data: bytes) -> int:
+    found = re.search(rb"(?im)^content-length:\s*(\d+)", data.partition(b"\r\n\r\n")[0])
+    return int(found.group(1)) if found else 0
+
+
+def test_a_declared_oversized_body_gets_413_before_it_is_sent(served):
+    base, _ = served
+    declared = 50 * MAX_BODY
+    with raw_request(base, "/predict", {"Content-Length": str(declared)}) as connection:
+        connection.sendall(b'{"rows": [' + b" " * 65536)
+        status, body = read_response(connection)  # the other 49.9 MB are never sent
+    assert status == 413, body
+    assert "serving.max_body_bytes" in body["error"] and str(MAX_BODY) in body["error"]
+
+
+def test_a_streamed_oversized_body_is_cut_off_while_other_requests_are_answered(served, row):
+    base, _ = served
+    chunk = b" " * 65536
+    with raw_request(base, "/predict", {"Transfer-Encoding": "chunked"}) as upload:
+        upload.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) * (MAX_BODY // len(chunk) // 2))
+        # Half the limit is in and the upload goes on: the server answers others meanwhile.
+        others = [
+            httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60).status_code for _ in range(5)
+        ]
+        assert not answered(upload, 0), "the upload was answered before it passed the limit"
+        sent = MAX_BODY // 2
+        while not answered(upload, 0.2) and sent < 50 * MAX_BODY:
+            upload.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        status, body = read_response(upload)
+    assert others == [200] * 5
+    assert status == 413, body
+    assert sent < 3 * MAX_BODY, f"{sent} bytes sent before the 413"
+
+
+def bentoml_serve_pid(port: int) -> int:
+    """The `bentoml serve` process (BentoML's arbiter) listening on `port`: the process Kubernetes signals."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [part.decode(errors="replace") for part in command]
+            if "serve" in words and any(w.endswith("bentoml") for w in words) and str(port) in words:
+                return int(entry.name)
+    raise AssertionError(f"no `bentoml serve` process for port {port}")
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(project, row, tmp_path):
+    """Requests the server has begun (headers read, body still arriving) are answered 200 after SIGTERM,
+    and the server then exits. The key is on for this server: the log says so and never shows the key."""
+    key = "hostile-" + os.urandom(8).hex()
+    log = tmp_path / "serve.log"
+    env = settings(project, API_KEY=key, SERVING__MAX_BODY_BYTES=str(MAX_BODY))
+    with serving(project, log, **env) as base:
+        body = json.dumps({"row": row}).encode()
+        half = len(body) // 2
+        headers = {"Content-Length": str(len(body)), "Authorization": f"Bearer {key}"}
+        in_flight = [raw_request(base, "/predict_one", headers) for _ in range(8)]
+        for connection in in_flight:
+            connection.sendall(body[:half])
+        assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+        time.sleep(0.5)  # the worker has read their headers by now
+        server = bentoml_serve_pid(urlsplit(base).port)
+        os.kill(server, signal.SIGTERM)
+        time.sleep(1)  # the server is shutting down now, with the requests half received
+        for connection in in_flight:
+            connection.sendall(body[half:])
+        answers = [read_response(connection) for connection in in_flight]
+        for connection in in_flight:
+            connection.close()
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{server}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not Path(f"/proc/{server}").exists(), "bentoml serve still runs 60 s after SIGTERM"
+    assert [status for status, _ in answers] == [200] * 8, answers
+    assert all(answer["model_version"] for _, answer in answers)
+    text = log.read_text(errors="replace")
+    assert "API key on" in text
+    assert key not in text
+
+
+def test_the_log_says_when_the_api_key_is_off(served):
+    _, log = served
+    assert "API key off" in log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_api_key_stops_the_service(project, blank):
+    port = str(free_port())
+    command = ["uv", "run", "python", "-m", project.package, "serve", "--port", port]
+    result = project.run(*command, timeout=180, **settings(project, API_KEY=blank))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"{project.package.upper()}_API_KEY" in output and "set but blank" in output, output[-3000:]
