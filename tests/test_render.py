@@ -33,6 +33,7 @@ DEFAULT_TREE = [
     "docs/decisions.md",
     "docs/deployment.md",
     "docs/monitoring.md",
+    "docs/operations.md",
     "docs/serving.md",
     "docs/settings.md",
     "docs/training.md",

@@ -63,7 +63,7 @@ def metric(base: str, name: str) -> float:
     total = 0.0
     with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
-            if re.match(rf"{name}(_total)?(\{{.*\}})? ", line):
+            if re.match(re.escape(name) + r"(_total)?(\{.*\})? ", line):
                 total += float(line.rsplit(" ", 1)[1])
     return total
 
