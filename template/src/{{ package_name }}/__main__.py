@@ -9,6 +9,7 @@ import sys
 
 from .config import PACKAGE, SettingsError, get_settings
 from .tables import DataError
+from .training.lock import TrainingBusy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             from .local.demo import run_demo
 
             run_demo()
-    except (DataError, LookupError) as exc:
+    except (DataError, LookupError, TrainingBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
