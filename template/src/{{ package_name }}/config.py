@@ -145,6 +145,43 @@ class MonitoringSettings(Section):
     event_retries: int = Field(2, ge=0)
 
 
+class FeedbackSettings(Section):
+    """Learning from labelled production traffic (training/feedback.py)."""
+
+    # Labelled rows of the request log (features joined with labels on request id and row) within this
+    # many hours are added to the configured training data; 0: the configured data alone.
+    window_hours: float = Field(168, ge=0)
+    # Fewer labelled rows than this: training uses the configured data alone and says so.
+    min_rows: int = Field(30, ge=1)
+    # At most this many labelled rows are used (the newest are kept); 0: no cap.
+    max_rows: int = Field(50_000, ge=0)
+    # The newest share of the labelled rows is held out by time (never trained on) as the gate's recent slice.
+    recent_share: float = Field(0.3, gt=0, lt=1)
+    # The gate judges on the recent slice when it has at least this many rows, else on the usual holdout.
+    gate_min_recent_rows: int = Field(30, ge=1)
+
+
+class RolloutSettings(Section):
+    """Rollout of a promoted model to the running service, and the watch after it (automatic rollback)."""
+
+    # Each service worker checks the production alias record this often and swaps in a new production
+    # model between batches, without a restart; 0: never (serve the model the service started with).
+    poll_seconds: float = Field(2, ge=0)
+    # For this many hours after a promotion the monitor compares the live model with the one it replaced;
+    # 0: no watch, no automatic rollback.
+    watch_hours: float = Field(24, ge=0)
+    # Rows the new model must have served (and, for performance, labelled rows) before it is judged.
+    min_rows: int = Field(50, ge=1)
+    # Worse beyond these is rolled back: the primary metric on labelled rows (absolute, in the metric's
+    # direction), the share of 5xx answers (absolute increase), p99 latency (ratio).
+    max_metric_drop: float = Field(0.02, ge=0)
+    max_error_rate_increase: float = Field(0.01, ge=0)
+    max_p99_ratio: float = Field(2.0, ge=1)
+    # The service's base URL, where the watch reads /metrics (5xx and latency per model version); empty:
+    # http://<serving.host>:<serving.port>.
+    service_url: str = ""
+
+
 class AlertSettings(Section):
     # The webhook URL comes from a Prefect Secret block (its name here) or else from the environment
     # variable named here, never from a file in the repository. Neither set: no alerts.
@@ -199,6 +236,8 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    rollout: RolloutSettings = RolloutSettings()
     alerts: AlertSettings = AlertSettings()
     onnx: OnnxSettings = OnnxSettings()
     deploy: DeploySettings = DeploySettings()
@@ -289,6 +328,14 @@ class Settings(BaseSettings):
     @property
     def performance_event(self) -> str:
         return f"{PACKAGE}.performance.degraded"
+
+    @property
+    def promoted_event(self) -> str:
+        return f"{PACKAGE}.model.promoted"
+
+    @property
+    def rolled_back_event(self) -> str:
+        return f"{PACKAGE}.model.rolled_back"
 
 
 def _sections() -> dict[str, type[BaseModel]]:
