@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="promote even though the model's feature columns differ from production's (the API changes)",
     )
+    promote.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="promote a model that a rollback took out of production (the gate refuses it on its own)",
+    )
     commands.add_parser("rollback", help="make the previous production model production again")
     predict = commands.add_parser("predict", help="score a CSV or Parquet file with the production model")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the feature columns")
@@ -140,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "promote":
             from .flows.promote import promote_model
 
-            result = promote_model(tag=args.tag, accept_schema_change=args.accept_schema_change)
+            result = promote_model(
+                tag=args.tag,
+                accept_schema_change=args.accept_schema_change,
+                allow_rolled_back=args.allow_rolled_back,
+            )
             return 0 if result["passed"] else 1
         elif args.command == "rollback":
             from .flows.promote import rollback_model

@@ -19,10 +19,17 @@ def gate(
     labels: pd.Series,
     reason: str,
     accept_schema_change: bool = False,
+    allow_rolled_back: bool = False,
 ) -> dict:
     """Judge and maybe promote; the verdict (and the per-group table) become artifacts."""
     result = promotion.promote(
-        get_settings(), candidate_tag, features, labels, reason, accept_schema_change=accept_schema_change
+        get_settings(),
+        candidate_tag,
+        features,
+        labels,
+        reason,
+        accept_schema_change=accept_schema_change,
+        allow_rolled_back=allow_rolled_back,
     )
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
@@ -64,21 +71,29 @@ def holdout_rows() -> tuple[pd.DataFrame, pd.Series]:
 
 
 @flow(name="promote", log_prints=True)
-def promote_model(tag: str | None = None, reason: str = "manual", accept_schema_change: bool = False) -> dict:
+def promote_model(
+    tag: str | None = None,
+    reason: str = "manual",
+    accept_schema_change: bool = False,
+    allow_rolled_back: bool = False,
+) -> dict:
     """Put a registered model (the newest by default) through the gate against production.
 
-    `accept_schema_change`: the explicit decision a model with other feature columns than production needs."""
+    `accept_schema_change`: the explicit decision a model with other feature columns than production needs;
+    `allow_rolled_back`: the one a model taken out of production by a rollback needs."""
     settings = get_settings()
     features, labels = holdout_rows()
-    result = gate(tag or store.latest_tag(settings), features, labels, reason, accept_schema_change)
+    result = gate(
+        tag or store.latest_tag(settings), features, labels, reason, accept_schema_change, allow_rolled_back
+    )
     print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
     return result
 
 
 @flow(name="rollback", log_prints=True)
-def rollback_model() -> str:
+def rollback_model(reason: str = "manual") -> str:
     """Make the previous production model production again; returns the restored tag."""
-    retired, restored = promotion.rollback(get_settings())
+    retired, restored = promotion.rollback(get_settings(), reason)
     get_run_logger().warning("Rolled back: %s retired, %s is production again", retired, restored)
     create_markdown_artifact(
         key="rollback", markdown=f"# Rollback\n\n`{retired}` retired; `{restored}` is production again."

@@ -23,9 +23,18 @@ from ..config import Settings
 
 @dataclass
 class AliasRecord:
-    """`history` is oldest first; its last entry is production."""
+    """`history` is oldest first; its last entry is production. `rolled_back` lists the models taken out of
+    production by a rollback (tag, since, reason), which the gate never promotes again on its own."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
+    rolled_back: list[dict[str, Any]] = field(default_factory=list)
+
+    def was_rolled_back(self, tag: str) -> dict[str, Any] | None:
+        """The rollback entry of `tag`, or None when it was never rolled back."""
+        return next((e for e in reversed(self.rolled_back) if e["tag"] == tag), None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"history": self.history, "rolled_back": self.rolled_back}
 
     @property
     def production(self) -> str | None:
@@ -41,7 +50,8 @@ def read(settings: Settings) -> AliasRecord:
     if not path.exists():
         return AliasRecord()
     try:
-        return AliasRecord(history=json.loads(path.read_text())["history"])
+        content = json.loads(path.read_text())
+        return AliasRecord(history=content["history"], rolled_back=content.get("rolled_back", []))
     except (ValueError, KeyError, TypeError) as exc:
         raise RuntimeError(
             f"{path}: the production alias record is unreadable ({exc}); restore it or delete it"
@@ -57,10 +67,10 @@ def locked(settings: Settings) -> Iterator[AliasRecord]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             record = read(settings)
-            before = list(record.history)
+            before = json.dumps(record.as_json())
             yield record
-            if record.history != before:
-                content = json.dumps({"history": record.history}, indent=2).encode()
+            if json.dumps(record.as_json()) != before:
+                content = json.dumps(record.as_json(), indent=2).encode()
                 write_atomically(path, lambda sink: sink.write(content))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

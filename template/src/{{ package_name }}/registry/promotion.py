@@ -164,9 +164,13 @@ def promote(
     reason: str,
     *,
     accept_schema_change: bool = False,
+    allow_rolled_back: bool = False,
 ) -> GateResult:
     """Judge the candidate against production and, when it passes, make it production, all under the lock
-    (the candidate is loaded under it too, so the store's retention cannot remove it in between)."""
+    (the candidate is loaded under it too, so the store's retention cannot remove it in between).
+
+    A model once rolled back is refused unless `allow_rolled_back` (a person's decision): no ping-pong
+    between a retrain that promotes it and a watch that rolls it back."""
     with aliases.locked(settings) as record:
         candidate = store.load(candidate_tag)
         if record.production == candidate.tag:
@@ -180,6 +184,22 @@ def promote(
                 passed=False,
                 reason="already production",
             )
+        rolled_back = record.was_rolled_back(candidate.tag)
+        if rolled_back and not allow_rolled_back:
+            return GateResult(
+                candidate=candidate.tag,
+                production=record.production,
+                metric=PRIMARY_METRIC[candidate.metadata["task_type"]][0],
+                candidate_score=float("nan"),
+                production_score=None,
+                margin=settings.registry.promotion_margin,
+                passed=False,
+                reason=(
+                    f"rolled back at {rolled_back['since']} ({rolled_back['reason']}); the gate never "
+                    f"promotes a rolled-back model again on its own: `python -m {settings.project.package} "
+                    f"promote --tag {candidate.tag} --allow-rolled-back` does"
+                ),
+            )
         production = store.load(record.production) if record.production else None
         result = judge(
             settings, candidate, production, features, labels, accept_schema_change=accept_schema_change
@@ -192,8 +212,9 @@ def promote(
     return result
 
 
-def rollback(settings: Settings) -> tuple[str, str]:
-    """Make the previous production model production again; returns (retired tag, restored tag)."""
+def rollback(settings: Settings, reason: str = "manual") -> tuple[str, str]:
+    """Make the previous production model production again; returns (retired tag, restored tag). The retired
+    model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own."""
     import bentoml
 
     with aliases.locked(settings) as record:
@@ -208,4 +229,5 @@ def rollback(settings: Settings) -> tuple[str, str]:
         except bentoml.exceptions.NotFound as exc:
             raise LookupError(f"the previous production model {restored} is no longer in the store") from exc
         record.history.pop()
+        record.rolled_back.append(aliases.entry(retired, reason))
     return retired, restored
