@@ -1,8 +1,9 @@
-"""The generator's main command: scaffold a project and run its whole lifecycle once, drift to retrain.
+"""The generator's main command: scaffold a project and run its whole lifecycle once, a loop that learns.
 
 `python -m flows.demo DEST` copies the template with default answers, installs the project and runs its
 `demo`, which writes DEST/.demo/summary.json. This is the loop a new user sees first, so it runs for real:
-a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the trigger.
+a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the trigger,
+a retrain on the labelled traffic, the gate's recent slice, and the running service switching models.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def test_clean_batch_raises_no_drift_event_and_shifted_batch_does(demo):
     assert summary is not None, "no .demo/summary.json was written"
     assert summary["clean"]["event_emitted"] is False
     assert summary["shifted"]["event_emitted"] is True
+    assert summary["shifted"]["performance"]["below_threshold"] is True, summary["shifted"]["performance"]
 
 
 def test_drift_event_starts_a_retrain_run_that_completes(demo):
@@ -50,3 +52,19 @@ def test_drift_event_starts_a_retrain_run_that_completes(demo):
     assert retrain["created_by"] == "AUTOMATION", retrain
     # Prefect renders the trigger's "{{ event.payload.drift_share }}" as a number: the flow's float.
     assert retrain["parameters"]["drift_share"] == pytest.approx(summary["shifted"]["drift_share"])
+
+
+def test_the_retrained_model_learns_the_changed_world_and_is_served_without_a_failed_request(demo):
+    """The retrain learns from the labelled traffic, wins on the recent slice, and the running service
+    switches to it under steady traffic; the next window, served by the new model, is healthy again."""
+    _, summary = demo
+    assert summary is not None, "no .demo/summary.json was written"
+    rollout = summary["rollout"]
+    assert rollout["promoted"] and rollout["new"] != rollout["old"], rollout
+    assert rollout["failed_during_switch"] == 0, rollout["failures"]
+    assert rollout["answered_during_switch"] > 0
+    assert 0 < rollout["seconds_event_to_serving"] < 600
+    assert summary["after"]["model_version"] == rollout["new"]
+    learning = summary["learning"]
+    assert learning["after"] > learning["before"] + 0.2, learning  # ROC AUC: the default task
+    assert learning["after_degraded"] is False, learning

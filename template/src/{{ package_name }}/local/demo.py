@@ -1,8 +1,10 @@
 """Run the whole lifecycle once on embedded defaults, the way it runs in production:
 
-deploy from prefect.yaml -> train -> serve -> clean traffic -> monitor the request log's window (no event) ->
-shifted traffic -> monitor that window (drift event) -> the retrain deployment's trigger starts a retrain run
--> wait for it.
+deploy from prefect.yaml -> train -> serve -> clean labelled traffic -> monitor its window (no event) -> the
+world changes (labelled traffic with numbers shifted and another relationship to the target) -> monitor
+(drift, performance degraded: events) -> the retrain deployment's trigger starts a retrain run, which learns
+from the labelled traffic and is promoted on the recent slice -> the running service switches to it under
+steady traffic with no failed request -> monitor the next window (healthy again), before and after printed.
 
 A local Prefect server (SQLite, 127.0.0.1) is started unless PREFECT_API_URL points at one; a process worker
 and the BentoML service are always started here, and everything started is stopped at the end.
@@ -19,46 +21,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-import pandas as pd
-
 from ..config import Settings, get_settings
 from ..registry import aliases, store
 from ..training import validation
-from . import processes
+from . import demo_traffic, processes
 
 RETRAIN_DEPLOYMENT = "retrain/retrain"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def demo_batches(settings: Settings, out_dir: Path, rows: int = 300) -> tuple[Path, Path]:
-    """A clean batch drawn from the training distribution, and the same rows with numbers shifted."""
+    """A clean batch drawn from the training distribution, and the same rows with numbers shifted (the
+    retrain latency benchmark's batches)."""
     dataset = validation.load_dataset(settings)
     features = dataset.features
     clean = features.sample(min(rows, len(features)), random_state=settings.data.seed).reset_index(drop=True)
-    shifted = clean.copy()
-    for column in shifted.select_dtypes("number").columns:
-        spread = float(features[column].std() or 1.0)
-        shifted[column] = shifted[column] + 2.0 * spread
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_path, shifted_path = out_dir / "clean.csv", out_dir / "shifted.csv"
     clean.to_csv(clean_path, index=False)
-    shifted.to_csv(shifted_path, index=False)
+    demo_traffic.shift_numbers(clean, features).to_csv(shifted_path, index=False)
     return clean_path, shifted_path
-
-
-def send_requests(base_url: str, batch: Path, rows_per_request: int = 50) -> list[dict[str, Any]]:
-    """Every row of `batch` to the service's /predict, as traffic; returns the answers."""
-    rows = pd.read_csv(batch)
-    records = json.loads(rows.replace({np.nan: None}).to_json(orient="records"))
-    answers = []
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        for start in range(0, len(records), rows_per_request):
-            response = client.post("/predict", json={"rows": records[start : start + rows_per_request]})
-            response.raise_for_status()
-            answers.append(response.json())
-    return answers
 
 
 def wait_for_logged(settings: Settings, since: datetime, rows: int, timeout: float = 30) -> int:
@@ -142,7 +124,33 @@ def deploy(settings: Settings, api_url: str) -> None:
     )
 
 
+def use_demo_settings(settings: Settings, **values: str) -> Settings:
+    """Settings for this process and the processes it starts (worker, service) through the environment."""
+    prefix = f"{settings.project.package.upper()}_"
+    os.environ.update({prefix + key: value for key, value in values.items()})
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def performance_threshold(tag: str, task_type: str) -> float:
+    """Degraded, for the demo: ROC AUC below 0.85 times the holdout's, or RMSE above 1.5 times it."""
+    metrics = store.load(tag).metadata["metrics"]
+    if task_type == "regression":
+        return round(1.5 * metrics["rmse"], 4)
+    return round(0.85 * metrics["roc_auc"], 4)
+
+
+def performance_of(verdict: dict[str, Any]) -> str:
+    performance = verdict.get("performance") or {}
+    if performance.get("value") is None:
+        return "n/a"
+    return f"{performance['metric']} {performance['value']:.3f} on {performance['n_labelled']} labelled rows"
+
+
 def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
+    """The lifecycle once, as a story: the world changes, the monitor sees drift and worse performance on
+    labelled traffic, the triggered retrain learns from that traffic, the gate promotes it on the recent
+    slice, the running service switches with no failed request, and the next window is healthy again."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from ..flows.monitor import monitor
@@ -151,79 +159,122 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
     settings = get_settings()
     root = settings.root
     run_dir = root / ".demo"
+    run_dir.mkdir(exist_ok=True)
+    labels_path = run_dir / "labels.csv"
+    labels_path.unlink(missing_ok=True)
+    settings = use_demo_settings(
+        settings, MONITORING__LABELS_PATH=str(labels_path), ROLLOUT__POLL_SECONDS="1"
+    )
+    target = settings.data.target_column
     summary: dict[str, Any] = {"started": datetime.now(UTC).isoformat()}
     started = time.monotonic()
 
     def say(message: str) -> None:
         print(f"[demo {time.monotonic() - started:6.1f}s] {message}", flush=True)
 
-    with contextlib.ExitStack() as stack:
-        api_url = os.environ.get("PREFECT_API_URL")
-        if not api_url:
-            say("Starting a local Prefect server (SQLite, 127.0.0.1)...")
-            api_url = stack.enter_context(
-                processes.prefect_server(run_dir / "prefect-home", run_dir / "logs")
-            )
-        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
-        ui_url = api_url.removesuffix("/api")
-        say(f"Prefect UI: {ui_url}")
-        pool = processes.work_pool(root)
-        say(f"Deploying prefect.yaml to work pool {pool}...")
-        deploy(settings, api_url)
-        summary["schedules"] = asyncio.run(deployed_schedules())
-        say(f"Deployments and their schedules: {summary['schedules']}")
-        stack.enter_context(processes.prefect_worker(pool, api_url, root, run_dir / "logs"))
-
-        say("Training (Optuna)...")
-        summary["model"] = train(reason="demo")
-
-        say("Serving with BentoML...")
-        base = stack.enter_context(
-            processes.bentoml_service(
-                f"{settings.project.package}.serving.service:Predictor", root, run_dir / "logs"
-            )
-        )
-        clean, shifted = demo_batches(settings, run_dir / "batches")
-        served_from = datetime.now(UTC)
-        answers = send_requests(base, clean)
-        summary["predictions"] = answers[0]["predictions"][:3]
-        say(f"Service at {base} answered {sum(len(a['predictions']) for a in answers)} rows of clean traffic")
-        wait_for_logged(settings, served_from, len(pd.read_csv(clean)))
-
-        say("Monitoring the clean traffic (the request log's window)...")
-        summary["clean"] = monitor(start=served_from)
-        if summary["clean"]["event_emitted"]:
-            raise RuntimeError(
-                f"the clean traffic was reported as drifted: {summary['clean']['drifted_columns']}"
-            )
-        since = served_from = datetime.now(UTC)
-        say("Sending shifted traffic, then monitoring its window...")
-        send_requests(base, shifted)
-        wait_for_logged(settings, served_from, len(pd.read_csv(shifted)))
-        summary["shifted"] = monitor(start=served_from)
-        if not summary["shifted"]["event_emitted"]:
-            raise RuntimeError("the shifted traffic was not reported as drifted; no retraining would start")
-        say(f"Drift event {settings.drift_event} emitted; waiting for the retrain deployment's trigger...")
-        summary["retrain"] = retrain = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
+    def observe(stream: demo_traffic.Stream) -> dict[str, Any]:
+        """Send a stream with its labels, then monitor exactly its window."""
+        since = datetime.now(UTC)
+        demo_traffic.send(base, stream, labels_path, target)
+        wait_for_logged(settings, since, len(stream.features))
+        verdict = monitor(start=since)
         say(
-            f"Retrain run {retrain['name']} ended {retrain['state']}, created by {retrain['created_by']} "
-            f"with parameters {retrain['parameters']}"
+            f"{stream.name}: drift share {verdict['drift_share']:.2f}, {performance_of(verdict)}, "
+            f"model {verdict['model_version']}, retraining asked for: {verdict['event_emitted']}"
         )
-        summary["production"] = aliases.production_tag(settings)
-        retrained = store.latest_tag(settings)
-        verdict = "promoted" if retrained == summary["production"] else "not promoted: production stays"
-        say(f"Retrained model {retrained} {verdict} {summary['production']} (artifact promotion-gate)")
-        summary["ui_url"] = ui_url
-        say("Stopping the service, the worker and the server...")
-    summary["seconds"] = round(time.monotonic() - started, 1)
+        return verdict
+
+    try:
+        with contextlib.ExitStack() as stack:
+            api_url = os.environ.get("PREFECT_API_URL")
+            if not api_url:
+                say("Starting a local Prefect server (SQLite, 127.0.0.1)...")
+                api_url = stack.enter_context(
+                    processes.prefect_server(run_dir / "prefect-home", run_dir / "logs")
+                )
+            stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
+            ui_url = api_url.removesuffix("/api")
+            say(f"Prefect UI: {ui_url}")
+            pool = processes.work_pool(root)
+            say(f"Deploying prefect.yaml to work pool {pool}...")
+            deploy(settings, api_url)
+            summary["schedules"] = asyncio.run(deployed_schedules())
+            say(f"Deployments and their schedules: {summary['schedules']}")
+            stack.enter_context(processes.prefect_worker(pool, api_url, root, run_dir / "logs"))
+
+            say("Training (Optuna)...")
+            summary["model"] = old = train(reason="demo")
+            threshold = performance_threshold(old, settings.data.task_type)
+            settings = use_demo_settings(settings, MONITORING__PERFORMANCE_THRESHOLD=str(threshold))
+            say(f"Performance on labelled traffic counts as degraded past {threshold} (the model's holdout)")
+
+            say("Serving with BentoML...")
+            base = stack.enter_context(
+                processes.bentoml_service(
+                    f"{settings.project.package}.serving.service:Predictor", root, run_dir / "logs"
+                )
+            )
+            clean, changed, changed_after = demo_traffic.demo_streams(settings)
+            summary["clean"] = observe(clean)
+            if summary["clean"]["event_emitted"]:
+                drifted = summary["clean"]["drifted_columns"]
+                raise RuntimeError(f"the clean traffic asked for retraining (drifted: {drifted})")
+
+            say("The world changes: numbers shift and the target depends on them differently...")
+            since = datetime.now(UTC)
+            with demo_traffic.SteadyTraffic(base, demo_traffic.as_records(changed_after.features)) as steady:
+                summary["shifted"] = observe(changed)
+                signalled = time.time()
+                if not summary["shifted"]["event_emitted"]:
+                    raise RuntimeError("the changed traffic asked for no retraining; none would start")
+                say("Retraining asked for; waiting for the retrain deployment's trigger and its run...")
+                summary["retrain"] = retrain = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
+                say(f"Retrain run {retrain['name']} ended {retrain['state']} ({retrain['created_by']})")
+                if retrain["state"] != "COMPLETED":
+                    raise RuntimeError(
+                        f"retrain flow run {retrain['name']} ended {retrain['state']}; see {run_dir / 'logs'}"
+                    )
+                new = summary["production"] = aliases.production_tag(settings)
+                first_answer = steady.wait_for_version(new, timeout=120) if new != old else None
+            summary["rollout"] = {
+                "old": old,
+                "new": new,
+                "promoted": new != old,
+                "seconds_event_to_serving": round(first_answer - signalled, 1) if first_answer else None,
+                "answered_during_switch": steady.answered,
+                "failed_during_switch": len(steady.failed),
+                "failures": steady.failed[:5],
+            }
+            if first_answer:
+                say(
+                    f"Promoted {new}; the service answered with it "
+                    f"{summary['rollout']['seconds_event_to_serving']} s after the retrain signal; "
+                    f"{steady.answered} answers during the switch, {len(steady.failed)} failed"
+                )
+            else:  # a family that cannot learn the new relationship beside the old one (a linear model)
+                say(
+                    f"The retrained model {store.latest_tag(settings)} was not promoted: production stays "
+                    f"{old} (see the promotion-gate artifact)"
+                )
+            summary["after"] = observe(changed_after)
+            before, after = summary["shifted"].get("performance"), summary["after"].get("performance")
+            summary["learning"] = {
+                "metric": (before or {}).get("metric"),
+                "before": (before or {}).get("value"),
+                "after": (after or {}).get("value"),
+                "after_degraded": bool((after or {}).get("below_threshold")),
+            }
+            say(f"Before: {performance_of(summary['shifted'])}; after: {performance_of(summary['after'])}")
+            summary["ui_url"] = ui_url
+            say("Stopping the service, the worker and the server...")
+        summary["seconds"] = round(time.monotonic() - started, 1)
+    finally:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"Demo finished in {summary['seconds']} s. The Prefect UI was at {ui_url}.")
     print(
         "To browse the demo's runs, artifacts and events again: "
         f"PREFECT_HOME={run_dir / 'prefect-home'} uv run prefect server start"
     )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if retrain["state"] != "COMPLETED":
-        raise RuntimeError(
-            f"retrain flow run {retrain['name']} ended {retrain['state']}; see {run_dir / 'logs'}"
-        )
+    if steady.failed:
+        raise RuntimeError(f"{len(steady.failed)} requests failed during the switch: {steady.failed[:3]}")
     return summary
