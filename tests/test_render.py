@@ -64,6 +64,7 @@ DEFAULT_TREE = [
     "src/{pkg}/flows/train.py",
     "src/{pkg}/local/__init__.py",
     "src/{pkg}/local/demo.py",
+    "src/{pkg}/local/demo_traffic.py",
     "src/{pkg}/local/processes.py",
     "src/{pkg}/monitoring/__init__.py",
     "src/{pkg}/monitoring/alerts.py",
