@@ -39,6 +39,7 @@ DEFAULT_TREE = [
     "docs/training.md",
     "benchmarks/_common.py",
     "benchmarks/drift.py",
+    "benchmarks/recovery.py",
     "benchmarks/retrain_latency.py",
     "monitoring/alerts.yml",
     "monitoring/grafana/dashboards/{pkg}.json",
