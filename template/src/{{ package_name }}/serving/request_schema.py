@@ -60,6 +60,7 @@ class RowPrediction(BaseModel):
         default=None, description="Class probabilities (classification only)"
     )
     error: str | None = None
+    model_version: str = ""  # the model that predicted (or refused) the row
 
     def value(self) -> float | int | str:
         """The prediction of a row the model did not refuse (rows it refused are a 400 before this)."""

@@ -15,30 +15,43 @@ The model is the production one (the alias record in registry/aliases.py, set by
 `--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
 built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
 nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log runs.
+
+Rollout without a restart (docs/serving.md#rollout-how-a-promoted-model-reaches-the-service): each worker
+checks the alias record every rollout.poll_seconds in a thread of its own, loads a newly promoted (or
+rolled back to) model there, off the request path, and swaps it in as one object between batches; a batch
+is predicted by one model, and every answer and request-log record names the version that predicted it.
+A model whose feature columns differ from the ones the API was built for is not swapped in (a restart
+serves it). A pinned Bento (`--arg model_tag`) never swaps.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import bentoml
 from bentoml import server_context
 from bentoml._internal.server.http import instruments
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from ..config import PACKAGE, get_settings
-from ..registry.aliases import production_tag
+from ..registry import aliases
+from ..registry.promotion import schema_changes
 from ..registry.store import load
 from . import predictors
 from .batching import Batcher
 from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceArguments(BaseModel):
@@ -50,7 +63,8 @@ class ServiceArguments(BaseModel):
 
 SETTINGS = get_settings()
 SERVING = SETTINGS.serving
-MODEL_TAG = bentoml.use_arguments(ServiceArguments).model_tag or production_tag(SETTINGS)
+PINNED_TAG = bentoml.use_arguments(ServiceArguments).model_tag
+MODEL_TAG = PINNED_TAG or aliases.production_tag(SETTINGS)
 _METADATA: dict[str, Any] = dict(bentoml.models.get(MODEL_TAG).info.metadata)
 FEATURE_SCHEMA: dict[str, dict[str, Any]] = _METADATA["feature_schema"]
 TASK_TYPE: str = _METADATA["task_type"]
@@ -77,8 +91,26 @@ PREDICTIONS = Counter(
 )
 MODEL_SERVED = Gauge(
     f"{PACKAGE}_model_info",
-    "The model version this service serves (value 1)",
+    "The model version this service serves (1; 0 once swapped out)",
     ["model_name", "model_version", "runtime"],
+    multiprocess_mode="max",
+)
+# Per model version, so the watch after a rollout (monitoring/rollout_watch.py) compares the new model with
+# the one it replaced on the same service: outcome is ok, refused (400), shed (503) or error (500).
+REQUESTS = Counter(
+    f"{PACKAGE}_prediction_requests",
+    "Prediction requests by the model version that answered them and outcome",
+    ["model_version", "outcome"],
+)
+LATENCY = Histogram(
+    f"{PACKAGE}_prediction_latency_seconds",
+    "Time from the endpoint receiving a valid request to its answer, by model version",
+    ["model_version"],
+)
+SWAP_REFUSED = Gauge(
+    f"{PACKAGE}_model_swap_refused",
+    "1 while the production model cannot be swapped in (its feature columns differ): restart the service",
+    ["model_version"],
     multiprocess_mode="max",
 )
 BATCH_SIZE = Histogram(
@@ -97,56 +129,83 @@ class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.runtime = predictors.choose(load(MODEL_TAG), SERVING.runtime, SETTINGS.onnx.tolerance)
-        self.version = str(self.model.tag)
-        self.classes = self.runtime.classes
+        self.served = Served.of(str(self.model.tag))
         self.requests = RequestLog(
             worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
             max_bytes=SERVING.request_log_max_bytes,
             backups=SERVING.request_log_backups,
             buffer=SERVING.request_log_buffer,
         )
-        MODEL_SERVED.labels(
-            model_name=self.model.tag.name, model_version=self.version, runtime=self.runtime.name
-        ).set(1)
+        self.served.announce(1)
         self.batcher = Batcher(
             self.predict_rows,
             max_batch_size=SERVING.max_batch_size,
             max_latency_ms=SERVING.max_latency_ms,
             on_batch=BATCH_SIZE.observe,
         )
+        self._stop = threading.Event()
+        if not PINNED_TAG and SETTINGS.rollout.poll_seconds > 0:
+            threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
 
     def __is_ready__(self) -> bool:
         """/readyz: the model is loaded and the request log can take records."""
-        return self.runtime is not None and self.requests.alive
+        return self.served.runtime is not None and self.requests.alive
 
     @bentoml.on_shutdown
     def close_request_log(self) -> None:
+        self._stop.set()
         self.requests.close()
+
+    def _follow_production(self) -> None:
+        """Swap in the production model whenever the alias record names another one; never raises, since a
+        dead thread would leave the worker serving an old model silently."""
+        refused: set[str] = set()
+        while not self._stop.wait(SETTINGS.rollout.poll_seconds):
+            try:
+                tag = aliases.read(SETTINGS).production
+                if tag and tag != self.served.version and tag not in refused:
+                    self._swap_to(tag, refused)
+            except Exception:  # the next poll tries again; the current model keeps serving
+                logger.exception(
+                    "Could not swap in the production model; still serving %s", self.served.version
+                )
+
+    def _swap_to(self, tag: str, refused: set[str]) -> None:
+        changes = schema_changes(load(tag).schema, FEATURE_SCHEMA)
+        if changes:
+            refused.add(tag)
+            SWAP_REFUSED.labels(model_version=tag).set(1)
+            logger.error(
+                "Production is now %s, whose feature columns differ from the API's (%s): still serving %s; "
+                "restart the service to serve it",
+                tag,
+                "; ".join(changes),
+                self.served.version,
+            )
+            return
+        new, old = Served.of(tag), self.served
+        self.served = new  # one assignment: a batch sees the old model or the new one, never a mix
+        new.announce(1)
+        old.announce(0)
+        logger.info("Swapped in production model %s (was %s)", tag, old.version)
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
         try:
-            return self._predict(rows)
+            return self.served.predict(rows)
         except (ValueError, TypeError):
             # Rows of several requests are predicted together: one row the model refuses must not fail
             # the others, so each is tried alone and carries its own error back to its request (a 400).
             return [self._predict_alone(row) for row in rows]
 
     def _predict_alone(self, row: dict[str, Any]) -> RowPrediction:
+        served = self.served
         try:
-            return self._predict([row])[0]
+            return served.predict([row])[0]
         except (ValueError, TypeError) as exc:
-            return RowPrediction(error=f"the model cannot predict this row: {exc}")
-
-    def _predict(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
-        predictions, proba = self.runtime.predict(rows)
-        if proba is None or self.classes is None:
-            return [RowPrediction(prediction=p) for p in predictions]
-        return [
-            RowPrediction(prediction=p, probabilities=dict(zip(self.classes, map(float, row), strict=True)))
-            for p, row in zip(predictions, proba, strict=True)
-        ]
+            return RowPrediction(
+                error=f"the model cannot predict this row: {exc}", model_version=served.version
+            )
 
     @bentoml.api
     async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
@@ -157,8 +216,10 @@ class Predictor:
         self._record("/predict", request_id, features, results)
         return Prediction(
             predictions=[r.value() for r in results],
-            probabilities=None if self.classes is None else [r.probabilities or {} for r in results],
-            model_version=self.version,
+            probabilities=None
+            if results[0].probabilities is None
+            else [r.probabilities or {} for r in results],
+            model_version=results[0].model_version,
             request_id=request_id,
         )
 
@@ -172,17 +233,29 @@ class Predictor:
         return OnePrediction(
             prediction=result.value(),
             probabilities=result.probabilities,
-            model_version=self.version,
+            model_version=result.model_version,
             request_id=request_id,
         )
 
     async def _batched(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
-        """Predict `rows` with those of concurrent requests; a row the model refused is a 400."""
-        answers = await self.batcher(rows)
-        refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
-        if refused:
-            raise InvalidArgument("; ".join(refused))
-        return answers
+        """Predict `rows` with those of concurrent requests; a row the model refused is a 400. Counted and
+        timed per model version, whatever the outcome."""
+        started, version, outcome = time.perf_counter(), self.served.version, "error"
+        try:
+            answers = await self.batcher(rows)
+            version = answers[0].model_version or version
+            refused = [f"rows.{i}: {a.error}" for i, a in enumerate(answers) if a.error]
+            if refused:
+                outcome = "refused"
+                raise InvalidArgument("; ".join(refused))
+            outcome = "ok"
+            return answers
+        except ServiceUnavailable:
+            outcome = "shed"
+            raise
+        finally:
+            REQUESTS.labels(model_version=version, outcome=outcome).inc()
+            LATENCY.labels(model_version=version).observe(time.perf_counter() - started)
 
     def _record(
         self, endpoint: str, request_id: str, rows: list[dict[str, Any]], results: list[RowPrediction]
@@ -191,14 +264,14 @@ class Predictor:
         now = datetime.now(UTC).isoformat()
         records = []
         for index, (row, result) in enumerate(zip(rows, results, strict=True)):
-            label = REGRESSION_LABEL if self.classes is None else str(result.prediction)
-            PREDICTIONS.labels(label=label, model_version=self.version).inc()
+            label = REGRESSION_LABEL if result.probabilities is None else str(result.prediction)
+            PREDICTIONS.labels(label=label, model_version=result.model_version).inc()
             records.append(
                 {
                     "request_id": request_id,
                     "time": now,
                     "endpoint": endpoint,
-                    "model_version": self.version,
+                    "model_version": result.model_version,
                     "row": index,
                     "features": row,
                     "prediction": result.prediction,
@@ -206,6 +279,40 @@ class Predictor:
                 }
             )
         self.requests.submit(records)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One model as a worker serves it; replaced whole by a swap, never changed in place."""
+
+    version: str
+    name: str
+    runtime: predictors.Runtime
+
+    @classmethod
+    def of(cls, tag: str) -> Served:
+        model = load(tag)
+        runtime = predictors.choose(model, SERVING.runtime, SETTINGS.onnx.tolerance)
+        return cls(version=model.tag, name=tag.split(":")[0], runtime=runtime)
+
+    def announce(self, value: int) -> None:
+        MODEL_SERVED.labels(model_name=self.name, model_version=self.version, runtime=self.runtime.name).set(
+            value
+        )
+
+    def predict(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
+        predictions, proba = self.runtime.predict(rows)
+        classes = self.runtime.classes
+        if proba is None or classes is None:
+            return [RowPrediction(prediction=p, model_version=self.version) for p in predictions]
+        return [
+            RowPrediction(
+                prediction=p,
+                probabilities=dict(zip(classes, map(float, row), strict=True)),
+                model_version=self.version,
+            )
+            for p, row in zip(predictions, proba, strict=True)
+        ]
 
 
 def _request_id(ctx: bentoml.Context) -> str:
