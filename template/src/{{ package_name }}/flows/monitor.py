@@ -14,6 +14,11 @@ Every run also pushes its gauges to the Pushgateway (when configured) and, when 
 sends the webhook alert (when configured). A gateway or webhook that does not answer is a warning, never a
 failed run; a webhook that is misconfigured (a Secret block that does not exist, a value that is not a URL)
 fails the run with the setting's name, after the event is out, so the mistake is seen at once.
+After the usual checks, the watch after rollout (monitoring/rollout_watch.py) compares the model promoted
+last with the one it replaced; when it is worse beyond the [rollout] thresholds the previous model is made
+production again (the service swaps back by itself), `<package>.model.rolled_back` is sent with the same
+confirmed delivery, the webhook says so, and the `rollout-watch` artifact shows the evidence per version.
+The watch never fails the run: whatever goes wrong with it is in verdict["rollout"] and the log.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ from prefect.events import Event, emit_event
 
 from .. import tables
 from ..config import Settings, get_settings
-from ..monitoring import drift, served_traffic
-from ..registry import aliases, store
+from ..monitoring import drift, rollout_watch, served_traffic
+from ..registry import aliases, promotion, store
 from ..serving.request_log import describe_bad_lines
 
 ARTIFACT_KEY = "drift-report"
+ROLLOUT_ARTIFACT_KEY = "rollout-watch"
 
 
 class SignalLost(RuntimeError):
@@ -356,6 +362,112 @@ def emit(settings: Settings, verdict: dict[str, Any], why: list[str]) -> tuple[b
     )
 
 
+@task(cache_policy=NO_CACHE)
+def watch_rollout() -> dict[str, Any]:
+    """The watch after rollout and, when it says so, the rollback; the `rollout-watch` artifact always.
+    Never raises: a watch or rollback that fails is reported in the result (state, reason)."""
+    settings = get_settings()
+    logger = get_run_logger()
+    try:
+        result = rollout_watch.watch(settings).as_dict()
+    except Exception as exc:  # the monitor's own verdict must stand whatever the watch runs into
+        logger.exception("The watch after rollout failed")
+        reason = f"the watch failed: {type(exc).__name__}: {exc}"
+        result = {"state": "not watched", "reason": reason, "evidence": []}
+    if result["state"] == "roll back":
+        result |= roll_back(settings, result)
+    create_markdown_artifact(
+        key=ROLLOUT_ARTIFACT_KEY,
+        markdown=rollout_watch.markdown(result),
+        description="The model promoted last against the one it replaced, on the traffic each one served",
+    )
+    return result
+
+
+def roll_back(settings: Settings, watched: dict[str, Any]) -> dict[str, Any]:
+    """Make the previous model production again, unless production changed since the watch judged it;
+    returns what happened (state "rolled back" with retired and restored, or "rollback failed")."""
+    production = aliases.read(settings).production
+    if production != watched["live"]:
+        error = (
+            f"production is {production}, not {watched['live']} that the watch judged; nothing rolled back"
+        )
+        return {"state": "rollback failed", "rollback_error": error}
+    try:
+        retired, restored = promotion.rollback(settings, reason=watched["reason"])
+    except Exception as exc:  # nothing to roll back to, the previous model gone from the store, ...
+        return {"state": "rollback failed", "rollback_error": f"{type(exc).__name__}: {exc}"}
+    return {"state": "rolled back", "retired": retired, "restored": restored}
+
+
+def rolled_back_event(settings: Settings, rollout: dict[str, Any]) -> Event:
+    """The event of an automatic rollback, about the retired model (resource ids as the drift event's)."""
+    retired = rollout["retired"]
+    return Event(
+        event=settings.rolled_back_event,
+        resource={
+            "prefect.resource.id": f"{settings.model_name}.model.{retired}",
+            "prefect.resource.name": retired,
+        },
+        payload={
+            "retired": retired,
+            "restored": rollout["restored"],
+            "reason": rollout["reason"],
+            "evidence": rollout.get("evidence", []),
+        },
+    )
+
+
+def rollback_text(settings: Settings, rollout: dict[str, Any]) -> str:
+    """The webhook message of an automatic rollback (or of one that failed)."""
+    project, package = settings.project.name, settings.project.package
+    if rollout["state"] == "rolled back":
+        retired = rollout["retired"]
+        return (
+            f"[{project}] model {retired} rolled back automatically: production is {rollout['restored']} "
+            f"again\nReason: {rollout['reason']}\nThe rolled-back model is not promoted again on its own; "
+            f"`python -m {package} promote --tag {retired} --allow-rolled-back` does."
+        )
+    return (
+        f"[{project}] model {rollout.get('live')} should be rolled back (previous model "
+        f"{rollout.get('previous')}) but the rollback failed: {rollout.get('rollback_error')}\n"
+        f"Reason: {rollout['reason']}"
+    )
+
+
+def announce_rollback(settings: Settings, rollout: dict[str, Any]) -> dict[str, Any]:
+    """The rolled-back event (confirmed as the retrain events are) and the webhook alert; returns
+    event_emitted and alerted. Never raises: a lost event or alert is logged."""
+    from ..monitoring import alerts
+
+    logger = get_run_logger()
+    announced: dict[str, Any] = {"event_emitted": False, "alerted": False}
+    if rollout["state"] == "rolled back":
+        options = settings.monitoring
+        attempt = deliver.with_options(retries=options.event_retries, retry_delay_seconds=1)
+        event = rolled_back_event(settings, rollout)
+        state = attempt(event, options.event_timeout_seconds, return_state=True)
+        announced["event_emitted"] = not state.is_failed()
+        if state.is_failed():
+            logger.error(
+                "The Prefect server did not show %s (%s) after %d tries; the rollback itself stands",
+                event.event,
+                event.id,
+                options.event_retries + 1,
+            )
+    try:
+        if alerts.webhook_url(settings) is None:
+            return announced
+        sender = alerts.send_alert.with_options(
+            retries=settings.alerts.retries, retry_delay_seconds=settings.alerts.retry_delay_seconds
+        )
+        model = rollout.get("retired") or rollout.get("live")
+        announced["alerted"] = sender(rollback_text(settings, rollout), {"model_version": model})
+    except Exception as exc:  # an alert that cannot go out is a warning, as for drift alerts
+        logger.warning("Rollback alert not delivered: %s: %s", type(exc).__name__, exc)
+    return announced
+
+
 @flow(name="monitor", log_prints=True)
 def monitor(
     current_path: str | None = None, start: datetime | None = None, end: datetime | None = None
@@ -389,6 +501,12 @@ def monitor(
     else:
         print(f"No drift: share {verdict['drift_share']:.3f} below threshold {verdict['threshold']}")
     verdict["pushed"] = pushgateway.push_verdict(verdict, settings)
+    verdict["rollout"] = rollout = watch_rollout()
+    if rollout["state"] in ("rolled back", "rollback failed"):
+        logger.warning("Watch after rollout: %s; %s", rollout["state"], rollout["reason"])
+        rollout |= announce_rollback(settings, rollout)
+    else:
+        print(f"Watch after rollout: {rollout['state']}: {rollout['reason']}")
     if lost:  # after the report, the alert and the gauges: they still go out, then the run fails
         raise SignalLost(lost)
     return verdict
