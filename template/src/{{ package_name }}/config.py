@@ -387,9 +387,12 @@ def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
             continue
         known = list(sections[section].model_fields)
         for key in values:
-            if key not in known:  # the closest key of this section, else of any (a key in the wrong section)
+            if key not in known:  # the closest key of this section, else the sections with it, else any
                 near = _closest(key, known)
-                guess = f"{section}.{near}" if near else _closest(key, everything)
+                homes = " or ".join(
+                    f"{s}.{key}" for s, model in sections.items() if key in model.model_fields
+                )
+                guess = f"{section}.{near}" if near else homes or _closest(key, everything)
                 problems.append(f"{section}.{key} in {path}: no such setting{_did_you_mean(guess)}")
     # Settings whose value names an environment variable (api_key_env, webhook_env): those variables are
     # the project's too. Their values may themselves come from the file or the environment.

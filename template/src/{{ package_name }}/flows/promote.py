@@ -1,4 +1,7 @@
-"""Promotion and rollback flows: the gate's verdict and the production pointer, visible in the Prefect UI."""
+"""Promotion and rollback flows: the gate's verdict and the production pointer, visible in the Prefect UI.
+
+A promotion emits `<package>.model.promoted` (the running service does not need it: it follows the alias
+record itself; it is there for the Prefect UI, automations and anyone else who wants to know)."""
 
 from __future__ import annotations
 
@@ -6,10 +9,11 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from ..config import get_settings
 from ..registry import promotion, store
-from ..training import holdout, validation
+from ..training import feedback, holdout, validation
 
 
 @task(cache_policy=NO_CACHE)
@@ -20,16 +24,19 @@ def gate(
     reason: str,
     accept_schema_change: bool = False,
     allow_rolled_back: bool = False,
+    recent: tuple[pd.DataFrame, pd.Series] | None = None,
 ) -> dict:
     """Judge and maybe promote; the verdict (and the per-group table) become artifacts."""
+    settings = get_settings()
     result = promotion.promote(
-        get_settings(),
+        settings,
         candidate_tag,
         features,
         labels,
         reason,
         accept_schema_change=accept_schema_change,
         allow_rolled_back=allow_rolled_back,
+        recent=recent,
     )
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
@@ -43,6 +50,14 @@ def gate(
         f"| candidate `{result.candidate}` | {result.candidate_score:.4f} |",
         f"| production `{result.production}` | {production} |",
     ]
+    if result.slices:
+        lines += ["", f"| slice | rows | candidate {result.metric} | production {result.metric} | decides |"]
+        lines += ["|---|---|---|---|---|"]
+        lines += [
+            f"| {s['slice']} | {s['rows']} | {s['candidate']:.4f} | {s['production']:.4f} | "
+            f"{'yes' if s['decides'] else 'no'} |"
+            for s in result.slices
+        ]
     if result.schema_changes:
         decision = (
             "accepted explicitly (`--accept-schema-change`)"
@@ -60,14 +75,34 @@ def gate(
         create_table_artifact(
             key="promotion-groups", table=result.groups, description="Primary metric per sensitive group"
         )
+    if result.passed:
+        announce_promotion(settings.promoted_event, settings.model_name, result, reason)
     return result.as_dict()
 
 
-def holdout_rows() -> tuple[pd.DataFrame, pd.Series]:
-    """The current data's holdout rows: the same split (seed) the train flow scores on."""
+def announce_promotion(event: str, model_name: str, result: promotion.GateResult, reason: str) -> None:
+    """Best effort: the promotion has happened whether or not the event reaches the server."""
+    try:
+        emit_event(
+            event=event,
+            resource={"prefect.resource.id": f"{model_name}.model.{result.candidate}"},
+            payload={"previous": result.production, "reason": reason, "gate": result.reason},
+        )
+    except Exception as exc:  # an events connection that fails must not fail a promotion that happened
+        get_run_logger().warning("Could not emit %s for %s: %s", event, result.candidate, exc)
+
+
+Rows = tuple[pd.DataFrame, pd.Series]
+
+
+def gate_rows() -> tuple[Rows, Rows]:
+    """The rows the train flow's gate judges on: the current data's holdout (same split, same seed) and the
+    recent slice of labelled traffic."""
     settings = get_settings()
-    parts = holdout.split(validation.load_dataset(settings), settings)
-    return parts.test_x, parts.test_y
+    dataset = validation.load_dataset(settings)
+    parts = holdout.split(dataset, settings)
+    recent = feedback.load(settings, dataset.frame, dataset.target).recent
+    return (parts.test_x, parts.test_y), (recent.drop(columns=[dataset.target]), recent[dataset.target])
 
 
 @flow(name="promote", log_prints=True)
@@ -82,9 +117,15 @@ def promote_model(
     `accept_schema_change`: the explicit decision a model with other feature columns than production needs;
     `allow_rolled_back`: the one a model taken out of production by a rollback needs."""
     settings = get_settings()
-    features, labels = holdout_rows()
+    (features, labels), recent = gate_rows()
     result = gate(
-        tag or store.latest_tag(settings), features, labels, reason, accept_schema_change, allow_rolled_back
+        tag or store.latest_tag(settings),
+        features,
+        labels,
+        reason,
+        accept_schema_change,
+        allow_rolled_back,
+        recent,
     )
     print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
     return result

@@ -1,5 +1,6 @@
-"""Training flow: validate the data, tune with Optuna in batches of trials, refit, score, register, gate, and
-prune the model store; one run at a time per project (training/lock.py)."""
+"""Training flow: validate the data, add the labelled production traffic (training/feedback.py), tune with
+Optuna in batches of trials, refit, score, register, gate (on the holdout and the recent slice), and prune
+the model store; one run at a time per project (training/lock.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import optuna
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from .. import tables
 from ..config import get_settings
 from ..registry import retention, store
-from ..training import holdout, lock, tuning, validation
+from ..training import feedback, holdout, lock, tuning, validation
 from .promote import gate
 
 
@@ -22,6 +24,17 @@ from .promote import gate
 def load_data() -> validation.Dataset:
     """Fail here, before any model exists, when the data is unusable."""
     return validation.load_dataset(get_settings())
+
+
+@task(cache_policy=NO_CACHE)
+def load_feedback(dataset: validation.Dataset) -> feedback.Feedback:
+    """The labelled traffic to learn from; skipped labels are warnings naming the cause, never a failure."""
+    found = feedback.load(get_settings(), dataset.frame, dataset.target)
+    logger = get_run_logger()
+    for line in found.warnings():
+        logger.warning("%s (%s)", line, get_settings().monitoring.labels_path)
+    logger.info("Labelled traffic: %s", found.note)
+    return found
 
 
 @task(cache_policy=NO_CACHE)
@@ -35,7 +48,12 @@ def tune_batch(
 
 @task(cache_policy=NO_CACHE)
 def refit_and_register(
-    spec: tuning.TuningSpec, parts: holdout.Split, schema: dict, data_hash: str, reason: str
+    spec: tuning.TuningSpec,
+    parts: holdout.Split,
+    schema: dict,
+    data_hash: str,
+    reason: str,
+    sources: list[dict] | None = None,
 ) -> str:
     settings = get_settings()
     study = tuning.open_study(spec)
@@ -53,12 +71,18 @@ def refit_and_register(
             "study_name": spec.study_name,
             "n_trials_finished": tuning.finished_trials(study),
             "reason": reason,
+            "data_sources": sources or [],
         },
     )
+    trained_on = "; ".join(f"{s['part']}: {s['rows']} rows, hash {s['hash']}" for s in sources or [])
     create_table_artifact(
         key="holdout-metrics",
-        table=[{"metric": name, "value": round(value, 6)} for name, value in metrics.items()],
-        description=f"Holdout metrics of {tag} ({settings.tuning.model_family}, {settings.data.task_type})",
+        table=[{"metric": name, "value": round(value, 6)} for name, value in metrics.items()]
+        + [{"metric": f"rows: {s['part']}", "value": s["rows"]} for s in sources or []],
+        description=(
+            f"Holdout metrics of {tag} ({settings.tuning.model_family}, {settings.data.task_type}); "
+            f"data: {trained_on}"
+        ),
     )
     return tag
 
@@ -113,15 +137,20 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     settings = get_settings()
     dataset = load_data()
     schema = tables.feature_schema(dataset.features)
-    data_hash = tables.data_hash(dataset.frame)
-    parts = holdout.split(dataset, settings)
+    labelled = load_feedback(dataset)
+    # The study's name follows the training rows: new labelled traffic is a new study, not a resumed one.
+    rows = pd.concat([dataset.frame, labelled.train], ignore_index=True) if labelled.used else dataset.frame
+    data_hash = tables.data_hash(rows)
+    parts = holdout.with_rows(holdout.split(dataset, settings), labelled.train, dataset.target)
     spec = tuning.make_spec(settings, data_hash)
     wanted = settings.tuning.n_trials if n_trials is None else n_trials
     with lock.exclusive(settings, on_wait=get_run_logger().warning):
         tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
-        tag = refit_and_register(spec, parts, schema, data_hash, reason)
+        sources = labelled.sources(dataset.frame, dataset.source)
+        tag = refit_and_register(spec, parts, schema, data_hash, reason, sources)
         print(f"Registered model {tag}")
-        verdict = gate(tag, parts.test_x, parts.test_y, reason)
+        recent = labelled.recent.drop(columns=[dataset.target]), labelled.recent[dataset.target]
+        verdict = gate(tag, parts.test_x, parts.test_y, reason, recent=recent)
         print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
         prune_store()
     return tag

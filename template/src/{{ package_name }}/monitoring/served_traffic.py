@@ -114,7 +114,14 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
 
 
 def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
-    """The labels table (request_id, row, label), or None when there is no labels file yet."""
+    """The labels table (request_id, row, label), or None when there is no labels file yet; the last label
+    of a request row counts."""
+    labels = read_label_rows(path, target)
+    return None if labels is None else labels.drop_duplicates(["request_id", "row"], keep="last")
+
+
+def read_label_rows(path: str | Path, target: str) -> pd.DataFrame | None:
+    """Every labelled row of the labels table (request_id, row, label), duplicates kept, in file order."""
     path = Path(path)
     if not path.exists():
         return None
@@ -133,7 +140,7 @@ def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
             "label": table[target],
         }
     )
-    return labels.dropna(subset=["label"]).drop_duplicates(["request_id", "row"], keep="last")
+    return labels.dropna(subset=["label"]).reset_index(drop=True)
 
 
 def performance(

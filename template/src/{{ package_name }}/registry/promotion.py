@@ -1,10 +1,16 @@
 """The quality gate between a registered model and production, and the way back (rollback).
 
-A candidate becomes production only when it beats the current production model on the same holdout rows by
-more than `registry.promotion_margin` on the primary metric (ROC AUC, higher is better; RMSE, lower is
-better), and, when `registry.sensitive_column` is set, when the gap of that metric between the column's
-groups stays within `registry.max_group_gap`. The comparison and the change of the pointer happen under the
-alias lock, so two flows promoting at once are judged one after the other against the real production.
+A candidate becomes production only when it beats the current production model on the same rows by more
+than `registry.promotion_margin` on the primary metric (ROC AUC, higher is better; RMSE, lower is better)
+and loses no more than the margin on the other rows, and, when `registry.sensitive_column` is set, when
+the gap of that metric between the column's groups stays within `registry.max_group_gap`. The comparison
+and the change of the pointer happen under the alias lock, so two flows promoting at once are judged one
+after the other against the real production.
+
+Two slices of rows (docs/training.md#the-gates-two-slices): the usual holdout of the configured data, and the
+recent slice, the newest labelled production rows, held out by time (training/feedback.py). When the recent
+slice has `feedback.gate_min_recent_rows` rows it decides, since it says how a model does now; else the
+holdout decides.
 
 A candidate whose feature schema differs from production's (a column added or gone, or of another kind) is
 never promoted by the gate alone: the request API changes with it, and production may not even be able to
@@ -39,6 +45,8 @@ class GateResult:
     # How the candidate's feature schema differs from production's; empty when they agree.
     schema_changes: list[str] = field(default_factory=list)
     schema_change_accepted: bool = False
+    # Each slice the models were scored on: name, rows, both scores, and whether it decided.
+    slices: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +96,53 @@ def fairness_gap(groups: list[dict[str, Any]], metric: str) -> float:
     return max(values) - min(values) if len(values) > 1 else 0.0
 
 
+Rows = tuple[pd.DataFrame, pd.Series]
+
+
+def scored_slice(
+    name: str, rows: Rows, candidate: Any, production: Any | None, task_type: str
+) -> dict[str, Any] | None:
+    """Both models' primary metric on a slice, or None when it cannot be computed there (no rows, or one
+    class only: ROC AUC needs two)."""
+    metric = PRIMARY_METRIC[task_type][0]
+    features, labels = rows
+    if features.empty:
+        return None
+    try:
+        cand = score(candidate, features, labels, task_type)[metric]
+        prod = score(production, features, labels, task_type)[metric] if production is not None else None
+    except ValueError:
+        return None
+    return {"slice": name, "rows": len(features), "candidate": cand, "production": prod, "decides": False}
+
+
+def decide(
+    holdout: dict[str, Any], recent: dict[str, Any] | None, settings: Settings, direction: str
+) -> tuple[bool, str]:
+    """Win on the deciding slice by more than the margin, lose no more than the margin on the other."""
+    margin = settings.registry.promotion_margin
+    recent_decides = recent is not None and recent["rows"] >= settings.feedback.gate_min_recent_rows
+    deciding, other = (recent, holdout) if recent_decides and recent else (holdout, recent)
+    deciding["decides"] = True
+    metric = PRIMARY_METRIC[settings.data.task_type][0]
+    gain = improvement(deciding["candidate"], deciding["production"], direction)
+    passed = gain > margin
+    verb = "beats" if passed else "does not beat"
+    reason = (
+        f"{metric} on the {deciding['slice']} ({deciding['rows']} rows) {deciding['candidate']:.4f} vs "
+        f"{deciding['production']:.4f}: {verb} production by more than {margin}"
+    )
+    if other is not None:
+        loss = -improvement(other["candidate"], other["production"], direction)
+        if loss > margin:
+            passed = False
+        reason += (
+            f"; on the {other['slice']} ({other['rows']} rows) {other['candidate']:.4f} vs "
+            f"{other['production']:.4f}: {'loses more' if loss > margin else 'loses no more'} than {margin}"
+        )
+    return passed, reason
+
+
 def judge(
     settings: Settings,
     candidate: store.RegisteredModel,
@@ -96,8 +151,10 @@ def judge(
     labels: pd.Series,
     *,
     accept_schema_change: bool = False,
+    recent: Rows | None = None,
 ) -> GateResult:
-    """The gate's verdict for a candidate against production on the same holdout rows.
+    """The gate's verdict for a candidate against production on the same rows: the holdout, and the recent
+    slice of labelled traffic when there is one.
 
     `accept_schema_change` is the explicit decision a schema change needs; without it such a candidate is not
     promoted, whatever its score."""
@@ -147,13 +204,21 @@ def judge(
             return verdict(production_score=None, passed=False, reason=reason, groups=groups)
         reason = f"schema change accepted: production cannot score the current holdout ({exc})"
         return verdict(production_score=None, passed=True, reason=reason, groups=groups)
-    gain = improvement(cand_score, prod_score, direction)
-    passed = gain > margin
-    verb = "beats" if passed else "does not beat"
-    reason = f"{metric} {cand_score:.4f} vs {prod_score:.4f}: {verb} production by more than {margin}"
+    held = {
+        "slice": "holdout",
+        "rows": len(features),
+        "candidate": cand_score,
+        "production": prod_score,
+        "decides": False,
+    }
+    newest = None
+    if recent is not None:
+        newest = scored_slice("recent slice", recent, candidate.pipeline, production.pipeline, task_type)
+    passed, reason = decide(held, newest, settings, direction)
     if changes:
         reason = f"schema change accepted; {reason}"
-    return verdict(production_score=prod_score, passed=passed, reason=reason, groups=groups)
+    slices = [held] + ([newest] if newest else [])
+    return verdict(production_score=prod_score, passed=passed, reason=reason, groups=groups, slices=slices)
 
 
 def promote(
@@ -165,6 +230,7 @@ def promote(
     *,
     accept_schema_change: bool = False,
     allow_rolled_back: bool = False,
+    recent: Rows | None = None,
 ) -> GateResult:
     """Judge the candidate against production and, when it passes, make it production, all under the lock
     (the candidate is loaded under it too, so the store's retention cannot remove it in between).
@@ -202,7 +268,13 @@ def promote(
             )
         production = store.load(record.production) if record.production else None
         result = judge(
-            settings, candidate, production, features, labels, accept_schema_change=accept_schema_change
+            settings,
+            candidate,
+            production,
+            features,
+            labels,
+            accept_schema_change=accept_schema_change,
+            recent=recent,
         )
         if result.passed:
             details: dict[str, Any] = {"metric": result.metric, "score": result.candidate_score}

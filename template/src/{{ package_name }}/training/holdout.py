@@ -37,6 +37,19 @@ def split(dataset: Dataset, settings: Settings) -> Split:
     return Split(train_x, train_y, test_x, test_y)
 
 
+def with_rows(parts: Split, frame: pd.DataFrame, target: str) -> Split:
+    """The split with more training rows (labelled traffic); the holdout stays the configured data's, so
+    every model is scored on the same rows."""
+    if frame.empty:
+        return parts
+    return Split(
+        train_x=pd.concat([parts.train_x, frame.drop(columns=[target])], ignore_index=True),
+        train_y=pd.concat([parts.train_y, frame[target]], ignore_index=True),
+        test_x=parts.test_x,
+        test_y=parts.test_y,
+    )
+
+
 def best_params(study: optuna.Study) -> dict[str, Any]:
     try:
         return dict(study.best_trial.params)
