@@ -53,6 +53,7 @@ def refit_and_register(
     schema: dict,
     data_hash: str,
     reason: str,
+    reference: pd.DataFrame,
     sources: list[dict] | None = None,
 ) -> str:
     settings = get_settings()
@@ -63,7 +64,7 @@ def refit_and_register(
         settings,
         pipeline,
         schema=schema,
-        reference=holdout.reference_sample(parts, settings),
+        reference=holdout.reference_sample(reference, settings),
         metrics=metrics,
         params=params,
         data_hash=data_hash,
@@ -85,6 +86,17 @@ def refit_and_register(
         ),
     )
     return tag
+
+
+def drift_reference(parts: holdout.Split, labelled: feedback.Feedback, min_rows: int) -> pd.DataFrame:
+    """What the monitor compares traffic with: the world the model learned last. After learning from labelled
+    traffic that is its newest rows (the recent slice, at least `min_rows`), else drift would be reported,
+    and retraining asked for, on every window after a retrain, against training rows mostly from before the
+    change."""
+    if not labelled.used:
+        return parts.train_x
+    rows = pd.concat([labelled.train, labelled.recent], ignore_index=True)
+    return rows.tail(max(len(labelled.recent), min_rows))[list(parts.train_x.columns)].reset_index(drop=True)
 
 
 @task(cache_policy=NO_CACHE)
@@ -147,7 +159,8 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     with lock.exclusive(settings, on_wait=get_run_logger().warning):
         tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
         sources = labelled.sources(dataset.frame, dataset.source)
-        tag = refit_and_register(spec, parts, schema, data_hash, reason, sources)
+        reference = drift_reference(parts, labelled, settings.monitoring.min_rows)
+        tag = refit_and_register(spec, parts, schema, data_hash, reason, reference, sources)
         print(f"Registered model {tag}")
         recent = labelled.recent.drop(columns=[dataset.target]), labelled.recent[dataset.target]
         verdict = gate(tag, parts.test_x, parts.test_y, reason, recent=recent)

@@ -96,6 +96,25 @@ async def wait_for_triggered_run(since: datetime, timeout: float) -> dict[str, A
         }
 
 
+async def retrain_signal_time(settings: Settings, since: datetime) -> float:
+    """When the first retrain event after `since` occurred (epoch seconds), as the Prefect server holds it:
+    the monitor goes on after sending it (report, alert, gauges), and the retrain may finish meanwhile."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    async with get_client() as client:
+        page = await client.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=[settings.drift_event, settings.performance_event]),
+                occurred=EventOccurredFilter(since=since),
+            ),
+            limit=50,
+        )
+    if not page.events:
+        raise RuntimeError(f"the Prefect server holds no retrain event since {since:%H:%M:%S}")
+    return min(event.occurred for event in page.events).timestamp()
+
+
 async def deployed_schedules() -> dict[str, list[str]]:
     """The cron schedules the server holds per deployment, as `prefect deploy` created them."""
     from prefect.client.orchestration import get_client
@@ -214,6 +233,8 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
                     f"{settings.project.package}.serving.service:Predictor", root, run_dir / "logs"
                 )
             )
+            # The watch after rollout reads this service's /metrics (per model version).
+            settings = use_demo_settings(settings, ROLLOUT__SERVICE_URL=base)
             clean, changed, changed_after = demo_traffic.demo_streams(settings)
             summary["clean"] = observe(clean)
             if summary["clean"]["event_emitted"]:
@@ -224,9 +245,9 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
             since = datetime.now(UTC)
             with demo_traffic.SteadyTraffic(base, demo_traffic.as_records(changed_after.features)) as steady:
                 summary["shifted"] = observe(changed)
-                signalled = time.time()
                 if not summary["shifted"]["event_emitted"]:
                     raise RuntimeError("the changed traffic asked for no retraining; none would start")
+                signalled = asyncio.run(retrain_signal_time(settings, since))
                 say("Retraining asked for; waiting for the retrain deployment's trigger and its run...")
                 summary["retrain"] = retrain = asyncio.run(wait_for_triggered_run(since, retrain_timeout))
                 say(f"Retrain run {retrain['name']} ended {retrain['state']} ({retrain['created_by']})")

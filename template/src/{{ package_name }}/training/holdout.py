@@ -69,9 +69,8 @@ def refit_and_score(
     return pipeline, score(pipeline, parts.test_x, parts.test_y, settings.data.task_type)
 
 
-def reference_sample(parts: Split, settings: Settings) -> pd.DataFrame:
-    """Training rows kept with the model as the drift reference, capped so the model stays small."""
-    rows = parts.train_x
+def reference_sample(rows: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Rows kept with the model as the drift reference, capped so the model stays small."""
     if len(rows) > settings.registry.reference_rows:
         rows = rows.sample(settings.registry.reference_rows, random_state=settings.data.seed)
     return rows.reset_index(drop=True)
