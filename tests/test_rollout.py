@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ PAUSE = 0.02  # between two requests of the load: steady traffic, not a benchmar
 
 @dataclass
 class Answer:
-    at: float  # time.monotonic() when the answer came
+    at: float  # time.time() when the answer came
     status: int
     model_version: str | None
     request_id: str | None
@@ -62,13 +63,14 @@ class Load:
                 except httpx.HTTPError as exc:  # a dropped connection is a failed request too
                     body, status = {"error": str(exc)}, 0
                 self.answers.append(
-                    Answer(time.monotonic(), status, body.get("model_version"), body.get("request_id"), row)
+                    Answer(time.time(), status, body.get("model_version"), body.get("request_id"), row)
                 )
                 index += 1
                 time.sleep(PAUSE)
 
     def wait_for(self, version: str, since: float, timeout: float) -> float | None:
-        """Seconds from `since` to the first answer from `version` after it (None: none within timeout)."""
+        """Seconds from `since` (a time.time()) to the first answer from `version` after it (None: none
+        within `timeout` seconds from now)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seen = [a for a in list(self.answers) if a.at >= since and a.model_version == version]
@@ -117,7 +119,7 @@ tag = store.save(
 )
 with aliases.locked(settings) as record:
     record.history.append(aliases.entry(tag, "test: forced"))
-print(json.dumps({"good": good.tag, "worse": tag}))
+print(json.dumps({"good": good.tag, "worse": tag, "since": record.history[-1]["since"]}))
 """
 
 MONITOR_SCRIPT = """
@@ -135,6 +137,10 @@ from my_pkg.registry import aliases
 
 print(json.dumps(aliases.read(get_settings()).as_json()))
 """
+
+
+def timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def script(text: str, package: str) -> str:
@@ -160,10 +166,9 @@ class Story:
     good: str
     worse: str
     answers: list[Answer]
-    to_worse_seconds: float | None
-    forced_at: float
+    to_worse_seconds: float | None  # from the alias change to the first answer of the worse model
     rollout: dict
-    rolled_back_at: float
+    rolled_back_at: float  # when the watch changed the alias back (time.time())
     to_good_seconds: float | None
     alias_record: dict
     events: list[dict]
@@ -196,10 +201,9 @@ def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
         assert load.wait_for(good, 0, 60) is not None, f"no answer from {good}: {load.answers[-3:]}"
 
         forced = project.query(script(WORSE_MODEL_SCRIPT, package))
-        forced_at = time.monotonic()
         worse = forced["worse"]
         assert forced["good"] == good
-        to_worse = load.wait_for(worse, forced_at, 2 * SWITCH_SECONDS)
+        to_worse = load.wait_for(worse, timestamp(forced["since"]), 2 * SWITCH_SECONDS)
         deadline = time.monotonic() + 120
         while load.served_by(worse) < 3 * MIN_ROWS and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -211,18 +215,23 @@ def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
                 PREFECT_API_URL=api_url,
                 **{f"{prefix}_ROLLOUT__SERVICE_URL": base, f"{prefix}_ALERT_WEBHOOK_URL": receiver.url},
             )
-        rolled_back_at = time.monotonic()
+        alias_record = project.query(script(ALIASES_SCRIPT, package))
+        rolled_back = alias_record["rolled_back"]
+        rolled_back_at = timestamp(rolled_back[-1]["since"]) if rolled_back else time.time()
         to_good = load.wait_for(good, rolled_back_at, 2 * SWITCH_SECONDS)
         time.sleep(2)  # a little traffic after the switch back, checked for failures too
         load.stop.set()
         thread.join(60)
-        alias_record = project.query(script(ALIASES_SCRIPT, package))
         events = httpx.post(
             f"{api_url}/events/filter",
             json={"filter": {"event": {"name": [f"{package}.model.rolled_back"]}}, "limit": 50},
             timeout=30,
         )
         events.raise_for_status()
+        print(  # shown with `pytest -rP`: the figures behind the assertions
+            f"{len(load.answers)} answers ({load.served_by(worse)} by the worse model), switch to it after "
+            f"{to_worse} s and back after {to_good} s; watch: {rollout.get('state')}: {rollout.get('reason')}"
+        )
         yield Story(
             project=project,
             api_url=api_url,
@@ -230,7 +239,6 @@ def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
             worse=worse,
             answers=list(load.answers),
             to_worse_seconds=to_worse,
-            forced_at=forced_at,
             rollout=rollout,
             rolled_back_at=rolled_back_at,
             to_good_seconds=to_good,

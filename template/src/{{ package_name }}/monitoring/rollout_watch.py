@@ -188,11 +188,11 @@ def compare_performance(
     drop = before["value"] - now["value"] if direction == "maximize" else now["value"] - before["value"]
     word = "drop" if direction == "maximize" else "rise"
     detail = (
-        f"{metric} {now['value']:.4g} on {now['n_labelled']} labelled rows vs {before['value']:.4g} "
+        f"{metric} {now['value']:.3f} on {now['n_labelled']} labelled rows vs {before['value']:.3f} "
         f"for the previous model"
     )
     if drop > max_drop:
-        return evidence("worse", f"{detail} ({word} {drop:.4g} > rollout.max_metric_drop {max_drop:g})")
+        return evidence("worse", f"{detail} ({word} {drop:.3f} > rollout.max_metric_drop {max_drop:g})")
     return evidence("ok", f"{detail} (within rollout.max_metric_drop {max_drop:g})")
 
 
@@ -297,7 +297,7 @@ def compare_error_share(
     )
     if increase > max_increase:
         return evidence(
-            "worse", f"{detail} (increase {increase:.4g} > rollout.max_error_rate_increase {max_increase:g})"
+            "worse", f"{detail} (increase {increase:.3f} > rollout.max_error_rate_increase {max_increase:g})"
         )
     return evidence("ok", f"{detail} (within rollout.max_error_rate_increase {max_increase:g})")
 
