@@ -160,11 +160,16 @@ def performance(
     value: float | None
     reason = ""
     if task_type == "regression":
-        truth = pd.to_numeric(joined["label"], errors="coerce")
+        truth = pd.to_numeric(joined["label"], errors="coerce").to_numpy()
         predicted = pd.to_numeric(window.predictions.iloc[positions], errors="coerce").to_numpy()
-        value = float(np.sqrt(mean_squared_error(truth, predicted)))
+        usable = ~np.isnan(truth)
+        value = float(np.sqrt(mean_squared_error(truth[usable], predicted[usable]))) if usable.any() else None
+        if not usable.all():  # a label that is not a number is skipped and counted, never a crash
+            reason = f"{int((~usable).sum())} label(s) skipped: not a number"
     else:
-        value, reason = _roc_auc(joined["label"].astype(str), window.probabilities, positions, classes or [])
+        named = {class_text(c): c for c in classes or []}
+        observed = joined["label"].map(lambda label: named.get(class_text(label), str(label)))
+        value, reason = _roc_auc(observed, window.probabilities, positions, classes or [])
     below = None
     if threshold > 0 and value is not None:
         below = value < threshold if metric == "roc_auc" else value > threshold
@@ -178,18 +183,33 @@ def performance(
     }
 
 
+def class_text(value: Any) -> str:
+    """A label as the text of a class: 1, 1.0, "1" and "1.0" (a CSV column with a gap reads as floats) are
+    all "1", so labels match the model's classes however the labels file was written."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
 def _roc_auc(
     truth: pd.Series, probabilities: pd.DataFrame | None, positions: np.ndarray, classes: list[str]
 ) -> tuple[float | None, str]:
     if probabilities is None:
         return None, "the request log has no class probabilities"
+    known = truth.isin(classes).to_numpy()
+    skipped = ""
+    if not known.all():  # skipped and counted, never a crash; the other rows still give the metric
+        unknown = sorted(set(truth[~known]))[:5]
+        skipped = f"{int((~known).sum())} label(s) skipped: not a class of the model ({unknown})"
+        truth, positions = truth[known], positions[known]
     present = sorted(set(truth))
     if len(present) < 2:
-        return None, f"all labelled rows have one class ({present[0]}): ROC AUC needs two"
-    unknown = sorted(set(present) - set(classes))
-    if unknown:
-        return None, f"labels {unknown} are not classes of the model ({classes})"
+        one = f"all labelled rows have one class ({present[0]})" if present else "no labelled row is usable"
+        return None, "; ".join(filter(None, [skipped, f"{one}: ROC AUC needs two"]))
     proba = probabilities.iloc[positions][classes].to_numpy(dtype=float)
     if len(classes) == 2:
-        return float(roc_auc_score(truth == classes[1], proba[:, 1])), ""
-    return float(roc_auc_score(truth, proba, multi_class="ovr", average="macro", labels=classes)), ""
+        return float(roc_auc_score(truth == classes[1], proba[:, 1])), skipped
+    return float(roc_auc_score(truth, proba, multi_class="ovr", average="macro", labels=classes)), skipped

@@ -23,7 +23,7 @@ from pandas.api import types as ptypes
 
 from .. import tables
 from ..config import Settings
-from ..monitoring.served_traffic import read_label_rows, read_window
+from ..monitoring.served_traffic import class_text, read_label_rows, read_window
 
 UNKNOWN_ID = "unknown request id (not in the request log's window)"
 DUPLICATE_LABEL = "duplicate label for one request row (the last one is kept)"
@@ -136,16 +136,10 @@ def _labels_like(
     if task_type == "regression":
         return numbers, {WRONG_TYPE: numbers.isna()}
     # A class is matched by its text, so 1, 1.0 and "1" from a CSV all mean the training data's class 1.
-    classes = {_text(value): value for value in target.unique()}
-    values = labels.map(lambda value: classes.get(_text(value)))
+    classes = {class_text(value): value for value in target.unique()}
+    values = labels.map(lambda value: classes.get(class_text(value)))
     wrong_type = numbers.isna() if ptypes.is_numeric_dtype(target) else pd.Series(False, index=labels.index)
     return values, {WRONG_TYPE: wrong_type, UNSEEN_CLASS: values.isna() & ~wrong_type}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
 
 
 def _like(features: pd.DataFrame, configured: pd.DataFrame) -> pd.DataFrame:
