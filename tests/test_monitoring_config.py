@@ -333,12 +333,25 @@ def alert_cases(package: str, monitor_every: int) -> list[tuple[str, dict[str, s
             15,
             None,
         ),
+        # 20% server errors, in a flood of 404s to paths the service does not have: still an alert.
+        (
+            "ServiceErrorRateHigh",
+            dict([requests("/predict", 200, 80), requests("/predict", 500, 20), requests("other", 404, 5000)]),
+            15,
+            {},
+        ),
         # Every request takes between 1 and 2.5 s.
         (
             "ServiceLatencyP99High",
             dict(latency_bucket(le, n) for le, n in (("0.5", 0), ("1.0", 0), ("2.5", 60), ("+Inf", 60))),
             25,
             {},
+        ),
+        (
+            "ModelSwapRefused",
+            {f'{package}_model_swap_refused{{{service}, model_version="{package}:v2"}}': "1x15"},
+            10,
+            {"model_version": f"{package}:v2"},
         ),
         ("RequestLogDropping", {f"{package}_request_log_dropped_total{{{service}}}": "0+5x30"}, 20, {}),
     ]
