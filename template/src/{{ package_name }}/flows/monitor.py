@@ -387,14 +387,8 @@ def watch_rollout() -> dict[str, Any]:
 def roll_back(settings: Settings, watched: dict[str, Any]) -> dict[str, Any]:
     """Make the previous model production again, unless production changed since the watch judged it;
     returns what happened (state "rolled back" with retired and restored, or "rollback failed")."""
-    production = aliases.read(settings).production
-    if production != watched["live"]:
-        error = (
-            f"production is {production}, not {watched['live']} that the watch judged; nothing rolled back"
-        )
-        return {"state": "rollback failed", "rollback_error": error}
     try:
-        retired, restored = promotion.rollback(settings, reason=watched["reason"])
+        retired, restored = promotion.rollback(settings, reason=watched["reason"], expected=watched["live"])
     except Exception as exc:  # nothing to roll back to, the previous model gone from the store, ...
         return {"state": "rollback failed", "rollback_error": f"{type(exc).__name__}: {exc}"}
     return {"state": "rolled back", "retired": retired, "restored": restored}

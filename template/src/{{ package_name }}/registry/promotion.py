@@ -284,12 +284,17 @@ def promote(
     return result
 
 
-def rollback(settings: Settings, reason: str = "manual") -> tuple[str, str]:
+def rollback(settings: Settings, reason: str = "manual", expected: str | None = None) -> tuple[str, str]:
     """Make the previous production model production again; returns (retired tag, restored tag). The retired
-    model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own."""
+    model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own.
+
+    `expected`: roll back only if production is still this model (checked under the lock), so an automatic
+    rollback never retires a model promoted after it judged the one before."""
     import bentoml
 
     with aliases.locked(settings) as record:
+        if expected is not None and record.production != expected:
+            raise LookupError(f"production is {record.production}, not {expected}; nothing rolled back")
         if len(record.history) < 2:
             raise LookupError(
                 f"nothing to roll back to: {len(record.history)} production model(s) recorded in "
