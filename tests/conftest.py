@@ -39,6 +39,7 @@ ANSWER_SETS: dict[str, dict[str, object]] = {
         "target_column": "price",
         "ci_provider": "gitlab",
         "python_version": "3.12",
+        "use_dvc": True,
     },
     "linear_none": {
         "model_family": "linear",

@@ -91,6 +91,7 @@ DEFAULT_TREE = [
     "src/{pkg}/serving/request_schema.py",
     "src/{pkg}/serving/service.py",
     "src/{pkg}/training/__init__.py",
+    "src/{pkg}/training/data_version.py",
     "src/{pkg}/training/feedback.py",
     "src/{pkg}/training/holdout.py",
     "src/{pkg}/training/lock.py",
@@ -121,6 +122,7 @@ DEFAULT_TREE = [
     "tests/test_dataset.py",
     "tests/test_model.py",
     "tests/test_tables.py",
+    "tests/training/test_data_version.py",
     "tests/training/test_feedback.py",
     "tests/training/test_lock.py",
     "tests/training/test_tuning.py",
@@ -128,6 +130,8 @@ DEFAULT_TREE = [
 ]
 
 CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
+# What `dvc init` makes, and the pipeline: rendered only with use_dvc.
+DVC_FILES = {".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"}
 
 # The only Jinja-looking text meant to survive rendering: Prefect fills it in from the drift event.
 PREFECT_TEMPLATES = ["{{ event.payload.reason }}", "{{ event.payload.drift_share }}"]
@@ -153,7 +157,7 @@ def answers(project) -> dict:
 
 def expected_tree(answers: dict) -> set[str]:
     tree = {path.format(pkg=answers["package_name"]) for path in DEFAULT_TREE}
-    return (tree - CI_FILES["github"]) | CI_FILES[answers["ci_provider"]]
+    return (tree - CI_FILES["github"]) | CI_FILES[answers["ci_provider"]] | (DVC_FILES if answers["use_dvc"] else set())
 
 
 def files_of(project: Path) -> set[str]:

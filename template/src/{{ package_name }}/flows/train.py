@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -16,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from .. import tables
 from ..config import get_settings
 from ..registry import retention, store
-from ..training import feedback, holdout, lock, tuning, validation
+from ..training import data_version, feedback, holdout, lock, tuning, validation
 from .promote import gate
 
 
@@ -35,6 +37,21 @@ def load_feedback(dataset: validation.Dataset) -> feedback.Feedback:
         logger.warning("%s (%s)", line, get_settings().monitoring.labels_path)
     logger.info("Labelled traffic: %s", found.note)
     return found
+
+
+def recorded_version(data: Path | None) -> dict[str, Any]:
+    """The DVC version of the data file, when DVC tracks it; a warning when the file changed since."""
+    version = data_version.dvc_version(data) if data else {}
+    if version and not version["dvc_matches"]:
+        get_run_logger().warning(
+            "%s changed since `dvc add` (%s holds md5 %s): the model is trained on rows DVC does not hold; "
+            "run `uv run dvc add %s` and commit the .dvc file",
+            data,
+            version["dvc_file"],
+            version["dvc_md5"],
+            data,
+        )
+    return version
 
 
 @task(cache_policy=NO_CACHE)
@@ -75,11 +92,20 @@ def refit_and_register(
             "data_sources": sources or [],
         },
     )
-    trained_on = "; ".join(f"{s['part']}: {s['rows']} rows, hash {s['hash']}" for s in sources or [])
+    trained_on = "; ".join(
+        f"{s['part']}: {s['rows']} rows, hash {s['hash']}"
+        + (f", DVC md5 {s['dvc_md5']}" if "dvc_md5" in s else "")
+        for s in sources or []
+    )
     create_table_artifact(
         key="holdout-metrics",
         table=[{"metric": name, "value": round(value, 6)} for name, value in metrics.items()]
-        + [{"metric": f"rows: {s['part']}", "value": s["rows"]} for s in sources or []],
+        + [{"metric": f"rows: {s['part']}", "value": s["rows"]} for s in sources or []]
+        + [
+            {"metric": f"DVC md5: {s['part']}", "value": s["dvc_md5"]}
+            for s in sources or []
+            if "dvc_md5" in s
+        ],
         description=(
             f"Holdout metrics of {tag} ({settings.tuning.model_family}, {settings.data.task_type}); "
             f"data: {trained_on}"
@@ -159,6 +185,7 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     with lock.exclusive(settings, on_wait=get_run_logger().warning):
         tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
         sources = labelled.sources(dataset.frame, dataset.source)
+        sources[0] |= recorded_version(settings.data_path)
         reference = drift_reference(parts, labelled, settings.monitoring.min_rows)
         tag = refit_and_register(spec, parts, schema, data_hash, reason, reference, sources)
         print(f"Registered model {tag}")
