@@ -39,6 +39,7 @@ ANSWER_SETS: dict[str, dict[str, object]] = {
         "target_column": "price",
         "ci_provider": "gitlab",
         "python_version": "3.12",
+        "work_pool_type": "docker",
         "use_dvc": True,
     },
     "linear_none": {
@@ -52,6 +53,10 @@ ANSWER_SETS: dict[str, dict[str, object]] = {
         "monitor_schedule": "*/15 * * * *",
         "timezone": "Europe/Berlin",
         "work_pool": "ml-pool",
+        "work_pool_type": "kubernetes",
+        "flow_image": "registry.example.com/ml/42-things-flows:1.0",
+        "gpus": 1,
+        "environments": ["dev", "staging", "prod"],
     },
 }
 

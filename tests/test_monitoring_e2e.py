@@ -144,7 +144,8 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
 
 
 def flow_runs(api_url: str, deployment: str, since: datetime) -> list[dict]:
-    """Runs of one deployment (by name, e.g. "retrain") created after `since`, through Prefect's REST API."""
+    """Runs of one deployment (by name, e.g. "retrain-dev", the demo's environment) created after `since`,
+    through Prefect's REST API."""
     response = httpx.post(
         f"{api_url}/flow_runs/filter",
         json={
@@ -218,7 +219,7 @@ print(json.dumps(sum(e is not None for e in events)))
     )
     assert emitted == STORM_EVENTS
     time.sleep(COOLDOWN_SECONDS)
-    runs = flow_runs(stack.api_url, "retrain", storm_started)
+    runs = flow_runs(stack.api_url, "retrain-dev", storm_started)
     assert len(runs) == 1, [(r["name"], r["parameters"]) for r in runs]
     assert runs[0]["parameters"]["reason"].startswith("storm")
 

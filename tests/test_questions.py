@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import zoneinfo
 
 import pytest
 import yaml
@@ -20,12 +21,25 @@ INVALID = [
     ("drift_threshold", {"drift_threshold": 0}, r"greater than 0 and at most 1 .*you gave 0"),
     ("drift_threshold", {"drift_threshold": 1.5}, r"greater than 0 and at most 1 .*you gave 1\.5"),
     ("retrain_cooldown_seconds", {"retrain_cooldown_seconds": 0}, r"between 10 and 604800 .*you gave 0"),
-    ("train_schedule", {"train_schedule": "every day"}, r'"every day" is not a 5-field cron expression'),
-    ("monitor_schedule", {"monitor_schedule": "* * *"}, r'"\* \* \*" is not a 5-field cron expression'),
+    ("train_schedule", {"train_schedule": "every day"}, r'"every day" is not a cron .*2 fields where 5'),
+    ("monitor_schedule", {"monitor_schedule": "* * *"}, r'"\* \* \*" is not a cron .*for example "0 \* \* \* \*"'),
+    ("train_schedule", {"train_schedule": "61 3 * * 1"}, r"minute 61 is outside 0-59\); for example"),
+    ("train_schedule", {"train_schedule": "0 3 * * 8"}, r"day of week 8 is outside 0-7"),
+    ("monitor_schedule", {"monitor_schedule": "*/0 * * * *"}, r'minute step "/0" is not a whole number'),
+    ("monitor_schedule", {"monitor_schedule": "0 0 * FOO *"}, r'month "FOO" is not a number 1-12 or a name'),
     ("timezone", {"timezone": "Not a zone!"}, r'"Not a zone!" is not an IANA time zone name'),
+    # Shaped like a zone, but no such zone: only a lookup in the IANA names refuses it.
+    ("timezone", {"timezone": "Europe/Berln"}, r'"Europe/Berln" is not an IANA time zone name.*Europe/Berlin'),
+    ("timezone", {"timezone": "Mars/Olympus_Mons"}, r'"Mars/Olympus_Mons" is not an IANA time zone name'),
     ("data_path", {"data_path": "train.xlsx"}, r'"train\.xlsx" must be a path .* ending in \.csv'),
     ("target_column", {**CSV, "target_column": ""}, r"target_column is required .*data/train\.csv"),
     ("work_pool", {"work_pool": "Bad Pool"}, r'"Bad Pool" must use lowercase letters'),
+    ("work_pool_type", {"work_pool_type": "ecs"}, r"'ecs' is not in \['process', 'docker', 'kubernetes'\]"),
+    ("environments", {"environments": ["dev", "qa", "prod"]}, r"'qa' is not in \['dev', 'staging', 'prod'\]"),
+    ("environments", {"environments": ["staging", "prod"]}, r"must include dev and prod .*for example \[dev, staging"),
+    ("environments", {"environments": ["dev"]}, r"must include dev and prod .*you gave dev$"),
+    ("flow_image", {"work_pool_type": "docker", "flow_image": "My Image"}, r'"My Image" is not an image reference'),
+    ("gpus", {"work_pool_type": "kubernetes", "gpus": -1}, r"gpus must be between 0 and 16 \(you gave -1\)"),
 ]
 
 
@@ -50,7 +64,12 @@ def test_edge_answers_that_are_valid_are_accepted(tmp_path):
         "data_path": "data/sales-2024.parquet",
         "target_column": "units sold",
         "train_schedule": "0 */6 * * MON-FRI",
+        "monitor_schedule": "15,45 8-18 ? * 1#2",
         "work_pool": "gpu-pool-2",
+        "work_pool_type": "kubernetes",
+        "flow_image": "registry.example.com:5000/team/churn-flows:v1.2_rc",
+        "gpus": 2,
+        "environments": ["dev", "staging", "prod"],
     }
     project = render(answers, tmp_path / "project")
     assert {k: recorded_answers(project)[k] for k in answers} == answers
@@ -83,3 +102,18 @@ def test_the_model_family_question_offers_exactly_the_families_of_model_py():
     question = yaml.safe_load((REPO / "copier.yml").read_text())["model_family"]
     assert set(question["choices"].values()) == model_families_in_the_template()
     assert question["default"] in model_families_in_the_template()
+
+
+def timezones_the_validator_accepts() -> list[str]:
+    """The names in validators/timezones.jinja (`{% set timezones = '...'.split() %}`)."""
+    text = (REPO / "validators" / "timezones.jinja").read_text()
+    return text.split("{%- set timezones = '", 1)[1].split("'.split()", 1)[0].split()
+
+
+def test_every_time_zone_the_validator_accepts_is_one_zoneinfo_knows():
+    """The list is IANA's as Python's zoneinfo reads it, the names Prefect's schedules accept; a name that
+    zoneinfo cannot load would render a prefect.yaml that `prefect deploy` refuses."""
+    names = timezones_the_validator_accepts()
+    assert len(names) > 500 and {"UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires"} <= set(names)
+    for name in names:
+        zoneinfo.ZoneInfo(name)

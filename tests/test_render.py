@@ -31,6 +31,7 @@ DEFAULT_TREE = [
     "deploy/k8s/service.yaml",
     "docs/benchmarks.md",
     "docs/decisions.md",
+    "docs/deploying.md",
     "docs/deployment.md",
     "docs/feedback.md",
     "docs/monitoring.md",
@@ -130,6 +131,18 @@ DEFAULT_TREE = [
 ]
 
 CI_FILES = {"github": {".github/workflows/ci.yml"}, "gitlab": {".gitlab-ci.yml"}, "none": set()}
+# The flow image's recipe for container pools, and the Kubernetes worker's base job template.
+POOL_FILES = {
+    "process": set(),
+    "docker": {"deploy/prefect/Dockerfile", "deploy/prefect/Dockerfile.dockerignore"},
+    "kubernetes": {
+        "deploy/prefect/Dockerfile",
+        "deploy/prefect/Dockerfile.dockerignore",
+        "deploy/prefect/k8s-base-job-template.json",
+    },
+}
+# Prefect fills in the base job template's placeholders from each deployment's job variables.
+PREFECT_JOB_TEMPLATE = "deploy/prefect/k8s-base-job-template.json"
 # What `dvc init` makes, and the pipeline: rendered only with use_dvc.
 DVC_FILES = {".dvc/config", ".dvc/.gitignore", ".dvcignore", "dvc.yaml"}
 
@@ -157,6 +170,7 @@ def answers(project) -> dict:
 
 def expected_tree(answers: dict) -> set[str]:
     tree = {path.format(pkg=answers["package_name"]) for path in DEFAULT_TREE}
+    tree |= POOL_FILES[answers["work_pool_type"]]
     return (tree - CI_FILES["github"]) | CI_FILES[answers["ci_provider"]] | (DVC_FILES if answers["use_dvc"] else set())
 
 
@@ -198,7 +212,7 @@ def test_exactly_the_expected_files_are_written(project, answers):
 
 def test_no_jinja_is_left_except_prefects_own_event_template(project):
     leftovers = {}
-    for name in sorted(files_of(project)):
+    for name in sorted(files_of(project) - {PREFECT_JOB_TEMPLATE}):
         text = (project / name).read_text()
         if name == "prefect.yaml":
             for template in PREFECT_TEMPLATES:
@@ -210,8 +224,9 @@ def test_no_jinja_is_left_except_prefects_own_event_template(project):
     assert leftovers == {}
 
 
-def test_retrain_is_triggered_by_the_projects_drift_event(project, answers):
-    trigger = deployment(project, "retrain")["triggers"][0]
+@pytest.mark.parametrize("environment", ["dev", "prod"])
+def test_retrain_is_triggered_by_the_projects_drift_event(project, answers, environment):
+    trigger = deployment(project, f"retrain-{environment}")["triggers"][0]
     package = answers["package_name"]
     assert trigger["type"] == "event"
     assert set(trigger["expect"]) == {f"{package}.drift.detected", f"{package}.performance.degraded"}
@@ -221,11 +236,20 @@ def test_retrain_is_triggered_by_the_projects_drift_event(project, answers):
 
 
 def test_schedules_and_work_pool_are_the_answered_ones(project, answers):
-    for name in ("train", "monitor"):
-        (schedule,) = deployment(project, name)["schedules"]
-        assert schedule == {"cron": answers[f"{name}_schedule"], "timezone": answers["timezone"]}
-    pools = {d["name"]: d["work_pool"]["name"] for d in load_prefect_yaml(project)["deployments"]}
-    assert pools == dict.fromkeys(["train", "monitor", "retrain"], answers["work_pool"])
+    """Each environment has its own deployments on its own pool; the schedules are the answered ones,
+    paused in dev (tests/test_prefect_yaml.py checks the rest of each environment)."""
+    deployments = load_prefect_yaml(project)["deployments"]
+    assert {d["name"].rpartition("-")[2] for d in deployments} == set(answers["environments"])
+    for environment in answers["environments"]:
+        for name in ("train", "monitor"):
+            (schedule,) = deployment(project, f"{name}-{environment}")["schedules"]
+            assert schedule == {
+                "cron": answers[f"{name}_schedule"],
+                "timezone": answers["timezone"],
+                "active": environment != "dev",
+            }
+    pools = {d["name"]: d["work_pool"]["name"] for d in deployments if d["name"].endswith("-prod")}
+    assert set(pools.values()) == {answers["work_pool"]}
 
 
 def test_settings_file_holds_the_answered_values(project, answers):

@@ -9,8 +9,9 @@ Goal P6: ratio_to_floor <= 2.
 
 Each round runs on a fresh server, because the retrain trigger's `within` (its cooldown, copier answer
 retrain_cooldown_seconds) absorbs every matching event after the first, from any model, for that long:
-a second drift event on the same server would start nothing. In a round: `prefect deploy --all` of the
-project's prefect.yaml (local.demo.deploy: work pool and deployments, the retrain trigger included), then a
+a second drift event on the same server would start nothing. In a round: `prefect deploy` of the dev
+environment of the project's prefect.yaml (local.demo.deploy: work pool and deployments, the retrain
+trigger included), then a
 trivial `floor` deployment (the flow in this file, run from the project folder like the others) on the
 same work pool, whose trigger is a copy of the retrain trigger (posture, threshold, within, parameters,
 the concurrency limit) matching a benchmark-only event instead; then one process worker for both
@@ -18,7 +19,7 @@ the concurrency limit) matching a benchmark-only event instead; then one process
 `worker_query_seconds`), and one untimed run of the floor deployment, so the worker is known to be
 polling and has started a flow run once. Then, in alternating order from round to round, each path on
 an idle worker (no flow run process of the one before left):
-- `seconds`: a run of the monitor deployment (`run_deployment("monitor/monitor")`, as its schedule
+- `seconds`: a run of the monitor deployment (`run_deployment("monitor/monitor-dev")`, as its schedule
   would start it) on the shifted batch of local.demo.demo_batches, from the monitor flow run's start time to
   the start time of the retrain flow run its drift event made the trigger create (created by AUTOMATION).
   It covers the drift check in the flow run (Evidently's import included), the event, the trigger, the
@@ -67,8 +68,10 @@ from prefect import flow
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 2.0
-MONITOR_DEPLOYMENT = "monitor/monitor"
-RETRAIN_DEPLOYMENT = "retrain/retrain"
+# The environment local/demo.py deploys (its ENVIRONMENT), whose deployments the rounds run.
+ENVIRONMENT = "dev"
+MONITOR_DEPLOYMENT = f"monitor/monitor-{ENVIRONMENT}"
+RETRAIN_DEPLOYMENT = f"retrain/retrain-{ENVIRONMENT}"
 FLOOR_FLOW = "retrain-latency-floor"
 FLOOR_DEPLOYMENT = f"{FLOOR_FLOW}/floor"
 FLOOR_EVENT = "retrain-latency-benchmark.ping"
@@ -89,13 +92,13 @@ def floor(reason: str = "manual", drift_share: float | None = None) -> None:
 
 
 def retrain_trigger(prefect_yaml: dict) -> tuple[dict, dict]:
-    """The retrain deployment of prefect.yaml and its event trigger."""
+    """The retrain deployment of prefect.yaml (the demo's environment) and its event trigger."""
     for deployment in prefect_yaml.get("deployments", []):
-        if deployment.get("name") == "retrain":
+        if deployment.get("name") == RETRAIN_DEPLOYMENT.split("/")[1]:
             triggers = [t for t in deployment.get("triggers") or [] if t.get("type", "event") == "event"]
             if triggers:
                 return deployment, triggers[0]
-    raise RuntimeError("prefect.yaml has no `retrain` deployment with an event trigger")
+    raise RuntimeError(f"prefect.yaml has no `{RETRAIN_DEPLOYMENT}` deployment with an event trigger")
 
 
 def floor_prefect_yaml(prefect_yaml: dict, path: Path) -> None:
@@ -119,7 +122,7 @@ def floor_prefect_yaml(prefect_yaml: dict, path: Path) -> None:
 
 
 def deploy(demo, localstack, settings, api_url: str, floor_file: Path) -> None:
-    demo.deploy(settings, api_url)  # work pool + `prefect deploy --all` of the project's prefect.yaml
+    demo.deploy(settings, api_url)  # work pool + `prefect deploy` of the dev environment of prefect.yaml
     localstack.run(
         [
             localstack.venv_command("prefect"),
@@ -340,7 +343,9 @@ def run_round(round_no: int, ctx: dict[str, Any], floor_first: bool) -> dict:
         ):
             deploy(ctx["demo"], localstack, settings, api_url, ctx["floor_file"])
             with (
-                localstack.prefect_worker(localstack.work_pool(ROOT), api_url, ROOT, logs) as worker,
+                localstack.prefect_worker(
+                    localstack.work_pool(ROOT, ENVIRONMENT), api_url, ROOT, logs
+                ) as worker,
                 ctx["get_client"](sync_client=True) as client,
             ):
                 ctx["worker_query_seconds"] = worker_setting(worker, "PREFECT_WORKER_QUERY_SECONDS")

@@ -26,7 +26,10 @@ from ..registry import aliases, store
 from ..training import validation
 from . import demo_traffic, processes
 
-RETRAIN_DEPLOYMENT = "retrain/retrain"
+# The environment of prefect.yaml the demo deploys and runs: dev, on a local process pool
+# (docs/deploying.md#environments).
+ENVIRONMENT = "dev"
+RETRAIN_DEPLOYMENT = f"retrain/retrain-{ENVIRONMENT}"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -131,7 +134,7 @@ async def deployed_schedules() -> dict[str, list[str]]:
 def deploy(settings: Settings, api_url: str) -> None:
     env = processes.prefect_env(api_url)
     prefect = processes.venv_command("prefect")
-    pool = processes.work_pool(settings.root)
+    pool = processes.work_pool(settings.root, ENVIRONMENT)
     processes.run(
         [prefect, "work-pool", "create", pool, "--type", "process", "--overwrite"],
         cwd=settings.root,
@@ -139,7 +142,10 @@ def deploy(settings: Settings, api_url: str) -> None:
         what="work pool",
     )
     processes.run(
-        [prefect, "--no-prompt", "deploy", "--all"], cwd=settings.root, env=env, what="prefect deploy --all"
+        [prefect, "--no-prompt", "deploy", "--name", f"*-{ENVIRONMENT}"],
+        cwd=settings.root,
+        env=env,
+        what=f"prefect deploy of the {ENVIRONMENT} environment",
     )
 
 
@@ -214,7 +220,7 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
             stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
             ui_url = api_url.removesuffix("/api")
             say(f"Prefect UI: {ui_url}")
-            pool = processes.work_pool(root)
+            pool = processes.work_pool(root, ENVIRONMENT)
             say(f"Deploying prefect.yaml to work pool {pool}...")
             deploy(settings, api_url)
             summary["schedules"] = asyncio.run(deployed_schedules())

@@ -174,12 +174,16 @@ def run(command: list[str], *, cwd: Path, env: Mapping[str, str], what: str) -> 
     return result.stdout
 
 
-def work_pool(root: Path) -> str:
-    """The work pool of the deployments in prefect.yaml: the one place it is set, like the schedules."""
+def work_pool(root: Path, environment: str) -> str:
+    """The work pool of one environment's deployments in prefect.yaml (names ending in -<environment>):
+    the one place it is set, like the schedules."""
     import yaml
 
     path = root / "prefect.yaml"
-    pools = {d["work_pool"]["name"] for d in yaml.safe_load(path.read_text())["deployments"]}
+    deployments = yaml.safe_load(path.read_text())["deployments"]
+    pools = {d["work_pool"]["name"] for d in deployments if d["name"].endswith(f"-{environment}")}
     if len(pools) != 1:
-        raise RuntimeError(f"{path}: the demo needs one work pool for all deployments, found {sorted(pools)}")
+        raise RuntimeError(
+            f"{path}: the demo needs one work pool for the {environment} deployments, found {sorted(pools)}"
+        )
     return pools.pop()
