@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -167,6 +169,37 @@ def require_tool(name: str) -> str:
     if os.environ.get("REQUIRE_ALL_TOOLS") == "1":
         pytest.fail(f"{reason} (REQUIRE_ALL_TOOLS=1)")
     pytest.skip(reason)
+
+
+# The generated project's own process helpers (plain Python, no Jinja): the tests start PostgreSQL with the
+# code the project's parallel tuning benchmark uses.
+PROJECT_PROCESSES = REPO / "template" / "src" / "{{ package_name }}" / "local" / "processes.py"
+
+
+def project_processes():
+    """The template's local/processes.py, imported from its file."""
+    spec = importlib.util.spec_from_file_location("template_local_processes", PROJECT_PROCESSES)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def postgres_server(*databases: str) -> Iterator:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with `databases`, stopped and deleted afterwards; yields
+    the project's Postgres (`.url(database, driver)`). Without PostgreSQL's server installed the test is
+    skipped, or fails under REQUIRE_ALL_TOOLS=1, like require_tool."""
+    processes = project_processes()
+    try:
+        processes.postgres_bindir()
+    except RuntimeError as exc:
+        if os.environ.get("REQUIRE_ALL_TOOLS") == "1":
+            pytest.fail(f"{exc} (REQUIRE_ALL_TOOLS=1)")
+        pytest.skip(str(exc))
+    with processes.postgres_server(databases) as server:
+        yield server
 
 
 def render(answers: dict[str, object], dst: Path, *, run_tasks: bool = False) -> Path:

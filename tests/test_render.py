@@ -65,6 +65,7 @@ DEFAULT_TREE = [
     "src/{pkg}/flows/promote.py",
     "src/{pkg}/flows/retrain.py",
     "src/{pkg}/flows/train.py",
+    "src/{pkg}/flows/tune.py",
     "src/{pkg}/local/__init__.py",
     "src/{pkg}/local/demo.py",
     "src/{pkg}/local/demo_traffic.py",

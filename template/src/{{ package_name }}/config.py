@@ -76,6 +76,10 @@ class TuningSettings(Section):
     storage: str = "sqlite:///.optuna/studies.db"
     # How long a training run waits for another one of the project to finish; 0: as long as it takes.
     lock_wait_seconds: float = Field(0, ge=0)
+    # Flow runs of `deployment` that tune one study together on the work pool (docs/scaling.md); 1: the
+    # train run tunes by itself.
+    workers: int = Field(1, ge=1)
+    deployment: str = "tune/tune"
 
 
 class RegistrySettings(Section):
@@ -273,6 +277,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _parallel_tuning_shares_a_database_server(self) -> Settings:
+        workers, storage = self.tuning.workers, self.tuning.storage
+        if workers > 1 and storage.startswith("sqlite"):
+            raise ValueError(
+                f"tuning.workers: {workers} workers cannot share the SQLite file of tuning.storage "
+                f"({storage}); set tuning.storage to a PostgreSQL URL "
+                "(postgresql+psycopg://user:password@host:5432/optuna, docs/scaling.md) or tuning.workers = 1"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -300,9 +315,12 @@ class Settings(BaseSettings):
 
     @property
     def optuna_storage(self) -> str:
-        """The Optuna storage URL, with a relative SQLite path made absolute and its folder created."""
+        """The Optuna storage URL, with a relative SQLite path made absolute and its folder created; a plain
+        postgresql:// URL gets the psycopg driver the project installs (SQLAlchemy's default is psycopg2)."""
         prefix = "sqlite:///"
         url = self.tuning.storage
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://")
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
             db = self.resolve(url[len(prefix) :])
             db.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
 """Training flow: validate the data, add the labelled production traffic (training/feedback.py), tune with
-Optuna in batches of trials, refit, score, register, gate (on the holdout and the recent slice), and prune
-the model store; one run at a time per project (training/lock.py)."""
+Optuna in batches of trials (in this run, or spread over tune runs on the work pool: flows/tune.py), refit,
+score, register, gate (on the holdout and the recent slice), and prune the model store; one run at a time
+per project (training/lock.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from ..config import get_settings
 from ..registry import retention, store
 from ..training import data_version, feedback, holdout, lock, tuning, validation
 from .promote import gate
+from .tune import tune_on_workers
 
 
 @task(cache_policy=NO_CACHE)
@@ -169,9 +172,21 @@ def tune(
     return ran
 
 
-@flow(name="train", log_prints=True)
-def train(n_trials: int | None = None, reason: str = "manual") -> str:
-    """Train, tune, register and put the model through the promotion gate; returns its tag in the store."""
+@dataclass(frozen=True)
+class Prepared:
+    """The training rows, split, and the study they name."""
+
+    dataset: validation.Dataset
+    schema: dict
+    labelled: feedback.Feedback
+    data_hash: str
+    parts: holdout.Split
+    spec: tuning.TuningSpec
+
+
+def prepare() -> Prepared:
+    """Load the configured data and the labelled traffic, split them and name their study. The tune flow's
+    workers prepare alike, so they land on the train run's study as long as they see the same rows."""
     settings = get_settings()
     dataset = load_data()
     schema = tables.feature_schema(dataset.features)
@@ -180,10 +195,28 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
     rows = pd.concat([dataset.frame, labelled.train], ignore_index=True) if labelled.used else dataset.frame
     data_hash = tables.data_hash(rows)
     parts = holdout.with_rows(holdout.split(dataset, settings), labelled.train, dataset.target)
-    spec = tuning.make_spec(settings, data_hash)
+    return Prepared(dataset, schema, labelled, data_hash, parts, tuning.make_spec(settings, data_hash))
+
+
+@flow(name="train", log_prints=True)
+def train(n_trials: int | None = None, reason: str = "manual") -> str:
+    """Train, tune, register and put the model through the promotion gate; returns its tag in the store."""
+    settings = get_settings()
+    prepared = prepare()
+    dataset, schema, labelled, parts, spec = (
+        prepared.dataset,
+        prepared.schema,
+        prepared.labelled,
+        prepared.parts,
+        prepared.spec,
+    )
+    data_hash = prepared.data_hash
     wanted = settings.tuning.n_trials if n_trials is None else n_trials
     with lock.exclusive(settings, on_wait=get_run_logger().warning):
-        tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
+        if settings.tuning.workers > 1:
+            tune_on_workers(spec, wanted, settings.tuning.timeout_seconds)
+        else:
+            tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
         sources = labelled.sources(dataset.frame, dataset.source)
         sources[0] |= recorded_version(settings.data_path)
         reference = drift_reference(parts, labelled, settings.monitoring.min_rows)

@@ -1,5 +1,6 @@
 """Start and stop the local processes the demo and the end-to-end tests need: a Prefect server (SQLite),
-a process worker and `bentoml serve`, all on 127.0.0.1.
+a process worker and `bentoml serve`, all on 127.0.0.1; and a throwaway PostgreSQL cluster for the
+parallel tuning benchmark and the template's tests.
 
 Written by hand because no library starts these as one unit; each process gets its own process group and
 log file, is stopped with SIGTERM (then SIGKILL) in reverse order, and a failed start shows its log tail.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +190,70 @@ def work_pool(root: Path, environment: str) -> str:
             f"{path}: the demo needs one work pool for the {environment} deployments, found {sorted(pools)}"
         )
     return pools.pop()
+
+
+POSTGRES_MISSING = "PostgreSQL's server is not installed (Debian/Ubuntu: apt-get install postgresql)"
+
+
+def postgres_bindir() -> Path:
+    """The folder of PostgreSQL's server programs: initdb's on PATH, else the newest of Debian's
+    /usr/lib/postgresql/<version>/bin, which Debian keeps off PATH."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parts[-3].isdigit()]
+    if not versions:
+        raise RuntimeError(POSTGRES_MISSING)
+    return max(versions, key=lambda bindir: int(bindir.parent.name))
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running cluster: user `postgres`, no password (trust), on 127.0.0.1."""
+
+    port: int
+    host: str = LOOPBACK
+    user: str = "postgres"
+
+    def url(self, database: str, driver: str = "psycopg") -> str:
+        """A SQLAlchemy URL: driver psycopg for Optuna, asyncpg for the Prefect server."""
+        return f"postgresql+{driver}://{self.user}@{self.host}:{self.port}/{database}"
+
+
+@contextlib.contextmanager
+def postgres_server(databases: Iterable[str] = (), timeout: float = 60) -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port with `databases` created; stopped and
+    deleted at the end of the block. PostgreSQL refuses to run as root, so under root the cluster belongs
+    to the `postgres` user that Debian's package creates, and its programs run as that user."""
+    bindir = postgres_bindir()
+    # In the system's temporary folder, which the postgres user can reach, and short: the socket's path
+    # must fit in 107 bytes.
+    cluster = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(cluster, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, log, port = cluster / "data", cluster / "postgres.log", free_port()
+    env = {**os.environ, "PGTZ": "UTC"}
+    pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data)]
+    started = False
+    try:
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
+        run([*as_owner, *initdb, "--no-locale", "--no-sync"], cwd=cluster, env=env, what="initdb")
+        options = f"-p {port} -k {cluster} -c listen_addresses={LOOPBACK}"
+        start = [*pg_ctl, "-o", options, "-l", str(log), "-w", "-t", str(int(timeout)), "start"]
+        try:
+            run(start, cwd=cluster, env=env, what="pg_ctl start")
+        except RuntimeError as exc:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"{exc}\n{log}:\n{tail}") from None
+        started = True
+        server = Postgres(port)
+        for name in databases:
+            createdb = [str(bindir / "createdb"), "-h", server.host, "-p", str(port), "-U", server.user, name]
+            run(createdb, cwd=cluster, env=env, what=f"createdb {name}")
+        yield server
+    finally:
+        if started:
+            run([*pg_ctl, "-m", "fast", "-w", "stop"], cwd=cluster, env=env, what="pg_ctl stop")
+        shutil.rmtree(cluster, ignore_errors=True)

@@ -23,6 +23,8 @@ from .metrics import score
 from .pipeline import build_pipeline
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# Trials that hold a place in a shared study's count: finished, or running on some worker.
+CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,70 @@ def run_trials(
             objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False, callbacks=callbacks
         )
     return finished_trials(study) - before
+
+
+def open_worker_study(spec: TuningSpec, sampler_seed: int) -> optuna.Study:
+    """The study as one of several workers opens it: a sampler seeded for this worker, so its random draws
+    are its own and the same on every run, and TPE's constant liar, so workers running at once do not all
+    sample around the same best trial. The pruner is the study's own and sees every worker's trials."""
+    study = open_study(spec)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)
+    return study
+
+
+def run_shared_trials(
+    study: optuna.Study,
+    objective: Callable,
+    target: int,
+    deadline: float | None,
+    max_trials: int,
+    worker: int = 0,
+) -> int:
+    """Run trials of a study that other workers tune at the same time, until it holds `target` trials
+    finished or running, at most max_trials here, or until the deadline; returns how many this worker
+    finished.
+
+    Exact however the workers interleave: a worker claims a trial by creating it, and Optuna numbers trials
+    in the order they are created. When two workers create one at the same moment for the last place, the
+    later one finds `target` claimed trials numbered below it: it is closed as FAIL, marked `surplus`,
+    without running, so the study ends with exactly `target` finished trials. Pruned trials count as
+    finished, as in run_trials."""
+    ran = 0
+    while ran < max_trials and (deadline is None or time.time() < deadline):
+        if claimed_trials(study) >= target:
+            break
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        if claimed_trials(study, before=trial.number) >= target:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            break
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
+        ran += 1
+    return ran
+
+
+def claimed_trials(study: optuna.Study, before: int | None = None) -> int:
+    """Trials finished or running, all of them or those numbered below `before`."""
+    trials = study.get_trials(deepcopy=False, states=CLAIMED)
+    return len(trials) if before is None else sum(1 for t in trials if t.number < before)
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Close the trials still running as FAIL, returning their numbers. Only for when no worker runs: a
+    worker that was killed leaves its trial running, which would hold a place in the count for ever."""
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in stale:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return stale
 
 
 def plan_batches(remaining: int, per_task: int) -> list[int]:

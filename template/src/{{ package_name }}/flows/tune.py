@@ -1,0 +1,165 @@
+"""Tuning spread over workers: the tune flow is one worker of a study that several flow runs tune at once on
+a shared database; `tune_on_workers` is the train run's side, which submits them to the work pool and waits.
+
+More machines tune faster by running more workers on the pool: each tune run is a process of its own,
+wherever a worker starts it (docs/scaling.md). SQLite cannot be shared that way, so config.py refuses
+tuning.workers > 1 with a SQLite tuning.storage.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ..config import get_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import optuna
+    from prefect.client.schemas.objects import FlowRun
+
+    from ..training.tuning import TuningSpec
+
+POLL_SECONDS = 2.0
+# A tune run still waiting for a worker after this long is worth a warning: the pool may have none.
+WAITING_WARNING_SECONDS = 60.0
+
+
+@task(cache_policy=NO_CACHE)
+def tune_shared_batch(
+    study: optuna.Study, objective: Callable, target: int, deadline: float | None, size: int, worker: int
+) -> int:
+    """A batch of at most `size` trials, one task, as in the train flow; none past the study's target."""
+    from ..training import tuning
+
+    return tuning.run_shared_trials(study, objective, target, deadline, size, worker)
+
+
+@flow(name="tune", log_prints=True)
+def tune(
+    study_name: str, n_trials: int, worker: int = 0, sampler_seed: int = 0, deadline: float | None = None
+) -> int:
+    """Tune the train run's study, with the other workers, until it has n_trials finished trials or the
+    deadline (a time.time() value) passes; returns how many trials this worker finished."""
+    # Imported here: the training stack is slow to import, and a worker imports this module before the run
+    # starts (docs/decisions.md#import-times).
+    from ..training import tuning
+    from .train import prepare
+
+    prepared = prepare()
+    if prepared.spec.study_name != study_name:
+        raise RuntimeError(
+            f"this worker's training rows give study {prepared.spec.study_name}, not the train run's "
+            f"{study_name}: the data or the labelled traffic changed since the train run started "
+            "(or the worker's settings differ); train again"
+        )
+    study = tuning.open_worker_study(prepared.spec, sampler_seed)
+    parts = prepared.parts
+    objective = tuning.make_objective(prepared.spec, parts.train_x, parts.train_y, prepared.schema)
+    size, ran = get_settings().tuning.trials_per_task, 0
+    while True:
+        batch = tune_shared_batch(study, objective, n_trials, deadline, size, worker)
+        ran += batch
+        if batch < size:
+            break
+    finished = tuning.finished_trials(study)
+    print(f"Worker {worker} (sampler seed {sampler_seed}) ran {ran} trial(s); {finished} of {n_trials} done")
+    return ran
+
+
+def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0) -> int:
+    """Submit tuning.workers runs of tuning.deployment to its work pool and wait for them to end; returns how
+    many trials they finished. A run that does not complete fails the train run, naming it."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import flow_run
+    from prefect.settings import get_current_settings
+
+    from ..training import tuning
+
+    settings, logger = get_settings(), get_run_logger()
+    workers, deployment = settings.tuning.workers, settings.tuning.deployment
+    if not get_current_settings().api.url:
+        raise RuntimeError(
+            f"tuning.workers = {workers}: tune runs go to a work pool, whose workers need a Prefect server; "
+            "set PREFECT_API_URL to it (docs/scaling.md) or tuning.workers = 1"
+        )
+    study = tuning.open_study(spec)  # created here, before the workers race to create it
+    stale = tuning.fail_stale_trials(study)  # no worker runs now: the training lock is this run's
+    if stale:
+        logger.warning("Closed trial(s) %s, left running by a stopped worker, as failed", stale)
+    done = tuning.finished_trials(study)
+    if done >= n_trials:
+        logger.info("Study %s already has %d of %d trials finished", spec.study_name, done, n_trials)
+        return 0
+    deadline = time.time() + timeout_seconds if timeout_seconds else None
+    parent = flow_run.get_id() or "no-flow-run"
+    runs: list[FlowRun] = []
+    for worker in range(workers):
+        parameters = {
+            "study_name": spec.study_name,
+            "n_trials": n_trials,
+            "worker": worker,
+            # Each worker draws its own random trials, the same ones on every run; resumed studies move on as
+            # in tuning.open_study.
+            "sampler_seed": spec.seed + done + worker,
+            "deadline": deadline,
+        }
+        try:
+            run = run_deployment(
+                deployment,
+                parameters=parameters,
+                timeout=0,
+                flow_run_name=f"worker-{worker}",
+                idempotency_key=f"{parent}-tune-{worker}",
+            )
+        except ObjectNotFound:
+            raise RuntimeError(
+                f"tuning.deployment: {deployment!r} is not deployed on the Prefect server; deploy it from "
+                "prefect.yaml (`prefect --no-prompt deploy`) or set tuning.workers = 1"
+            ) from None
+        runs.append(cast("FlowRun", run))  # called from sync code, so not the coroutine of its async twin
+    logger.info(
+        "Study %s: %d of %d trials finished; %d run(s) of %s submitted to work pool %s",
+        spec.study_name,
+        done,
+        n_trials,
+        workers,
+        deployment,
+        runs[0].work_pool_name,
+    )
+    ended = wait_for(runs)
+    failed = [run for run in ended if run.state is None or not run.state.is_completed()]
+    if failed:
+        tuning.fail_stale_trials(study)
+        states = ", ".join(f"{run.name} {run.state.name if run.state else 'no state'}" for run in failed)
+        raise RuntimeError(f"tune run(s) of {deployment} did not complete: {states}; see their logs")
+    ran = tuning.finished_trials(study) - done
+    logger.info("Workers ran %d trial(s); study %s has %d of %d", ran, spec.study_name, done + ran, n_trials)
+    return ran
+
+
+def wait_for(runs: list[FlowRun]) -> list[FlowRun]:
+    """Poll the runs until each has ended; warn once when some still wait for a worker after a minute."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    logger, started, warned = get_run_logger(), time.monotonic(), False
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(run.id) for run in runs]
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                return runs
+            waiting = [run.name for run in runs if run.state_type in (StateType.SCHEDULED, StateType.PENDING)]
+            if waiting and not warned and time.monotonic() - started > WAITING_WARNING_SECONDS:
+                logger.warning(
+                    "Tune run(s) %s still wait for a worker: start one with `prefect worker start --pool %s`",
+                    ", ".join(waiting),
+                    runs[0].work_pool_name,
+                )
+                warned = True
+            time.sleep(POLL_SECONDS)
