@@ -6,19 +6,24 @@ then used only through its command line and HTTP API, the way a user would.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import yaml
 from conftest import (
     ANSWER_SETS,
     Project,
     explain,
     install_project,
+    recorded_answers,
     serving,
     write_regression_csv,
 )
+from test_ci_files import CI_FILE
+from test_ci_files import commands as ci_commands
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +150,16 @@ def test_training_without_the_target_column_fails_and_registers_nothing(project,
     assert result.returncode == 2, explain(result)
     assert "'nope'" in result.stderr
     assert project.query(LIST_MODELS) == before
+
+
+def test_the_ci_build_job_passes(project):
+    """The build job of the project's CI file (GitHub's for one answer set, GitLab's for the other), command
+    by command as its runner runs them: `uv sync --locked`, two trials of training, `bentoml build`.
+    tests/test_ci_files.py checks the rest of the file and where its other commands are run."""
+    provider = recorded_answers(project.root)["ci_provider"]
+    pipeline = yaml.safe_load((project.root / CI_FILE[provider]).read_text())
+    lines = ci_commands(pipeline, provider, "build")
+    assert lines[0] == "uv sync --locked" and lines[-1] == "uv run bentoml build", lines
+    for line in lines:
+        result = project.run(*shlex.split(line))
+        assert result.returncode == 0, f"{line}\n{explain(result)}"

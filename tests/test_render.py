@@ -219,6 +219,8 @@ def test_no_jinja_is_left_except_prefects_own_event_template(project):
             for template in PREFECT_TEMPLATES:
                 assert text.count(template) == 1, f"the retrain trigger's event parameter {template}"
                 text = text.replace(template, "")
+        if name == ".github/workflows/ci.yml":  # GitHub's own expressions: ${{ secrets.NAME }}
+            text = re.sub(r"\$\{\{ secrets\.[A-Z_]+ \}\}", "", text)
         found = re.findall(r".*(?:\{\{|\{%|\{#).*", text)
         if found:
             leftovers[name] = found
