@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prometheus_client import Counter
 
@@ -49,6 +49,7 @@ DROPPED = Counter(
 )
 _STOP = object()
 WRITE_BATCH = 1000  # records per write at most
+OPEN_ATTEMPTS = 5
 LOGGER = logging.getLogger(__name__)
 
 
@@ -291,26 +292,59 @@ def read_records(
     and line, and counted in `report`; a last line still being written (no newline yet) is skipped."""
     report = report if report is not None else ReadReport()
     pattern = _name_pattern(Path(path))
-    for file in log_files(path):
-        match = pattern.match(file.name)
-        live = file.name[: match.start(2)] if match and match.group(2) else file.name
-        if live != file.name:
-            report.backups[live] = report.backups.get(live, 0) + 1
-        bad = []
-        with file.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.endswith("\n") or not line.strip():
-                    continue
-                record, when, reason = _parse(line.rstrip("\n"), required)
-                if record is None:
-                    bad.append(BadLine(file, number, reason))
-                    continue
-                if when is not None and (live not in report.oldest or when < report.oldest[live]):
-                    report.oldest[live] = when
-                yield record
-        if bad:
-            LOGGER.warning("request log %s: %s", file, describe_bad_lines(bad))
-            report.bad_lines += bad
+    with contextlib.ExitStack() as opened:
+        for file, lines in _open_at_once(path, opened):
+            match = pattern.match(file.name)
+            live = file.name[: match.start(2)] if match and match.group(2) else file.name
+            if live != file.name:
+                report.backups[live] = report.backups.get(live, 0) + 1
+            yield from _records_of(file, lines, live, required, report)
+
+
+def _records_of(
+    file: Path, lines: IO[str], live: str, required: tuple[str, ...], report: ReadReport
+) -> Iterator[dict[str, Any]]:
+    bad = []
+    with lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            record, when, reason = _parse(line.rstrip("\n"), required)
+            if record is None:
+                bad.append(BadLine(file, number, reason))
+                continue
+            if when is not None and (live not in report.oldest or when < report.oldest[live]):
+                report.oldest[live] = when
+            yield record
+    if bad:
+        LOGGER.warning("request log %s: %s", file, describe_bad_lines(bad))
+        report.bad_lines += bad
+
+
+def _open_at_once(path: str | Path, opened: contextlib.ExitStack) -> list[tuple[Path, IO[str]]]:
+    """Every file of the log, opened together before any is read. A rotation renames every file of a worker
+    (the live file becomes .1, .1 becomes .2, ...): a file read by name after it would be another file's
+    content, or gone (a monitor failed on that under load). An open file keeps its content whatever its name
+    becomes, so the files are opened at one moment, checked against the names they were listed by, and
+    opened again when a rotation came in between (microseconds, against seconds between rotations)."""
+    for _ in range(OPEN_ATTEMPTS):
+        files = log_files(path)
+        handles: list[tuple[Path, IO[str]]] = []
+        try:
+            for file in files:
+                handles.append((file, file.open(encoding="utf-8", errors="replace")))
+            unchanged = log_files(path) == files and all(
+                os.stat(file).st_ino == os.fstat(handle.fileno()).st_ino for file, handle in handles
+            )
+        except FileNotFoundError:
+            unchanged = False
+        if unchanged:
+            for _, handle in handles:
+                opened.callback(handle.close)
+            return handles
+        for _, handle in handles:
+            handle.close()
+    raise RuntimeError(f"{path}: the log rotated on each of {OPEN_ATTEMPTS} tries to open it; read it again")
 
 
 def _parse(line: str, required: tuple[str, ...]) -> tuple[dict[str, Any] | None, datetime | None, str]:
