@@ -105,8 +105,8 @@ def test_the_model_family_question_offers_exactly_the_families_of_model_py():
 
 
 def timezones_the_validator_accepts() -> list[str]:
-    """The names in validators/timezones.jinja (`{% set timezones = '...'.split() %}`)."""
-    text = (REPO / "validators" / "timezones.jinja").read_text()
+    """The names in hooks/validators/timezones.jinja (`{% set timezones = '...'.split() %}`)."""
+    text = (REPO / "hooks" / "validators" / "timezones.jinja").read_text()
     return text.split("{%- set timezones = '", 1)[1].split("'.split()", 1)[0].split()
 
 
