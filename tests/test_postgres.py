@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -235,3 +236,24 @@ def test_the_credential_is_written_to_no_file(stack, trained):
     assert leaks == []
     assert PASSWORD not in stack.pg("pg_dump", "prefect") + stack.pg("pg_dump", "optuna")
     assert json.dumps(trained["runs"]).find(PASSWORD) == -1
+
+
+def test_the_parallel_tuning_benchmark_run_bare_starts_and_stops_its_own_postgresql(stack):
+    """With tuning.storage on SQLite (the default) the benchmark starts a PostgreSQL cluster of its own and
+    stops it. Its quick mode checks the wiring, not the P2 goal (the full run, on a quiet machine, does)."""
+    default = {
+        f"{stack.project.package.upper()}_TUNING__{key}": value
+        for key, value in (("STORAGE", "sqlite:///.optuna/studies.db"), ("WORKERS", "1"))
+    }
+    command = ("uv", "run", "python", "benchmarks/parallel_tuning.py", "--quick")
+    result = stack.project.run(*command, timeout=600, **default)
+    assert result.returncode == 0, explain(result)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report.keys() >= {"seconds_1", "seconds_2", "speedup", "goal_met"}, report
+    assert report["storage"] == "started" and report["finished_1"] == report["finished_2"] == 4, report
+    assert sum(report["trials_per_worker_2"]) == 4 and len(report["trials_per_worker_2"]) == 2, report
+    assert report["seconds_1"] > 0 and report["seconds_2"] > 0 and isinstance(report["goal_met"], bool)
+    port = re.search(r"PostgreSQL started: \S+@127\.0\.0\.1:(\d+)/", result.stderr)
+    assert port, explain(result)
+    with socket.socket() as sock:  # stopped again
+        assert sock.connect_ex(("127.0.0.1", int(port.group(1)))) != 0

@@ -77,9 +77,9 @@ class TuningSettings(Section):
     # How long a training run waits for another one of the project to finish; 0: as long as it takes.
     lock_wait_seconds: float = Field(0, ge=0)
     # Flow runs of `deployment` that tune one study together on the work pool (docs/scaling.md); 1: the
-    # train run tunes by itself.
+    # train run tunes by itself. prefect.yaml points each environment's train runs at its own deployment.
     workers: int = Field(1, ge=1)
-    deployment: str = "tune/tune"
+    deployment: str = "tune/tune-dev"
 
 
 class RegistrySettings(Section):
