@@ -108,6 +108,7 @@ DEFAULT_TREE = [
     "tests/test_features.py",
     "tests/flows/test_flows.py",
     "tests/flows/test_promote_flow.py",
+    "tests/flows/test_tune_flow.py",
     "tests/monitoring/test_alerts.py",
     "tests/monitoring/test_drift.py",
     "tests/monitoring/test_pushgateway.py",

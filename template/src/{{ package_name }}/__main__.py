@@ -122,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from .flows.train import train
+            from .flows.tune import WorkersUnavailable
 
-            train(n_trials=args.n_trials, reason="cli")
+            try:
+                train(n_trials=args.n_trials, reason="cli")
+            except WorkersUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         elif args.command == "serve":
             return serve(args.host, args.port)
         elif args.command == "monitor":

@@ -22,7 +22,7 @@ from ..config import get_settings
 from ..registry import retention, store
 from ..training import data_version, feedback, holdout, lock, tuning, validation
 from .promote import gate
-from .tune import tune_on_workers
+from .tune import check_workers, tune_on_workers
 
 
 @task(cache_policy=NO_CACHE)
@@ -202,6 +202,8 @@ def prepare() -> Prepared:
 def train(n_trials: int | None = None, reason: str = "manual") -> str:
     """Train, tune, register and put the model through the promotion gate; returns its tag in the store."""
     settings = get_settings()
+    if settings.tuning.workers > 1:
+        check_workers()  # before any work: is there a server and a tune deployment to spread tuning over?
     prepared = prepare()
     dataset, schema, labelled, parts, spec = (
         prepared.dataset,

@@ -29,6 +29,33 @@ POLL_SECONDS = 2.0
 WAITING_WARNING_SECONDS = 60.0
 
 
+class WorkersUnavailable(RuntimeError):
+    """tuning.workers > 1, but no Prefect server or no tune deployment to send the tune runs to."""
+
+
+def check_workers() -> None:
+    """Fail before any work when the tune runs could not be sent anywhere: without PREFECT_API_URL a
+    command runs on a temporary server that no worker polls; or the tune deployment is not deployed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    workers, deployment = get_settings().tuning.workers, get_settings().tuning.deployment
+    if not get_current_settings().api.url:
+        raise WorkersUnavailable(
+            f"tuning.workers = {workers}: tune runs go to a work pool, whose workers need a Prefect server; "
+            "set PREFECT_API_URL to it (docs/scaling.md) or tuning.workers = 1"
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise WorkersUnavailable(
+                f"tuning.deployment: {deployment!r} is not deployed on the Prefect server; deploy it from "
+                "prefect.yaml (`prefect --no-prompt deploy`) or set tuning.workers = 1"
+            ) from None
+
+
 @task(cache_policy=NO_CACHE)
 def tune_shared_batch(
     study: optuna.Study, objective: Callable, target: int, deadline: float | None, size: int, worker: int
@@ -77,17 +104,12 @@ def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0)
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
     from prefect.runtime import flow_run
-    from prefect.settings import get_current_settings
 
     from ..training import tuning
 
     settings, logger = get_settings(), get_run_logger()
     workers, deployment = settings.tuning.workers, settings.tuning.deployment
-    if not get_current_settings().api.url:
-        raise RuntimeError(
-            f"tuning.workers = {workers}: tune runs go to a work pool, whose workers need a Prefect server; "
-            "set PREFECT_API_URL to it (docs/scaling.md) or tuning.workers = 1"
-        )
+    check_workers()
     study = tuning.open_study(spec)  # created here, before the workers race to create it
     stale = tuning.fail_stale_trials(study)  # no worker runs now: the training lock is this run's
     if stale:
@@ -117,11 +139,8 @@ def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0)
                 flow_run_name=f"worker-{worker}",
                 idempotency_key=f"{parent}-tune-{worker}",
             )
-        except ObjectNotFound:
-            raise RuntimeError(
-                f"tuning.deployment: {deployment!r} is not deployed on the Prefect server; deploy it from "
-                "prefect.yaml (`prefect --no-prompt deploy`) or set tuning.workers = 1"
-            ) from None
+        except ObjectNotFound:  # deleted since check_workers
+            raise WorkersUnavailable(f"tuning.deployment: {deployment!r} is gone from the server") from None
         runs.append(cast("FlowRun", run))  # called from sync code, so not the coroutine of its async twin
     logger.info(
         "Study %s: %d of %d trials finished; %d run(s) of %s submitted to work pool %s",
