@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 from ..config import PACKAGE, get_settings
 from ..registry import aliases
 from ..registry.promotion import schema_changes
-from ..registry.store import load
+from ..registry.store import RegisteredModel, load
 from . import predictors
 from .batching import Batcher
 from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
@@ -129,7 +129,7 @@ class Predictor:
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.served = Served.of(str(self.model.tag))
+        self.served = Served.of(load(str(self.model.tag)))
         self.requests = RequestLog(
             worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
             max_bytes=SERVING.request_log_max_bytes,
@@ -171,7 +171,8 @@ class Predictor:
                 )
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
-        changes = schema_changes(load(tag).schema, FEATURE_SCHEMA)
+        model = load(tag)  # once: its schema is checked and the same object is served
+        changes = schema_changes(model.schema, FEATURE_SCHEMA)
         if changes:
             refused.add(tag)
             SWAP_REFUSED.labels(model_version=tag).set(1)
@@ -183,7 +184,7 @@ class Predictor:
                 self.served.version,
             )
             return
-        new, old = Served.of(tag), self.served
+        new, old = Served.of(model), self.served
         self.served = new  # one assignment: a batch sees the old model or the new one, never a mix
         new.announce(1)
         old.announce(0)
@@ -290,10 +291,9 @@ class Served:
     runtime: predictors.Runtime
 
     @classmethod
-    def of(cls, tag: str) -> Served:
-        model = load(tag)
+    def of(cls, model: RegisteredModel) -> Served:
         runtime = predictors.choose(model, SERVING.runtime, SETTINGS.onnx.tolerance)
-        return cls(version=model.tag, name=tag.split(":")[0], runtime=runtime)
+        return cls(version=model.tag, name=model.tag.split(":")[0], runtime=runtime)
 
     def announce(self, value: int) -> None:
         MODEL_SERVED.labels(model_name=self.name, model_version=self.version, runtime=self.runtime.name).set(
