@@ -92,9 +92,11 @@ def test_copy_task_locks_the_dependencies(project):
     assert (project.root / "uv.lock").is_file()
 
 
-def test_projects_own_test_suite_passes(project):
-    result = project.run("uv", "run", "pytest", "-q", "-p", "no:cacheprovider")
+def test_projects_own_test_suite_passes_and_leaves_no_scratch_behind(project, tmp_path):
+    result = project.run("uv", "run", "pytest", "-q", "-p", "no:cacheprovider", TMPDIR=str(tmp_path))
     assert result.returncode == 0, explain(result)
+    # pytest keeps its own tmp_path folders (pytest-of-<user>) on purpose; the suite's scratch store must go.
+    assert sorted(p.name for p in tmp_path.glob(f"{project.package}-tests-*")) == []
 
 
 def test_mypy_passes_on_the_fresh_project(project):
