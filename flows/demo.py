@@ -9,40 +9,14 @@ service, so this script needs no server of its own: its steps are plain function
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from copier import run_copy
+from flows.projects import REPO, copy_project, project_env, uv
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = Path("demo-project")
-
-
-def project_env() -> dict[str, str]:
-    """The generator's virtualenv must not leak into the project's `uv run`."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PREFECT_API_URL"}}
-    env.setdefault("UV_COMPILE_BYTECODE", "1")  # imports of evidently and prefect are twice as fast
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return env
-
-
-def scaffold(dest: Path, answers: dict | None = None) -> str:
-    """`copier copy` with default answers (plus `answers`); returns the package name."""
-    worker = run_copy(
-        str(REPO), str(dest), data=answers or {}, defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True
-    )
-    return worker.answers.combined["package_name"]
-
-
-def uv() -> str:
-    found = shutil.which("uv")
-    if found is None:
-        sys.exit("uv is required: pip install uv")
-    return found
 
 
 def step(title: str, command: list[str], cwd: Path) -> None:
@@ -63,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{dest} exists and is not empty: choose another DEST or remove it")
     started = time.monotonic()
     print(f"==> scaffold: copier copy {REPO} {dest}", flush=True)
-    package = scaffold(dest)
+    package = copy_project(dest)["package_name"]
     step("install", [uv(), "sync"], dest)
     try:
         step("lifecycle", [uv(), "run", "python", "-m", package, "demo"], dest)

@@ -1,0 +1,206 @@
+"""The generator's own flows, run as a platform team would, against a real Prefect server: `scaffold` makes a
+project that installs and passes its tests, `update_fleet` updates three projects of the previous release
+(one with a conflicting edit) and reports broken entries without stopping. What they leave in the Prefect
+UI, their artifacts, is read back through the server's API.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO, explain, free_port, run, started, subprocess_env, uv_python
+from releases import IDENTITY, Releases, make_releases
+
+from flows.projects import copy_project, recorded_answers
+
+pytestmark = pytest.mark.slow
+
+# The fleet runs a fast slice of each project's suite; tests/test_update.py runs a whole one after an update.
+FLEET_PYTEST = "-x -q -p no:cacheprovider tests/test_config.py tests/test_model.py"
+SCAFFOLD_ANSWERS = {"task_type": "regression", "model_family": "linear", "python_version": "3.12"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory) -> Iterator[str]:
+    """`prefect server start` from the generator's environment (SQLite), on 127.0.0.1; yields its API URL."""
+    home = tmp_path_factory.mktemp("generator-prefect")
+    port = free_port()
+    env = subprocess_env(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    command = ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with started(
+        command, cwd=REPO, env=env, log=home / "server.log", ready_url=f"http://127.0.0.1:{port}/api/health"
+    ):
+        yield f"http://127.0.0.1:{port}/api"
+
+
+def generator_flow(api: str, module: str, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """`uv run python -m flows.<module> ...` from the generator's checkout, reporting to the test's server."""
+    env = subprocess_env(PREFECT_API_URL=api)
+    return run(["uv", "run", "python", "-m", f"flows.{module}", *args], cwd=REPO, env=env, timeout=timeout)
+
+
+def artifact(api: str, key: str) -> dict:
+    """The newest artifact with `key`, as the Prefect UI shows it."""
+    found = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}}, timeout=30)
+    found.raise_for_status()
+    assert found.json(), f"no {key!r} artifact on the server"
+    return max(found.json(), key=lambda a: a["created"])
+
+
+def git(project: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *IDENTITY, *args], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def commit_all(project: Path, message: str) -> None:
+    """What the user does after an edit (the post-copy task commits only where git knows the user)."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True).returncode != 0:
+        git(project, "init", "--quiet")
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
+
+
+def copy_previous_release(releases: Releases, dest: Path) -> Path:
+    """A project as a user made it from the previous release: copied with its tasks (uv lock), committed."""
+    with uv_python("3.11"):
+        copy_project(dest, template=str(releases.path), vcs_ref=releases.previous)
+    commit_all(dest, "Project from the template")
+    return dest
+
+
+def edit(project: Path, relative: str, old: str, new: str) -> None:
+    path = project / relative
+    text = path.read_text()
+    assert old in text, f"{relative} has no {old!r} to edit"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory) -> Releases:
+    return make_releases(tmp_path_factory.mktemp("releases") / "template")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    releases, prefect_api, tmp_path_factory
+) -> tuple[subprocess.CompletedProcess, dict[str, dict], dict]:
+    """Three projects of the previous release (untouched, edited in the user's fence, edited where the new
+    release also changes) and three broken entries, updated as one fleet. Returns the command's result, the
+    artifact's rows by project and the entries by role."""
+    root = tmp_path_factory.mktemp("fleet")
+    untouched = copy_previous_release(releases, root / "untouched")
+    edited = copy_previous_release(releases, root / "edited")
+    edit(
+        edited,
+        "src/my_ml_project/dataset.py",
+        "    if settings.data_path is None:",
+        "    # Our loader.\n    if settings.data_path is None:",
+    )
+    commit_all(edited, "Our loader")
+    conflicting = copy_previous_release(releases, root / "conflicting")
+    # A line the new release changes too: the version the template records.
+    edit(
+        conflicting, "settings.toml", f'template_version = "{releases.previous}"', 'template_version = "ours"'
+    )
+    commit_all(conflicting, "Our own version string")
+    dirty = copy_previous_release(releases, root / "dirty")
+    edit(dirty, "settings.toml", "test_size = 0.2", "test_size = 0.25")  # not committed
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "README.md").write_text("not a generated project\n")
+    commit_all(foreign, "Someone else's project")
+    entries = {
+        "untouched": untouched,
+        "edited": edited,
+        "conflicting": conflicting,
+        "dirty": dirty,
+        "foreign": foreign,
+        "missing": root / "missing",
+    }
+    result = generator_flow(
+        prefect_api,
+        "update_fleet",
+        *map(str, entries.values()),
+        "--vcs-ref",
+        releases.current,
+        "--workspace",
+        str(root / "workspace"),
+        "--pytest-args",
+        FLEET_PYTEST,
+    )
+    rows = json.loads(artifact(prefect_api, "fleet-update")["data"])
+    return result, {row["project"]: row for row in rows}, {role: str(path) for role, path in entries.items()}
+
+
+def test_scaffold_makes_a_project_that_passes_its_tests_and_reports_it(prefect_api, tmp_path):
+    dest = tmp_path / "scaffolded"
+    data = [arg for key, value in SCAFFOLD_ANSWERS.items() for arg in ("--data", f"{key}={value}")]
+    with uv_python(SCAFFOLD_ANSWERS["python_version"]):
+        result = generator_flow(prefect_api, "scaffold", str(dest), *data)
+    assert result.returncode == 0, explain(result)
+    assert {k: recorded_answers(dest)[k] for k in SCAFFOLD_ANSWERS} == SCAFFOLD_ANSWERS
+    report = artifact(prefect_api, "scaffold-result")["data"]
+    assert f"| project | {dest} |" in report
+    assert "| tests_passed | True |" in report
+    assert " passed" in report and " failed" not in report
+
+
+def test_a_bad_answer_fails_the_scaffold_naming_the_question(prefect_api, tmp_path):
+    result = generator_flow(prefect_api, "scaffold", str(tmp_path / "bad"), "--data", "n_trials=0")
+    assert result.returncode != 0
+    assert "n_trials must be between 1 and 10000" in result.stderr + result.stdout
+
+
+def test_clean_projects_are_updated_on_a_branch_and_pass_their_tests(fleet, releases):
+    _, rows, entries = fleet
+    for role in ("untouched", "edited"):
+        row = rows[entries[role]]
+        assert row["status"] == "updated", row
+        assert (row["version_before"], row["version_after"]) == (releases.previous, releases.current)
+        assert " passed" in row["tests"] and "failed" not in row["tests"], row
+        where = Path(row["where"])
+        assert git(where, "branch", "--show-current").strip() == row["branch"]
+        assert git(where, "status", "--porcelain") == ""
+    edited = Path(rows[entries["edited"]]["where"])
+    assert "# Our loader." in (edited / "src/my_ml_project/dataset.py").read_text()
+
+
+def test_the_users_own_checkout_is_left_as_it_was(fleet, releases):
+    _, _, entries = fleet
+    for role in ("untouched", "edited", "conflicting"):
+        project = Path(entries[role])
+        assert recorded_answers(project)["_commit"] == releases.previous
+        assert git(project, "status", "--porcelain") == ""
+
+
+def test_a_conflicting_edit_is_reported_with_its_file_and_left_for_a_person(fleet):
+    result, rows, entries = fleet
+    row = rows[entries["conflicting"]]
+    assert row["status"] == "conflicts" and row["conflicts"] == "settings.toml", row
+    assert "<<<<<<< before updating" in (Path(row["where"]) / "settings.toml").read_text()
+    assert result.returncode != 0 and entries["conflicting"] in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "message"),
+    [
+        ("dirty", "has uncommitted changes (settings.toml): commit or stash them"),
+        ("foreign", "has no .copier-answers.yml: it was not generated by a Copier template"),
+        ("missing", "does not exist: check the path"),
+    ],
+)
+def test_a_broken_entry_is_a_row_with_its_reason_and_the_others_go_on(fleet, role, message):
+    _, rows, entries = fleet
+    row = rows[entries[role]]
+    assert row["status"] == "error" and message in row["tests"], row
+    assert sum(r["status"] == "updated" for r in rows.values()) == 2
