@@ -242,6 +242,24 @@ def rendered(tmp_path_factory) -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture(params=list(ANSWER_SETS))
+def answer_set(request) -> str:
+    """The name of an answer set: a test asking for `project` or `answers` runs once per set."""
+    return request.param
+
+
+@pytest.fixture
+def project(rendered, answer_set) -> Path:
+    """The answer set's rendered project (no tasks), shared by the session; tests only read it."""
+    return rendered(answer_set)
+
+
+@pytest.fixture(name="answers")
+def project_answers(project) -> dict:
+    """Every answer of the rendered project, defaults included."""
+    return recorded_answers(project)
+
+
 def write_regression_csv(project: Path, rows: int = 300, seed: int = 7) -> Path:
     """The data/train.csv a user brings: numbers, text categories, missing values and a `price` to predict.
 
@@ -340,6 +358,25 @@ def install_project(
 def prefect_home(tmp_path_factory) -> Path:
     """One Prefect home (ephemeral servers' SQLite database) for all projects, never the user's own."""
     return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
+    """Install a project once per session for the same answers, whichever test module asks first
+    (test_project.py runs its whole suite, test_matrix.py type-checks the matrix with its environment).
+    A project answering a data_path gets the regression CSV a user would bring."""
+    cache: dict[str, Project] = {}
+
+    def get(answers: dict[str, object]) -> Project:
+        key = json.dumps(answers, sort_keys=True)
+        if key not in cache:
+            data = write_regression_csv if answers.get("data_path") else None
+            cache[key] = install_project(
+                answers, tmp_path_factory.mktemp("installed"), prefect_home, data=data
+            )
+        return cache[key]
+
+    return get
 
 
 def free_port() -> int:

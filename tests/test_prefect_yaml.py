@@ -7,28 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
-from conftest import ANSWER_SETS, recorded_answers
 
 FLOWS = {"train", "monitor", "retrain"}
 BASE_JOB_TEMPLATE = "deploy/prefect/k8s-base-job-template.json"
 IMAGE_PULL = [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}]
-
-pytestmark = pytest.mark.parametrize("answer_set", list(ANSWER_SETS))
-
-
-@pytest.fixture
-def project(rendered, answer_set) -> Path:
-    return rendered(answer_set)
-
-
-@pytest.fixture
-def answers(project) -> dict:
-    return recorded_answers(project)
 
 
 @pytest.fixture
