@@ -28,7 +28,7 @@ TESTED_COMMANDS = {
     "uv run ruff check .": "test_adoption.py (ruff)",
     "uv run ruff format --check .": "test_adoption.py (ruff-format)",
     "uv run mypy": "test_project.py::test_mypy_passes_on_the_fresh_project",
-    "uv run pytest": "test_project.py::test_projects_own_test_suite_passes",
+    "uv run pytest": "test_project.py::test_projects_own_test_suite_passes_and_leaves_no_scratch_behind",
     "uv run python -m {package} train --n-trials 2": "test_project.py::test_the_ci_build_job_passes",
     "uv run bentoml build": "test_project.py::test_the_ci_build_job_passes",
     DEPLOY_PROD: "test_environments.py::test_deploying_one_environment_leaves_the_other_alone",
