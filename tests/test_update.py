@@ -1,0 +1,385 @@
+"""`copier update` from earlier releases, as a user runs it on a project they have made their own.
+
+Releases are tags in a throwaway clone (tests/releases.py): v0.9.0 (flat layout), v1.0.0 (stage layout) and
+the working tree as the newest. Two projects are installed (slow): one updated within the stage layout with a
+changed answer, one across the layout change, where the migration must keep the user's edits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import copier
+import pytest
+from conftest import Project, explain, package_of, project_env, subprocess_env, uv_python
+from copier.errors import DirtyLocalWarning
+from releases import Releases, make_releases
+from test_adoption import MODEL_ENTRY, MODEL_IMPORT, fenced
+
+# The generator's own Copier command line, run the way a user runs it (messages on the terminal).
+COPIER = str(Path(sys.executable).with_name("copier"))
+# Commits in test projects need an author whatever the machine's git configuration.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "user@example.invalid",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "user@example.invalid",
+}
+CONFLICT_MARKER = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
+NOT_PROJECT_FILES = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory) -> Releases:
+    return make_releases(tmp_path_factory.mktemp("releases") / "template")
+
+
+def git(project: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", *args], cwd=project, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY}
+    )
+    assert result.returncode == 0, f"git {args}: {result.stderr}"
+    return result.stdout
+
+
+def commit(project: Path, message: str) -> None:
+    """Commit everything, as a user does before `copier update` (it refuses a dirty project)."""
+    if not (project / ".git").exists():  # the copy task commits only where git knows the user
+        git(project, "init", "--quiet")
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "--allow-empty", "--message", message)
+
+
+def copy_release(releases: Releases, ref: str, dst: Path, *, run_tasks: bool = False, **answers) -> Path:
+    """`copier copy --trust --defaults --vcs-ref REF` of a release; committed, ready for updates."""
+    with warnings.catch_warnings(), uv_python("3.11"):
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        copier.run_copy(
+            str(releases.path),
+            str(dst),
+            data=answers,
+            vcs_ref=ref,
+            defaults=True,
+            unsafe=True,
+            quiet=True,
+            skip_tasks=not run_tasks,
+        )
+    return dst
+
+
+def update(project: Path, ref: str, *options: str) -> subprocess.CompletedProcess:
+    """`copier update --trust --defaults --vcs-ref REF` in the project, as a user types it."""
+    command = [COPIER, "update", "--trust", "--defaults", "--vcs-ref", ref, *options]
+    env = subprocess_env(**GIT_IDENTITY)
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env, timeout=300)
+
+
+def project_files(root: Path) -> set[str]:
+    """The project's own files, relative paths, without git's, the environment's and caches."""
+    found = set()
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in NOT_PROJECT_FILES]
+        found |= {(Path(folder) / name).relative_to(root).as_posix() for name in names}
+    return found
+
+
+def conflicts_left(project: Path) -> list[str]:
+    """Every file an update left half-merged: unmerged in git's index, inline markers, or a .rej file."""
+    unmerged = set(git(project, "diff", "--name-only", "--diff-filter=U").split())
+    for path in project_files(project):
+        text = (project / path).read_text(errors="ignore")
+        if path.endswith(".rej") or CONFLICT_MARKER.search(text):
+            unmerged.add(path)
+    return sorted(unmerged)
+
+
+def edit(path: Path, change: Callable[[str], str]) -> None:
+    before = path.read_text()
+    after = change(before)
+    assert after != before, f"the edit of {path.name} changed nothing: the template moved on, update the test"
+    path.write_text(after)
+
+
+def setting(project: Path, key: str, value: str) -> None:
+    """Change one `key = value` line of settings.toml, as a user does."""
+    edit(
+        project / "settings.toml", lambda text: re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+    )
+
+
+def recorded_version(project: Path) -> str:
+    found = re.search(r'^template_version = "(.*)"$', (project / "settings.toml").read_text(), re.M)
+    assert found, "settings.toml records no template_version"
+    return found.group(1)
+
+
+def installed(root: Path, prefect_home: Path) -> Project:
+    """`uv sync` the project, as a user does after an update."""
+    project = Project(root, package_of(root), project_env("3.11", prefect_home, root.parent / "bentoml"))
+    synced = project.run("uv", "sync")
+    assert synced.returncode == 0, explain(synced)
+    return project
+
+
+def passes_its_own_checks(project: Project) -> None:
+    """The project's own tests (stopping at the first failure), ruff and the formatter."""
+    for command in (
+        ["uv", "run", "pytest", "-x", "-q", "-p", "no:cacheprovider"],
+        ["uv", "run", "ruff", "check", "."],
+        ["uv", "run", "ruff", "format", "--check", "."],
+    ):
+        result = project.run(*command, timeout=900)
+        assert result.returncode == 0, f"{' '.join(command)}\n{explain(result)}"
+
+
+# ---- Releases: a project records the release it came from (fast)
+
+
+def test_a_project_copied_from_a_release_records_the_release_not_a_commit(releases, tmp_path):
+    project = copy_release(releases, releases.previous, tmp_path / "project")
+    assert recorded_version(project) == "v1.0.0"
+    assert "_commit: v1.0.0" in (project / ".copier-answers.yml").read_text()
+
+
+def test_the_newest_release_is_the_working_tree(releases, tmp_path):
+    project = copy_release(releases, releases.current, tmp_path / "project")
+    assert recorded_version(project) == releases.current
+    changelog = (releases.path / "CHANGELOG.md").read_text()
+    assert f"## [{releases.current.removeprefix('v')}]" in changelog
+
+
+# ---- Within the stage layout: v1.0.0 -> newest, with the user's edits and a changed answer (slow)
+
+USER_DATASET = """\
+    if settings.data_path is None:
+        frame = demo_frame(settings.data.task_type)
+    else:
+        frame = read_table(settings.data_path)
+    # Our team never trusts this column: it is recomputed upstream with a different formula.
+    return frame.drop(columns=["worst_fractal_dimension"], errors="ignore")
+"""
+USER_FEATURE = '        ("area_per_perimeter", Ratio("mean_area", "mean_perimeter")),\n'
+USER_DEPENDENCY = '  "rich>=13",\n'
+
+
+@dataclass(frozen=True)
+class Updated:
+    """A project updated from a release: its folder, what `copier update` said, and a fresh render of the
+    newest release with the same answers to compare it with."""
+
+    root: Path
+    result: subprocess.CompletedProcess
+    fresh: Path
+
+    @property
+    def package(self) -> Path:
+        return self.root / "src" / package_of(self.root)
+
+    @property
+    def said(self) -> str:
+        return self.result.stdout + self.result.stderr
+
+
+def make_it_ours(root: Path) -> None:
+    """Typical edits: code in the three fenced files, a dependency, a setting."""
+    package = root / "src" / package_of(root)
+    edit(package / "dataset.py", lambda t: fenced(t, "load your training data", USER_DATASET, keep=False))
+    edit(package / "features.py", lambda t: fenced(t, "feature steps", USER_FEATURE, keep=True))
+    edit(
+        package / "model.py",
+        lambda t: fenced(
+            t.replace("from sklearn.ensemble import (\n", MODEL_IMPORT, 1),
+            "model families (name -> estimator and search space)",
+            MODEL_ENTRY,
+            keep=True,
+        ),
+    )
+    edit(
+        root / "pyproject.toml",
+        lambda t: t.replace("dependencies = [\n", "dependencies = [\n" + USER_DEPENDENCY, 1),
+    )
+    setting(root, "model_family", '"extra_trees"')
+
+
+@pytest.fixture(scope="module")
+def updated_within_layout(releases, tmp_path_factory) -> Updated:
+    home = tmp_path_factory.mktemp("update-within")
+    root = copy_release(releases, releases.previous, home / "project", run_tasks=True)
+    commit(root, "project from the template")
+    assert (root / ".github").is_dir()
+    make_it_ours(root)
+    commit(root, "our data, feature, model family, dependency and setting")
+    result = update(root, releases.current, "--data", "ci_provider=gitlab")
+    assert result.returncode == 0, explain(result)
+    fresh = copy_release(releases, releases.current, home / "fresh", ci_provider="gitlab")
+    return Updated(root, result, fresh)
+
+
+USER_EDITED = {
+    "src/{pkg}/dataset.py",
+    "src/{pkg}/features.py",
+    "src/{pkg}/model.py",
+    "pyproject.toml",
+    "settings.toml",
+}
+
+
+@pytest.mark.slow
+def test_update_keeps_the_users_code_dependency_and_setting(updated_within_layout):
+    updated = updated_within_layout
+    assert "worst_fractal_dimension" in (updated.package / "dataset.py").read_text()
+    assert USER_FEATURE in (updated.package / "features.py").read_text()
+    assert '"extra_trees": ModelFamily(' in (updated.package / "model.py").read_text()
+    assert USER_DEPENDENCY in (updated.root / "pyproject.toml").read_text()
+    assert 'model_family = "extra_trees"' in (updated.root / "settings.toml").read_text()
+
+
+@pytest.mark.slow
+def test_files_the_user_did_not_touch_equal_a_fresh_copy_of_the_newest_release(updated_within_layout):
+    updated = updated_within_layout
+    edited = {path.format(pkg=updated.package.name) for path in USER_EDITED}
+    untouched = project_files(updated.fresh) - edited
+    differ = sorted(
+        p for p in untouched if (updated.root / p).read_bytes() != (updated.fresh / p).read_bytes()
+    )
+    missing = sorted(p for p in untouched if not (updated.root / p).exists())
+    assert (differ, missing) == ([], [])
+
+
+@pytest.mark.slow
+def test_update_without_a_conflicting_edit_leaves_no_conflict(updated_within_layout):
+    assert conflicts_left(updated_within_layout.root) == []
+
+
+@pytest.mark.slow
+def test_a_changed_answer_replaces_the_ci_files_and_the_release_is_recorded(updated_within_layout, releases):
+    updated = updated_within_layout
+    assert (updated.root / ".gitlab-ci.yml").is_file()
+    assert not (updated.root / ".github").exists()
+    assert "ci_provider: gitlab" in (updated.root / ".copier-answers.yml").read_text()
+    assert recorded_version(updated.root) == releases.current
+
+
+@pytest.mark.slow
+def test_the_updated_project_installs_and_passes_its_own_tests(updated_within_layout, prefect_home):
+    passes_its_own_checks(installed(updated_within_layout.root, prefect_home))
+
+
+# ---- A conflicting edit (fast: nothing installed)
+
+
+def test_a_line_both_the_user_and_the_update_changed_is_an_inline_conflict_named_by_file(releases, tmp_path):
+    root = copy_release(releases, releases.previous, tmp_path / "project")
+    commit(root, "project from the template")
+    setting(root, "n_trials", "50")  # the user's value ...
+    commit(root, "more trials")
+    result = update(root, releases.current, "--data", "n_trials=30")  # ... and a new answer for the same line
+    assert result.returncode == 0, explain(result)  # Copier reports conflicts by leaving them, not by failing
+    assert conflicts_left(root) == ["settings.toml"]
+    settings = (root / "settings.toml").read_text()
+    assert re.search(
+        r"<<<<<<< before updating\nn_trials = 50\n(.*\n)*?=======\nn_trials = 30\n>>>>>>> after updating",
+        settings,
+    ), settings
+
+
+# ---- Across the layout change: v0.9.0 (flat) -> newest, the migration keeps the user's edits (slow)
+
+USER_DATA_LINE = '    frame = frame[frame["mean_radius"] > 0]  # our lab: rows without a radius are broken\n'
+OLD_SEARCH_SPACE = '"n_estimators", 20, 200'
+USER_SEARCH_SPACE = '"n_estimators", 50, 400'
+
+
+def edit_the_flat_layout(root: Path) -> None:
+    """What a user of v0.9.0 changed: a rule in data.py's loading, the forest's search space in model.py."""
+    package = root / "src" / package_of(root)
+    edit(
+        package / "data.py",
+        lambda t: t.replace(
+            "    return validate(frame, target,", USER_DATA_LINE + "    return validate(frame, target,", 1
+        ),
+    )
+    edit(package / "model.py", lambda t: t.replace(OLD_SEARCH_SPACE, USER_SEARCH_SPACE, 1))
+
+
+@pytest.fixture(scope="module")
+def updated_across_layout(releases, tmp_path_factory) -> Updated:
+    home = tmp_path_factory.mktemp("update-across")
+    root = copy_release(releases, releases.flat_layout, home / "project", run_tasks=True)
+    commit(root, "project from the template")
+    edit_the_flat_layout(root)
+    commit(root, "our data rule and search space")
+    result = update(root, releases.current)
+    assert result.returncode == 0, explain(result)
+    fresh = copy_release(releases, releases.current, home / "fresh")
+    return Updated(root, result, fresh)
+
+
+@pytest.mark.slow
+def test_the_migration_says_where_each_edited_module_goes_and_keeps_its_code(updated_across_layout, releases):
+    updated = updated_across_layout
+    pkg = f"src/{updated.package.name}"
+    assert f"Stage layout migration ({releases.flat_layout} -> {releases.current})" in updated.said
+    notes = (updated.root / "MIGRATING.md").read_text()
+    for module, goes_to, users_code in (
+        ("data.py", "dataset.py (load_frame", USER_DATA_LINE.strip()),
+        ("model.py", "model.py (MODEL_FAMILIES", USER_SEARCH_SPACE),
+    ):
+        saved = f"migration/v1.0.0/{pkg}/{module}.txt"
+        [line] = [line for line in updated.said.splitlines() if line.startswith(f"- {pkg}/{module}:")]
+        assert saved in line and goes_to in line, line
+        assert line in notes
+        assert users_code in (updated.root / saved).read_text()
+    assert len(re.findall(r"^- ", notes, re.M)) == 2, notes  # only the files the user changed
+
+
+@pytest.mark.slow
+def test_no_flat_layout_module_is_left_and_the_package_is_the_new_one(updated_across_layout):
+    updated = updated_across_layout
+    package = f"src/{updated.package.name}/"
+    ours = {p for p in project_files(updated.root) if p.startswith(package)}
+    fresh = {p for p in project_files(updated.fresh) if p.startswith(package)}
+    assert ours == fresh
+    model = f"{package}model.py"
+    assert (updated.root / model).read_text() == (updated.fresh / model).read_text()
+    assert conflicts_left(updated.root) == []
+
+
+@pytest.mark.slow
+def test_the_migrated_project_installs_and_passes_its_own_tests(updated_across_layout, prefect_home):
+    passes_its_own_checks(installed(updated_across_layout.root, prefect_home))
+
+
+# ---- Bad input: a clear message, nothing changed (fast)
+
+
+def test_updating_a_project_with_uncommitted_changes_is_refused(releases, tmp_path):
+    root = copy_release(releases, releases.previous, tmp_path / "project")
+    commit(root, "project from the template")
+    setting(root, "n_trials", "50")
+    result = update(root, releases.current)
+    assert result.returncode != 0
+    assert "Destination repository is dirty; cannot continue. Please commit or stash your local changes" in (
+        result.stderr
+    )
+    assert "n_trials = 50" in (root / "settings.toml").read_text()
+
+
+def test_updating_a_folder_this_template_did_not_generate_is_refused(releases, tmp_path):
+    root = tmp_path / "elsewhere"
+    root.mkdir()
+    (root / "README.md").write_text("Not a project from the template\n")
+    commit(root, "someone else's project")
+    result = update(root, releases.current)
+    assert result.returncode != 0
+    assert "Cannot update because cannot obtain old template references from `.copier-answers.yml`" in (
+        result.stderr
+    )
+    assert project_files(root) == {"README.md"}
