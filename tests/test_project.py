@@ -17,10 +17,8 @@ from conftest import (
     ANSWER_SETS,
     Project,
     explain,
-    install_project,
     recorded_answers,
     serving,
-    write_regression_csv,
 )
 from test_ci_files import CI_FILE
 from test_ci_files import commands as ci_commands
@@ -52,10 +50,9 @@ print(json.dumps({"schema": schema, "rows": json.loads(rows)}))
 
 
 @pytest.fixture(scope="module", params=INSTALLED_SETS)
-def project(request, tmp_path_factory, prefect_home) -> Project:
-    answers = ANSWER_SETS[request.param]
-    data = write_regression_csv if answers.get("data_path") else None
-    return install_project(answers, tmp_path_factory.mktemp(request.param), prefect_home, data=data)
+def project(request, installed) -> Project:
+    """Installed once per session (test_matrix.py type-checks the answer matrix with these environments)."""
+    return installed(ANSWER_SETS[request.param])
 
 
 @pytest.fixture(scope="module")
