@@ -40,6 +40,7 @@ DEFAULT_TREE = [
     "docs/serving.md",
     "docs/settings.md",
     "docs/training.md",
+    "docs/updating.md",
     "benchmarks/_common.py",
     "benchmarks/drift.py",
     "benchmarks/parallel_tuning.py",
