@@ -292,13 +292,21 @@ def test_a_line_both_the_user_and_the_update_changed_is_an_inline_conflict_named
 
 # ---- Across the layout change: v0.9.0 (flat) -> newest, the migration keeps the user's edits (slow)
 
+# A module of the user's own that imports flat-layout modules: it must be named, since it breaks on import.
+USER_MODULE = (
+    "lab_report.py",
+    '"""Our weekly lab report."""\n\nfrom .data import load_dataset\nfrom .registry import latest_tag\n\n\n'
+    "def report(settings) -> str:\n"
+    '    return f"{latest_tag(settings)}: {len(load_dataset(settings).frame)} rows"\n',
+)
 USER_DATA_LINE = '    frame = frame[frame["mean_radius"] > 0]  # our lab: rows without a radius are broken\n'
 OLD_SEARCH_SPACE = '"n_estimators", 20, 200'
 USER_SEARCH_SPACE = '"n_estimators", 50, 400'
 
 
 def edit_the_flat_layout(root: Path) -> None:
-    """What a user of v0.9.0 changed: a rule in data.py's loading, the forest's search space in model.py."""
+    """What a user of v0.9.0 changed: a rule in data.py's loading, the forest's search space in model.py,
+    and a module of their own."""
     package = root / "src" / package_of(root)
     edit(
         package / "data.py",
@@ -307,6 +315,8 @@ def edit_the_flat_layout(root: Path) -> None:
         ),
     )
     edit(package / "model.py", lambda t: t.replace(OLD_SEARCH_SPACE, USER_SEARCH_SPACE, 1))
+    name, code = USER_MODULE
+    (package / name).write_text(code)
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +347,9 @@ def test_the_migration_says_where_each_edited_module_goes_and_keeps_its_code(upd
         assert saved in line and goes_to in line, line
         assert line in notes
         assert users_code in (updated.root / saved).read_text()
-    assert len(re.findall(r"^- ", notes, re.M)) == 2, notes  # only the files the user changed
+    [imports] = [line for line in notes.splitlines() if line.startswith(f"- {pkg}/{USER_MODULE[0]}:")]
+    assert "data -> dataset.py" in imports and "registry -> registry/store.py" in imports, imports
+    assert len(re.findall(r"^- ", notes, re.M)) == 3, notes  # only the files the user changed or wrote
 
 
 @pytest.mark.slow
@@ -346,7 +358,7 @@ def test_no_flat_layout_module_is_left_and_the_package_is_the_new_one(updated_ac
     package = f"src/{updated.package.name}/"
     ours = {p for p in project_files(updated.root) if p.startswith(package)}
     fresh = {p for p in project_files(updated.fresh) if p.startswith(package)}
-    assert ours == fresh
+    assert ours == fresh | {package + USER_MODULE[0]}  # the user's own module stays where they put it
     model = f"{package}model.py"
     assert (updated.root / model).read_text() == (updated.fresh / model).read_text()
     assert conflicts_left(updated.root) == []

@@ -214,8 +214,18 @@ def main(argv: list[str]) -> int:
     new_answers = yaml.safe_load(Path(".copier-answers.yml").read_text())
     src = str(new_answers["_src_path"])
     with tempfile.TemporaryDirectory(prefix="stage-layout-") as scratch:
-        old = render(src, version_from, old_answers, Path(scratch, "old"))
-        new = render(src, version_to, new_answers, Path(scratch, "new"))
+        try:
+            old = render(src, version_from, old_answers, Path(scratch, "old"))
+            new = render(src, version_to, new_answers, Path(scratch, "new"))
+        except Exception as exc:  # Copier and git raise many types; the user needs one line and a way back
+            print(
+                f"Stage layout migration: cannot copy the template {src} at {version_from} and {version_to} "
+                f"to compare with your files ({exc}). Your changes are safe in the last commit; "
+                "`git checkout HEAD -- . && git clean -fd` undoes the update: retry where the template is "
+                "reachable.",
+                file=sys.stderr,
+            )
+            return 1
         notes = migrate(old, new, str(new_answers["package_name"]))
     report(notes, version_from, version_to)
     return 0
