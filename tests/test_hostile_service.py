@@ -2,8 +2,10 @@
 
 What a probe of the service found and what must hold now: paths it does not serve never become new metric
 series; a body over serving.max_body_bytes gets a 413 before it is read, and does not hold up other
-requests; SIGTERM lets the requests the server has begun finish; a blank API key stops the service instead
-of opening it; the start-up log says whether the API key is on. Bounded loops, no timed assertions.
+requests; a connection that sends nothing, or stalls or trickles inside its headers, is closed (408) after
+serving.header_timeout_seconds; SIGTERM lets the requests the server has begun finish; a blank API key stops
+the service instead of opening it; the start-up log says whether the API key is on. Bounded loops, no
+timed assertions.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from conftest import ANSWER_SETS, Project, explain, free_port, install_project, 
 pytestmark = pytest.mark.slow
 
 MAX_BODY = 1_000_000  # serving.max_body_bytes for these servers
+HEADER_TIMEOUT = 3  # serving.header_timeout_seconds for the module's server
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,10 @@ def settings(project: Project, **values: str) -> dict[str, str]:
 def served(project, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """A server without an API key: its URL and its log."""
     log = tmp_path_factory.mktemp("hostile-serve") / "serve.log"
-    with serving(project, log, **settings(project, SERVING__MAX_BODY_BYTES=str(MAX_BODY))) as base:
+    limits = settings(
+        project, SERVING__MAX_BODY_BYTES=str(MAX_BODY), SERVING__HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT)
+    )
+    with serving(project, log, **limits) as base:
         yield base, log
 
 
@@ -109,14 +115,20 @@ def answered(connection: socket.socket, wait: float) -> bool:
     return bool(select.select([connection], [], [], wait)[0])
 
 
-def read_response(connection: socket.socket) -> tuple[int, dict]:
-    """Status and JSON body of the one response on `connection` (which the server may close after it)."""
+def read_raw(connection: socket.socket) -> bytes:
+    """The one response on `connection`, head and body (the server may close the connection after it)."""
     data = b""
     while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < content_length(data):
         chunk = connection.recv(65536)
         if not chunk:
             break
         data += chunk
+    return data
+
+
+def read_response(connection: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the one response on `connection`."""
+    data = read_raw(connection)
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body[: content_length(data)] or b"null")
 
@@ -154,6 +166,62 @@ def test_a_streamed_oversized_body_is_cut_off_while_other_requests_are_answered(
     assert others == [200] * 5
     assert status == 413, body
     assert sent < 3 * MAX_BODY, f"{sent} bytes sent before the 413"
+
+
+def connect(base: str) -> socket.socket:
+    url = urlsplit(base)
+    return socket.create_connection((url.hostname, url.port), timeout=60)
+
+
+def until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends before it closes the connection (the 60 s socket timeout bounds it)."""
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_connection_that_sends_nothing_is_closed(served):
+    base, _ = served
+    with connect(base) as idle:
+        assert until_closed(idle) == b""
+
+
+def test_a_request_stalled_inside_its_headers_gets_408_and_the_connection_is_closed(served, row):
+    base, _ = served
+    with connect(base) as stalled:
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        others = [
+            httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60).status_code for _ in range(3)
+        ]
+        answer = until_closed(stalled)
+    assert others == [200] * 3
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_headers_trickled_a_byte_at_a_time_do_not_hold_the_connection(served):
+    """Each byte would reset a timer that restarts on traffic; the deadline counts from the first."""
+    base, _ = served
+    head = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 100 + b"\r\n\r\n"
+    sent = 0
+    with connect(base) as slow:
+        while sent < len(head) and not answered(slow, 0.25):  # 100 bytes at 4 a second: 30 s of headers
+            slow.sendall(head[sent : sent + 1])
+            sent += 1
+        answer = until_closed(slow)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert sent < len(head), "the whole trickled request was read"
+
+
+def test_a_kept_alive_connection_that_stalls_in_its_next_request_is_closed(served):
+    base, _ = served
+    with connect(base) as kept:
+        kept.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = read_raw(kept)
+        kept.sendall(b"GET /readyz HTTP/1.1\r\nHo")
+        answer = until_closed(kept)
+    assert first.startswith(b"HTTP/1.1 200 "), first
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
 def bentoml_serve_pid(port: int) -> int:

@@ -97,6 +97,7 @@ class ServingSettings(Section):
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     timeout_seconds: float = Field(30, gt=0)
+    header_timeout_seconds: float = Field(10, gt=0)
     max_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024)
     max_batch_size: int = Field(100, ge=1)

@@ -48,6 +48,7 @@ from ..registry.store import RegisteredModel, load
 from . import predictors
 from .batching import Batcher
 from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
+from .request_deadline import install as install_header_deadline
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
 
@@ -344,3 +345,5 @@ BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/hea
 instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ignore[misc, assignment]
     instruments.RunnerTrafficMetricsMiddleware, ROUTES + BENTOML_ROUTES
 )
+# Each worker imports this module before its uvicorn server loads its HTTP protocol class.
+install_header_deadline(SERVING.header_timeout_seconds)
