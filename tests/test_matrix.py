@@ -27,11 +27,13 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 import tomllib
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +44,8 @@ from answer_matrix import (
     Matrix,
     Rendered,
     copier_jinja,
+    fast_renders,
     frozen,
-    hide_git,
     label,
     load_questions,
     pairs,
@@ -53,7 +55,7 @@ from answer_matrix import (
     render_files,
     snapshot,
 )
-from conftest import ANSWER_SETS, Project, explain, run
+from conftest import ANSWER_SETS, Project, explain, render, run
 from test_project import INSTALLED_SETS
 from test_render import expected_tree, leftover_jinja, ruff
 
@@ -245,14 +247,43 @@ class MatrixRun:
         )
 
 
+def render_pool(workers: int) -> ProcessPoolExecutor:
+    """Render processes: fresh interpreters (forking pytest's threads is unsafe), set up by fast_renders."""
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=spawn, initializer=fast_renders)
+
+
+# Lines a render from the snapshot may write differently from one of the git repository: which commit.
+SOURCE_LINES = re.compile(r"^(_commit|_src_path|template_version)\b.*\n", re.MULTILINE)
+
+
+def contents(root: Path) -> dict[str, str]:
+    """Every file's text under `root`, without the lines that name the template's source."""
+    return {
+        path.relative_to(root).as_posix(): SOURCE_LINES.sub("", path.read_text())
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_a_fast_render_writes_what_render_writes(template, tmp_path):
+    """What the matrix renders (a snapshot, no git, compiled sources kept between projects) equals a plain
+    `copier copy` of the repository; three rows one after another in one process, so two reuse compiles."""
+    rows = sample()[:3]
+    with render_pool(1) as pool:
+        fast = [pool.submit(render_files, template, row, tmp_path / f"fast{i}") for i, row in enumerate(rows)]
+        roots = [job.result().root for job in fast]
+    for i, (row, root) in enumerate(zip(rows, roots, strict=True)):
+        assert contents(root) == contents(render(row, tmp_path / f"plain{i}")), label(row)
+
+
 @pytest.fixture(scope="module")
 def rendered_matrix(template, tmp_path_factory) -> MatrixRun:
     """Every combination (or the sample) rendered in two processes and checked as it arrives."""
     root = tmp_path_factory.mktemp("matrix")
     run = MatrixRun()
     started = time.monotonic()
-    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: forking pytest's threads is unsafe
-    with ProcessPoolExecutor(2, mp_context=spawn, initializer=hide_git) as pool:
+    with render_pool(2) as pool:
         jobs = [pool.submit(render_files, template, row, root / f"{i:03}") for i, row in enumerate(RENDERED)]
         for job in jobs:
             run.add(job.result())
@@ -262,7 +293,9 @@ def rendered_matrix(template, tmp_path_factory) -> MatrixRun:
 
 @slow_unless_sampled
 def test_every_combination_writes_exactly_its_files(rendered_matrix):
-    assert rendered_matrix.wrong_trees == {}
+    wrong = rendered_matrix.wrong_trees
+    differences = Counter(json.dumps(difference) for difference in wrong.values())
+    assert wrong == {}, f"{len(wrong)} combinations; most common differences: {differences.most_common(3)}"
 
 
 @slow_unless_sampled
