@@ -299,14 +299,20 @@ USER_MODULE = (
     "def report(settings) -> str:\n"
     '    return f"{latest_tag(settings)}: {len(load_dataset(settings).frame)} rows"\n',
 )
+# The test the user wrote for their rule, in the flat layout's tests/test_data.py.
+USER_TEST = """
+
+def test_our_lab_rule_keeps_rows_with_a_radius(csv_settings):
+    assert (load_dataset(csv_settings).frame["mean_radius"] > 0).all()
+"""
 USER_DATA_LINE = '    frame = frame[frame["mean_radius"] > 0]  # our lab: rows without a radius are broken\n'
 OLD_SEARCH_SPACE = '"n_estimators", 20, 200'
 USER_SEARCH_SPACE = '"n_estimators", 50, 400'
 
 
 def edit_the_flat_layout(root: Path) -> None:
-    """What a user of v0.9.0 changed: a rule in data.py's loading, the forest's search space in model.py,
-    and a module of their own."""
+    """What a user of v0.9.0 changed: a rule in data.py's loading and its test, the forest's search space
+    in model.py, and a module of their own."""
     package = root / "src" / package_of(root)
     edit(
         package / "data.py",
@@ -317,6 +323,7 @@ def edit_the_flat_layout(root: Path) -> None:
     edit(package / "model.py", lambda t: t.replace(OLD_SEARCH_SPACE, USER_SEARCH_SPACE, 1))
     name, code = USER_MODULE
     (package / name).write_text(code)
+    edit(root / "tests" / "test_data.py", lambda t: t + USER_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -338,18 +345,19 @@ def test_the_migration_says_where_each_edited_module_goes_and_keeps_its_code(upd
     pkg = f"src/{updated.package.name}"
     assert f"Stage layout migration ({releases.flat_layout} -> {releases.current})" in updated.said
     notes = (updated.root / "MIGRATING.md").read_text()
-    for module, goes_to, users_code in (
-        ("data.py", "dataset.py (load_frame", USER_DATA_LINE.strip()),
-        ("model.py", "model.py (MODEL_FAMILIES", USER_SEARCH_SPACE),
+    for path, goes_to, users_code in (
+        (f"{pkg}/data.py", "dataset.py (load_frame", USER_DATA_LINE.strip()),
+        (f"{pkg}/model.py", "model.py (MODEL_FAMILIES", USER_SEARCH_SPACE),
+        ("tests/test_data.py", "tests/test_dataset.py", USER_TEST.strip()),
     ):
-        saved = f"migration/v1.0.0/{pkg}/{module}.txt"
-        [line] = [line for line in updated.said.splitlines() if line.startswith(f"- {pkg}/{module}:")]
+        saved = f"migration/v1.0.0/{path}.txt"
+        [line] = [line for line in updated.said.splitlines() if line.startswith(f"- {path}:")]
         assert saved in line and goes_to in line, line
         assert line in notes
         assert users_code in (updated.root / saved).read_text()
     [imports] = [line for line in notes.splitlines() if line.startswith(f"- {pkg}/{USER_MODULE[0]}:")]
     assert "data -> dataset.py" in imports and "registry -> registry/store.py" in imports, imports
-    assert len(re.findall(r"^- ", notes, re.M)) == 3, notes  # only the files the user changed or wrote
+    assert len(re.findall(r"^- ", notes, re.M)) == 4, notes  # only the files the user changed or wrote
 
 
 @pytest.mark.slow
