@@ -84,6 +84,33 @@ async def main():
 asyncio.run(main())
 """
 
+# Run in the project's environment: a drift event about a model, posted with the monitor's own code; then
+# wait up to 60 s for the triggers' flow runs, and print the deployment name of each retrain run.
+DRIFT_EVENT_THEN_RETRAINS = """
+import asyncio, importlib, json, sys, time
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+
+package = sys.argv[1]
+settings = importlib.import_module(package + ".config").get_settings()
+monitor = importlib.import_module(package + ".flows.monitor")
+payload = {"reason": "drift in a test", "drift_share": 0.5}
+resource = importlib.import_module(package + ".registry.store").event_resource(settings, "v-test")
+monitor.post_event(Event(event=settings.drift_event, resource=resource, payload=payload))
+
+async def retrain_runs():
+    async with get_client() as client:
+        names = {d.id: d.name for d in await client.read_deployments()}
+        runs = [names.get(r.deployment_id, "") for r in await client.read_flow_runs()]
+        return sorted(name for name in runs if name.startswith("retrain-"))
+
+deadline = time.monotonic() + 60
+while not (found := asyncio.run(retrain_runs())) and time.monotonic() < deadline:
+    time.sleep(1)
+time.sleep(5)  # any other environment's trigger, evaluated on the same event, has fired by now
+print(json.dumps(asyncio.run(retrain_runs())))
+"""
+
 # The Job the Kubernetes worker would submit for a run of argv[2] (flow/deployment): prefect-kubernetes'
 # own job configuration, from the pool's base job template on the server and the deployment's job variables.
 KUBERNETES_JOB = """
@@ -234,7 +261,7 @@ def test_each_retrain_has_the_answered_trigger_and_one_run_at_a_time(deployed, a
     found = deployed["deployments"][f"retrain-{environment}"]
     (trigger,) = found["triggers"]
     package = answers["package_name"]
-    assert trigger["match"] == {"prefect.resource.id": f"{package}.model.*"}
+    assert trigger["match"] == {"prefect.resource.id": f"{package}.model.*", "environment": environment}
     assert set(trigger["expect"]) == {f"{package}.drift.detected", f"{package}.performance.degraded"}
     assert (trigger["posture"], trigger["threshold"]) == ("Reactive", 1)
     assert trigger["within"] == answers["retrain_cooldown_seconds"]
@@ -243,6 +270,13 @@ def test_each_retrain_has_the_answered_trigger_and_one_run_at_a_time(deployed, a
         "drift_share": "{{ event.payload.drift_share }}",
     }
     assert found["concurrency"] == [1, "CANCEL_NEW"]
+
+
+def test_a_drift_event_from_one_environment_retrains_that_environment_only(deployed, project, api_url):
+    """Environments sharing one Prefect server: staging's monitor (its runs have the variable set, as
+    prefect.yaml does) reports drift; staging's retrain starts, dev's and prod's do not."""
+    staging = {f"{project.package.upper()}_PROJECT__ENVIRONMENT": "staging"}
+    assert project.query(DRIFT_EVENT_THEN_RETRAINS, PREFECT_API_URL=api_url, **staging) == ["retrain-staging"]
 
 
 def test_deploying_one_environment_leaves_the_other_alone(deployed, project, api_url):

@@ -232,7 +232,8 @@ def test_retrain_is_triggered_by_the_projects_drift_event(project, answers, envi
     package = answers["package_name"]
     assert trigger["type"] == "event"
     assert set(trigger["expect"]) == {f"{package}.drift.detected", f"{package}.performance.degraded"}
-    assert trigger["match"]["prefect.resource.id"].startswith(f"{package}.")
+    # Its own environment's model events only: environments may share one Prefect server.
+    assert trigger["match"] == {"prefect.resource.id": f"{package}.model.*", "environment": environment}
     assert trigger["within"] == answers["retrain_cooldown_seconds"]
     assert [trigger["parameters"][name] for name in ("reason", "drift_share")] == PREFECT_TEMPLATES
 
@@ -260,6 +261,7 @@ def test_settings_file_holds_the_answered_values(project, answers):
         "name": answers["project_name"],
         "package": answers["package_name"],
         "template_version": answers["_commit"],
+        "environment": "dev",  # runs started from a shell; each environment's deployments set their own
     }
     assert {k: settings["data"][k] for k in ("path", "target_column", "task_type", "seed")} == {
         "path": answers["data_path"],

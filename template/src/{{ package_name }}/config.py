@@ -56,6 +56,9 @@ class ProjectSettings(Section):
     name: str
     package: str = PACKAGE
     template_version: str = "unknown"
+    # The deployment environment this process runs in: each environment's deployments set it (prefect.yaml),
+    # and the model events carry it, so on a Prefect server shared by environments only that one reacts.
+    environment: str = Field("dev", pattern=r"^[a-z][a-z0-9-]{0,31}$")
 
 
 class DataSettings(Section):

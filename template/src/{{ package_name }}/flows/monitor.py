@@ -276,10 +276,7 @@ def events_for(settings: Settings, verdict: dict[str, Any], why: list[str]) -> l
         "n_current": verdict["n_current"],
         "performance": verdict.get("performance"),
     }
-    resource = {
-        "prefect.resource.id": f"{settings.model_name}.model.{verdict['model_version']}",
-        "prefect.resource.name": verdict["model_version"],
-    }
+    resource = store.event_resource(settings, verdict["model_version"])
     names = []
     if verdict["drifted"]:
         names.append(settings.drift_event)
@@ -399,10 +396,7 @@ def rolled_back_event(settings: Settings, rollout: dict[str, Any]) -> Event:
     retired = rollout["retired"]
     return Event(
         event=settings.rolled_back_event,
-        resource={
-            "prefect.resource.id": f"{settings.model_name}.model.{retired}",
-            "prefect.resource.name": retired,
-        },
+        resource=store.event_resource(settings, retired),
         payload={
             "retired": retired,
             "restored": rollout["restored"],

@@ -76,16 +76,19 @@ def gate(
             key="promotion-groups", table=result.groups, description="Primary metric per sensitive group"
         )
     if result.passed:
-        announce_promotion(settings.promoted_event, settings.model_name, result, reason)
+        resource = store.event_resource(settings, result.candidate)
+        announce_promotion(settings.promoted_event, resource, result, reason)
     return result.as_dict()
 
 
-def announce_promotion(event: str, model_name: str, result: promotion.GateResult, reason: str) -> None:
+def announce_promotion(
+    event: str, resource: dict[str, str], result: promotion.GateResult, reason: str
+) -> None:
     """Best effort: the promotion has happened whether or not the event reaches the server."""
     try:
         emit_event(
             event=event,
-            resource={"prefect.resource.id": f"{model_name}.model.{result.candidate}"},
+            resource=resource,
             payload={"previous": result.production, "reason": reason, "gate": result.reason},
         )
     except Exception as exc:  # an events connection that fails must not fail a promotion that happened

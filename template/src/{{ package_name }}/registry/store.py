@@ -98,3 +98,13 @@ def load(tag: str) -> RegisteredModel:
         schema=metadata["feature_schema"],
         reference=model.custom_objects["reference"],
     )
+
+
+def event_resource(settings: Settings, version: str) -> dict[str, str]:
+    """The Prefect event resource of one model version: its id, and the environment each environment's
+    retrain trigger matches on (prefect.yaml), so environments can share one Prefect server."""
+    return {
+        "prefect.resource.id": f"{settings.model_name}.model.{version}",
+        "prefect.resource.name": version,
+        "environment": settings.project.environment,
+    }
