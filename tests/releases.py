@@ -62,5 +62,9 @@ def make_releases(dest: Path) -> Releases:
     current = newest_version(dest / "CHANGELOG.md")
     tags = {"v0.9.0": FLAT_LAYOUT_COMMIT, "v1.0.0": STAGE_LAYOUT_COMMIT, current: "HEAD"}
     for tag, commit in tags.items():
+        if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=dest).returncode != 0:
+            raise RuntimeError(
+                f"{REPO} has no commit {commit} for {tag}: a shallow clone? Releases need history"
+            )
         git("tag", "--annotate", "--message", f"Release {tag}", tag, commit, cwd=dest)
     return Releases(path=dest, current=current)
