@@ -53,7 +53,9 @@ def git(*args: str, cwd: Path) -> str:
 def make_releases(dest: Path) -> Releases:
     """Clone the checkout into `dest`, commit its working tree on top and tag v0.9.0, v1.0.0 and the
     newest version of CHANGELOG.md (the working tree). Takes about a second."""
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(dest)], check=True)
+    subprocess.run(
+        ["git", "clone", "--quiet", "--no-tags", "--no-checkout", str(REPO), str(dest)], check=True
+    )
     # Stage the checkout's working tree (what `git ls-files -co --exclude-standard` lists, deletions
     # included) without copying it: the clone's index reads the files where they are.
     git("--work-tree", str(REPO), "add", "--all", cwd=dest)
