@@ -356,6 +356,15 @@ def test_the_migration_says_where_each_edited_module_goes_and_keeps_its_code(upd
 
 
 @pytest.mark.slow
+def test_the_migration_runs_only_for_projects_from_before_the_stage_layout(
+    updated_across_layout, updated_within_layout
+):
+    assert "Stage layout migration" in updated_across_layout.said
+    assert "Stage layout migration" not in updated_within_layout.said
+    assert not (updated_within_layout.root / "MIGRATING.md").exists()
+
+
+@pytest.mark.slow
 def test_no_flat_layout_module_is_left_and_the_package_is_the_new_one(updated_across_layout):
     updated = updated_across_layout
     package = f"src/{updated.package.name}/"
