@@ -124,26 +124,25 @@ class Matrix:
         return str(when).strip().lower() not in FALSE_TEXT if isinstance(when, str) else bool(when)
 
     def answers(self, combination: Mapping[str, object]) -> Answers | None:
-        """The answers a user gives for `combination` (questions Copier would not ask left out), or None when
-        a validator refuses the combination."""
+        """The answers a user gives for `combination`, or None when a validator refuses one. As in Copier,
+        a question that is not asked (`when` false) takes its default and is given no value, and a validator
+        sees the answers before its question."""
         context: dict[str, object] = {}
         given: Answers = {}
         for name, spec in self.questions.items():
-            if not self.asked(spec, context):
-                continue
-            if name in combination:
+            if name in combination and self.asked(spec, context):
                 given[name] = context[name] = combination[name]
-            else:
+                if str(self.render(spec.get("validator", ""), context)).strip():
+                    return None
+            elif "default" in spec:
                 context[name] = self.default(spec, context)
-            if str(self.render(spec.get("validator", ""), context)).strip():
-                return None
         return given
 
     def defaults(self) -> Answers:
         """The matrix's questions at their defaults: what an answer set that leaves them alone chose."""
         context: dict[str, object] = {}
         for name, spec in self.questions.items():
-            if self.asked(spec, context):
+            if "default" in spec:
                 context[name] = self.default(spec, context)
         return {name: context[name] for name in self.factors if name in context}
 
