@@ -35,6 +35,26 @@ importlib.import_module(sys.argv[1])
 import bentoml
 print(json.dumps(sorted(str(m.tag) for m in bentoml.models.list(sys.argv[1]))))
 """
+# Run in the project's environment: per setting of settings.toml, [config.py's default, the file's value].
+DEFAULTS_AND_FILE = """
+import importlib, json, sys, tomllib
+config = importlib.import_module(sys.argv[1] + ".config")
+found = {}
+for section, values in tomllib.loads(config.SETTINGS_FILE.read_text()).items():
+    defaults = config.Settings.model_fields[section].annotation.model_construct().model_dump()
+    found.update({f"{section}.{key}": [defaults.get(key), value] for key, value in values.items()})
+print(json.dumps(found))
+"""
+# Settings whose value is a `copier copy` answer: the file holds the answer, the code a default of its own.
+ANSWERED = {"project.name", "project.package", "project.template_version", "data.path", "data.target_column"}
+ANSWERED |= {
+    "data.task_type",
+    "data.seed",
+    "tuning.model_family",
+    "tuning.n_trials",
+    "monitoring.drift_threshold",
+}
+ANSWERED |= {"monitoring.sample_seed"}
 REQUEST_SAMPLE = """
 import importlib, json, sys
 package = sys.argv[1]
@@ -94,6 +114,15 @@ def test_projects_own_test_suite_passes_and_leaves_no_scratch_behind(project, tm
     assert result.returncode == 0, explain(result)
     # pytest keeps its own tmp_path folders (pytest-of-<user>) on purpose; the suite's scratch store must go.
     assert sorted(p.name for p in tmp_path.glob(f"{project.package}-tests-*")) == []
+
+
+def test_the_generated_settings_file_holds_the_codes_defaults(project):
+    """A line deleted from a fresh settings.toml changes nothing. Checked here, on the template, not in the
+    project's own tests: a user who changes a value in their settings.toml has not broken anything."""
+    found = project.query(DEFAULTS_AND_FILE)
+    differ = {key: pair for key, pair in found.items() if pair[0] != pair[1] and key not in ANSWERED}
+    assert differ == {}
+    assert len(found) > 50  # every section was read
 
 
 def test_mypy_passes_on_the_fresh_project(project):
