@@ -448,3 +448,11 @@ def answers(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=2).status_code == 200
     return False
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory):
+    """One throwaway template repository with its release tags (tests/releases.py) for the whole session."""
+    from releases import make_releases
+
+    return make_releases(tmp_path_factory.mktemp("releases") / "template")

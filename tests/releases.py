@@ -6,10 +6,16 @@ changes included, as `conftest.render` does) and tags the history itself.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import copier
+from conftest import uv_python
+from copier.errors import DirtyLocalWarning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +48,7 @@ def newest_version(changelog: Path) -> str:
     return FALLBACK_CURRENT
 
 
-def git(*args: str, cwd: Path) -> str:
+def template_git(*args: str, cwd: Path) -> str:
     """Run git in the throwaway repository; a failure raises with git's own message."""
     result = subprocess.run(["git", *IDENTITY, *args], cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -58,15 +64,63 @@ def make_releases(dest: Path) -> Releases:
     )
     # Stage the checkout's working tree (what `git ls-files -co --exclude-standard` lists, deletions
     # included) without copying it: the clone's index reads the files where they are.
-    git("--work-tree", str(REPO), "add", "--all", cwd=dest)
-    git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", "Working tree of the checkout", cwd=dest)
-    git("checkout", "--quiet", "--force", "HEAD", cwd=dest)
+    template_git("--work-tree", str(REPO), "add", "--all", cwd=dest)
+    template_git(
+        "commit", "--quiet", "--allow-empty", "--no-verify", "-m", "Working tree of the checkout", cwd=dest
+    )
+    template_git("checkout", "--quiet", "--force", "HEAD", cwd=dest)
     current = newest_version(dest / "CHANGELOG.md")
     tags = {"v0.9.0": FLAT_LAYOUT_COMMIT, "v1.0.0": STAGE_LAYOUT_COMMIT, current: "HEAD"}
-    for tag, commit in tags.items():
-        if subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=dest).returncode != 0:
+    for tag, ref in tags.items():
+        if subprocess.run(["git", "cat-file", "-e", f"{ref}^{{commit}}"], cwd=dest).returncode != 0:
             raise RuntimeError(
-                f"{REPO} has no commit {commit} for {tag}: a shallow clone? Releases need history"
+                f"{REPO} has no commit {ref} for {tag}: a shallow clone? Releases need history"
             )
-        git("tag", "--annotate", "--message", f"Release {tag}", tag, commit, cwd=dest)
+        template_git("tag", "--annotate", "--message", f"Release {tag}", tag, ref, cwd=dest)
     return Releases(path=dest, current=current)
+
+
+# ---- What a user does with a release: copy it, commit, run git (test_update.py, test_generator_flows.py)
+
+# Commits in test projects need an author whatever the machine's git configuration.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test User",
+    "GIT_AUTHOR_EMAIL": "user@example.invalid",
+    "GIT_COMMITTER_NAME": "Test User",
+    "GIT_COMMITTER_EMAIL": "user@example.invalid",
+}
+
+
+def git(project: Path, *args: str) -> str:
+    """git in a test project, with an author of its own; a failure fails the test with git's message."""
+    result = subprocess.run(
+        ["git", *args], cwd=project, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY}
+    )
+    assert result.returncode == 0, f"git {args}: {result.stderr}"
+    return result.stdout
+
+
+def commit(project: Path, message: str) -> None:
+    """Commit everything, as a user does before `copier update` (it refuses a dirty project)."""
+    if not (project / ".git").exists():  # the copy task commits only where git knows the user
+        git(project, "init", "--quiet")
+    git(project, "add", "--all")
+    git(project, "commit", "--quiet", "--allow-empty", "--message", message)
+
+
+def copy_release(releases: Releases, ref: str, dst: Path, *, run_tasks: bool = False, **answers) -> Path:
+    """`copier copy --trust --defaults --vcs-ref REF` of a release; with run_tasks, the copy task locks the
+    dependencies (and commits where git knows the user)."""
+    with warnings.catch_warnings(), uv_python("3.11"):
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        copier.run_copy(
+            str(releases.path),
+            str(dst),
+            data=answers,
+            vcs_ref=ref,
+            defaults=True,
+            unsafe=True,
+            quiet=True,
+            skip_tasks=not run_tasks,
+        )
+    return dst

@@ -31,7 +31,9 @@ print(json.dumps({"metrics": model.metadata["metrics"], "data": model.metadata["
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_home) -> Project:
     assert ANSWERS["use_dvc"] and ANSWERS["data_path"] == DATA
-    installed = install_project(ANSWERS, tmp_path_factory.mktemp("dvc"), prefect_home, data=write_regression_csv)
+    installed = install_project(
+        ANSWERS, tmp_path_factory.mktemp("dvc"), prefect_home, data=write_regression_csv
+    )
     added = dvc(installed, "add", DATA)
     assert added.returncode == 0, explain(added)
     return installed

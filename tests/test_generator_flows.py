@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, explain, free_port, run, started, subprocess_env, uv_python
-from releases import IDENTITY, Releases, make_releases
+from releases import Releases, commit, copy_release, git
+from test_update import edit
 
-from flows.projects import copy_project, recorded_answers
+from flows.projects import recorded_answers
 
 pytestmark = pytest.mark.slow
 
@@ -56,38 +57,15 @@ def artifact(api: str, key: str) -> dict:
     return max(found.json(), key=lambda a: a["created"])
 
 
-def git(project: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *IDENTITY, *args], cwd=project, capture_output=True, text=True, check=True
-    ).stdout
-
-
-def commit_all(project: Path, message: str) -> None:
-    """What the user does after an edit (the post-copy task commits only where git knows the user)."""
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True).returncode != 0:
-        git(project, "init", "--quiet")
-    git(project, "add", "--all")
-    git(project, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message)
-
-
 def copy_previous_release(releases: Releases, dest: Path) -> Path:
     """A project as a user made it from the previous release: copied with its tasks (uv lock), committed."""
-    with uv_python("3.11"):
-        copy_project(dest, template=str(releases.path), vcs_ref=releases.previous)
-    commit_all(dest, "Project from the template")
+    copy_release(releases, releases.previous, dest, run_tasks=True)
+    commit(dest, "Project from the template")
     return dest
 
 
-def edit(project: Path, relative: str, old: str, new: str) -> None:
-    path = project / relative
-    text = path.read_text()
-    assert old in text, f"{relative} has no {old!r} to edit"
-    path.write_text(text.replace(old, new, 1))
-
-
-@pytest.fixture(scope="module")
-def releases(tmp_path_factory) -> Releases:
-    return make_releases(tmp_path_factory.mktemp("releases") / "template")
+def replace(old: str, new: str):
+    return lambda text: text.replace(old, new, 1)
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +78,20 @@ def fleet(
     root = tmp_path_factory.mktemp("fleet")
     untouched = copy_previous_release(releases, root / "untouched")
     edited = copy_previous_release(releases, root / "edited")
-    edit(
-        edited,
-        "src/my_ml_project/dataset.py",
-        "    if settings.data_path is None:",
-        "    # Our loader.\n    if settings.data_path is None:",
-    )
-    commit_all(edited, "Our loader")
+    loader = "    if settings.data_path is None:"
+    edit(edited / "src/my_ml_project/dataset.py", replace(loader, "    # Our loader.\n" + loader))
+    commit(edited, "Our loader")
     conflicting = copy_previous_release(releases, root / "conflicting")
     # A line the new release changes too: the version the template records.
-    edit(
-        conflicting, "settings.toml", f'template_version = "{releases.previous}"', 'template_version = "ours"'
-    )
-    commit_all(conflicting, "Our own version string")
+    ours = replace(f'template_version = "{releases.previous}"', 'template_version = "ours"')
+    edit(conflicting / "settings.toml", ours)
+    commit(conflicting, "Our own version string")
     dirty = copy_previous_release(releases, root / "dirty")
-    edit(dirty, "settings.toml", "test_size = 0.2", "test_size = 0.25")  # not committed
+    edit(dirty / "settings.toml", replace("test_size = 0.2", "test_size = 0.25"))  # not committed
     foreign = root / "foreign"
     foreign.mkdir()
     (foreign / "README.md").write_text("not a generated project\n")
-    commit_all(foreign, "Someone else's project")
+    commit(foreign, "Someone else's project")
     entries = {
         "untouched": untouched,
         "edited": edited,

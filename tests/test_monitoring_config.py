@@ -336,7 +336,9 @@ def alert_cases(package: str, monitor_every: int) -> list[tuple[str, dict[str, s
         # 20% server errors, in a flood of 404s to paths the service does not have: still an alert.
         (
             "ServiceErrorRateHigh",
-            dict([requests("/predict", 200, 80), requests("/predict", 500, 20), requests("other", 404, 5000)]),
+            dict(
+                [requests("/predict", 200, 80), requests("/predict", 500, 20), requests("other", 404, 5000)]
+            ),
             15,
             {},
         ),

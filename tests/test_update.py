@@ -11,70 +11,19 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import copier
 import pytest
-from conftest import Project, explain, package_of, project_env, subprocess_env, uv_python
-from copier.errors import DirtyLocalWarning
-from releases import Releases, make_releases
+from conftest import Project, explain, package_of, project_env, subprocess_env
+from releases import GIT_IDENTITY, commit, copy_release, git
 from test_adoption import MODEL_ENTRY, MODEL_IMPORT, fenced
 
 # The generator's own Copier command line, run the way a user runs it (messages on the terminal).
 COPIER = str(Path(sys.executable).with_name("copier"))
-# Commits in test projects need an author whatever the machine's git configuration.
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Test User",
-    "GIT_AUTHOR_EMAIL": "user@example.invalid",
-    "GIT_COMMITTER_NAME": "Test User",
-    "GIT_COMMITTER_EMAIL": "user@example.invalid",
-}
 CONFLICT_MARKER = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
 NOT_PROJECT_FILES = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
-
-
-@pytest.fixture(scope="session")
-def releases(tmp_path_factory) -> Releases:
-    """One throwaway template repository with its release tags for the whole session."""
-    return make_releases(tmp_path_factory.mktemp("releases") / "template")
-
-
-def git(project: Path, *args: str) -> str:
-    """git in a test project, with an author of its own; a failure fails the test with git's message."""
-    result = subprocess.run(
-        ["git", *args], cwd=project, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY}
-    )
-    assert result.returncode == 0, f"git {args}: {result.stderr}"
-    return result.stdout
-
-
-def commit(project: Path, message: str) -> None:
-    """Commit everything, as a user does before `copier update` (it refuses a dirty project)."""
-    if not (project / ".git").exists():  # the copy task commits only where git knows the user
-        git(project, "init", "--quiet")
-    git(project, "add", "--all")
-    git(project, "commit", "--quiet", "--allow-empty", "--message", message)
-
-
-def copy_release(releases: Releases, ref: str, dst: Path, *, run_tasks: bool = False, **answers) -> Path:
-    """`copier copy --trust --defaults --vcs-ref REF` of a release; with run_tasks, the copy task locks the
-    dependencies (and commits where git knows the user)."""
-    with warnings.catch_warnings(), uv_python("3.11"):
-        warnings.simplefilter("ignore", DirtyLocalWarning)
-        copier.run_copy(
-            str(releases.path),
-            str(dst),
-            data=answers,
-            vcs_ref=ref,
-            defaults=True,
-            unsafe=True,
-            quiet=True,
-            skip_tasks=not run_tasks,
-        )
-    return dst
 
 
 def update(project: Path, ref: str, *options: str) -> subprocess.CompletedProcess:
