@@ -10,6 +10,7 @@ weekly canary runs it, so an upstream release that breaks generated projects sho
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -116,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default=str(REPO), help="path or git URL of the template")
     parser.add_argument("--vcs-ref", default="HEAD", help="template version: HEAD (this checkout) or a tag")
     parser.add_argument("--upgrade", action="store_true", help="newest dependencies the bounds allow")
+    parser.add_argument("--pytest-args", default=" ".join(PYTEST_ARGS), help="how the project's tests run")
     args = parser.parse_args(argv)
     if args.dest.exists() and any(args.dest.iterdir()):
         sys.exit(f"{args.dest} is not empty: choose a new folder for the project")
+    answers = parse_data(args.data)
+    pytest_args = shlex.split(args.pytest_args)
     state = scaffold(
-        str(args.dest), parse_data(args.data), args.template, args.vcs_ref, args.upgrade, return_state=True
+        str(args.dest), answers, args.template, args.vcs_ref, args.upgrade, pytest_args, return_state=True
     )
     if state.is_failed():
         print(f"scaffold failed: {state.message}", file=sys.stderr)

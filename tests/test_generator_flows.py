@@ -21,8 +21,9 @@ from flows.projects import recorded_answers
 
 pytestmark = pytest.mark.slow
 
-# The fleet runs a fast slice of each project's suite; tests/test_update.py runs a whole one after an update.
-FLEET_PYTEST = "-x -q -p no:cacheprovider tests/test_config.py tests/test_model.py"
+# The flows run a fast slice of each project's suite: test_project.py and test_matrix.py run whole suites of
+# fresh projects, test_update.py of updated ones.
+PYTEST_SLICE = "-x -q -p no:cacheprovider tests/test_config.py tests/test_model.py"
 SCAFFOLD_ANSWERS = {"task_type": "regression", "model_family": "linear", "python_version": "3.12"}
 
 
@@ -109,7 +110,7 @@ def fleet(
         "--workspace",
         str(root / "workspace"),
         "--pytest-args",
-        FLEET_PYTEST,
+        PYTEST_SLICE,
     )
     rows = json.loads(artifact(prefect_api, "fleet-update")["data"])
     return result, {row["project"]: row for row in rows}, {role: str(path) for role, path in entries.items()}
@@ -119,7 +120,7 @@ def test_scaffold_makes_a_project_that_passes_its_tests_and_reports_it(prefect_a
     dest = tmp_path / "scaffolded"
     data = [arg for key, value in SCAFFOLD_ANSWERS.items() for arg in ("--data", f"{key}={value}")]
     with uv_python(SCAFFOLD_ANSWERS["python_version"]):
-        result = generator_flow(prefect_api, "scaffold", str(dest), *data)
+        result = generator_flow(prefect_api, "scaffold", str(dest), *data, "--pytest-args", PYTEST_SLICE)
     assert result.returncode == 0, explain(result)
     assert {k: recorded_answers(dest)[k] for k in SCAFFOLD_ANSWERS} == SCAFFOLD_ANSWERS
     report = artifact(prefect_api, "scaffold-result")["data"]
