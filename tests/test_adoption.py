@@ -104,12 +104,12 @@ def edit(path: Path, change) -> None:
     path.write_text(change(path.read_text()))
 
 
-def make_it_ours(project: Project) -> None:
-    pkg = project.root / "src" / project.package
-    edit(pkg / "dataset.py", lambda t: fenced(t, "load your training data", DATASET, keep=False))
-    edit(pkg / "features.py", lambda t: fenced(t, "feature steps", FEATURES, keep=True))
+def fill_the_fences(package: Path, dataset: str, features: str) -> None:
+    """A team's code in the three fenced files: its loader, its feature steps, one more model family."""
+    edit(package / "dataset.py", lambda t: fenced(t, "load your training data", dataset, keep=False))
+    edit(package / "features.py", lambda t: fenced(t, "feature steps", features, keep=True))
     edit(
-        pkg / "model.py",
+        package / "model.py",
         lambda t: fenced(
             t.replace("from sklearn.ensemble import (\n", MODEL_IMPORT, 1),
             "model families (name -> estimator and search space)",
@@ -117,6 +117,10 @@ def make_it_ours(project: Project) -> None:
             keep=True,
         ),
     )
+
+
+def make_it_ours(project: Project) -> None:
+    fill_the_fences(project.root / "src" / project.package, DATASET, FEATURES)
 
     def settings(text: str) -> str:
         for key, value in SETTINGS.items():

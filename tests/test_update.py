@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, explain, package_of, project_env, subprocess_env
 from releases import GIT_IDENTITY, commit, copy_release, git
-from test_adoption import MODEL_ENTRY, MODEL_IMPORT, fenced
+from test_adoption import fill_the_fences
 
 # The generator's own Copier command line, run the way a user runs it (messages on the terminal).
 COPIER = str(Path(sys.executable).with_name("copier"))
@@ -141,18 +141,7 @@ class Updated:
 
 def make_it_ours(root: Path) -> None:
     """Typical edits: code in the three fenced files, a dependency, a setting."""
-    package = root / "src" / package_of(root)
-    edit(package / "dataset.py", lambda t: fenced(t, "load your training data", USER_DATASET, keep=False))
-    edit(package / "features.py", lambda t: fenced(t, "feature steps", USER_FEATURE, keep=True))
-    edit(
-        package / "model.py",
-        lambda t: fenced(
-            t.replace("from sklearn.ensemble import (\n", MODEL_IMPORT, 1),
-            "model families (name -> estimator and search space)",
-            MODEL_ENTRY,
-            keep=True,
-        ),
-    )
+    fill_the_fences(root / "src" / package_of(root), USER_DATASET, USER_FEATURE)
     edit(
         root / "pyproject.toml",
         lambda t: t.replace("dependencies = [\n", "dependencies = [\n" + USER_DEPENDENCY, 1),
