@@ -7,7 +7,9 @@ UI, their artifacts, is read back through the server's API.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +39,8 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
     )
-    command = ["uv", "run", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    prefect = str(Path(sys.executable).with_name("prefect"))  # the generator's own, as generator_flow
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with started(
         command, cwd=REPO, env=env, log=home / "server.log", ready_url=f"http://127.0.0.1:{port}/api/health"
     ):
@@ -45,9 +48,11 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
 
 
 def generator_flow(api: str, module: str, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """`uv run python -m flows.<module> ...` from the generator's checkout, reporting to the test's server."""
+    """`python -m flows.<module> ...` with the generator's interpreter, reporting to the test's server. Not
+    `uv run`: under a test's UV_PYTHON (a project's Python version) uv rebuilt the generator's own
+    virtualenv for that version, under the running tests."""
     env = subprocess_env(PREFECT_API_URL=api)
-    return run(["uv", "run", "python", "-m", f"flows.{module}", *args], cwd=REPO, env=env, timeout=timeout)
+    return run([sys.executable, "-m", f"flows.{module}", *args], cwd=REPO, env=env, timeout=timeout)
 
 
 def artifact(api: str, key: str) -> dict:
@@ -123,6 +128,9 @@ def test_scaffold_makes_a_project_that_passes_its_tests_and_reports_it(prefect_a
         result = generator_flow(prefect_api, "scaffold", str(dest), *data, "--pytest-args", PYTEST_SLICE)
     assert result.returncode == 0, explain(result)
     assert {k: recorded_answers(dest)[k] for k in SCAFFOLD_ANSWERS} == SCAFFOLD_ANSWERS
+    # The project's Python version stayed the project's: the generator's own environment is untouched.
+    venv = (Path(sys.prefix) / "pyvenv.cfg").read_text()
+    assert f"version_info = {platform.python_version()}" in venv
     report = artifact(prefect_api, "scaffold-result")["data"]
     assert f"| project | {dest} |" in report
     assert "| tests_passed | True |" in report
