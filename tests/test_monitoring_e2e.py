@@ -202,13 +202,14 @@ def test_a_storm_of_drift_events_starts_at_most_one_retrain(stack):
 import json, sys
 from prefect.events import emit_event
 from {stack.project.package}.registry.aliases import production_tag
+from {stack.project.package}.registry.store import event_resource
 from {stack.project.package}.config import get_settings
 settings = get_settings()
 tag = production_tag(settings)
 events = [
     emit_event(
         event=settings.drift_event,
-        resource={{"prefect.resource.id": f"{{settings.model_name}}.model.{{tag}}"}},
+        resource=event_resource(settings, tag),  # the monitor's own: the model and its environment (dev)
         payload={{"reason": f"storm {{i}}", "drift_share": 1.0}},
     )
     for i in range({STORM_EVENTS})
