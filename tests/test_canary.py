@@ -1,5 +1,6 @@
-"""The generator's weekly canary (.github/workflows/canary.yml): valid for GitHub, weekly, and running the
-scaffold flow on default answers with the newest dependency versions the bounds allow."""
+"""The generator's scheduled workflows: the weekly canary (.github/workflows/canary.yml), valid for GitHub,
+weekly, running the scaffold flow with the newest dependency versions the bounds allow; and the nightly
+release workflow (.github/workflows/release.yml), which runs the tests CI leaves out."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def test_it_upgrades_the_locks_then_scaffolds_and_tests_a_default_project(workfl
     assert scaffold.startswith("uv run python -m flows.scaffold ") and scaffold.endswith(" --upgrade")
     assert "--data" not in scaffold  # default answers
     assert lines.index("uv lock --upgrade") < lines.index(scaffold)
+
+
+# The release workflow: the tests CI leaves out (marked `release`), every night and before a tag.
+RELEASE = REPO / ".github" / "workflows" / "release.yml"
+
+
+def test_the_release_workflow_passes_actionlint():
+    result = validate("github", RELEASE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_release_workflow_runs_every_test_and_the_full_matrix_every_night():
+    workflow = yaml.safe_load(RELEASE.read_text())
+    (schedule,) = workflow[True]["schedule"]
+    assert schedule["cron"].split()[2:] == ["*", "*", "*"], schedule
+    (job,) = workflow["jobs"].values()
+    (step,) = [step for step in job["steps"] if "run" in step]
+    assert step["run"].strip() == 'bash .ci/run -m ""' and step["env"]["MATRIX"] == "full"

@@ -143,6 +143,7 @@ def test_a_bad_answer_fails_the_scaffold_naming_the_question(prefect_api, tmp_pa
     assert "n_trials must be between 1 and 10000" in result.stderr + result.stdout
 
 
+@pytest.mark.release
 def test_clean_projects_are_updated_on_a_branch_and_pass_their_tests(fleet, releases):
     _, rows, entries = fleet
     for role in ("untouched", "edited"):
@@ -157,6 +158,7 @@ def test_clean_projects_are_updated_on_a_branch_and_pass_their_tests(fleet, rele
     assert "# Our loader." in (edited / "src/my_ml_project/dataset.py").read_text()
 
 
+@pytest.mark.release
 def test_the_users_own_checkout_is_left_as_it_was(fleet, releases):
     _, _, entries = fleet
     for role in ("untouched", "edited", "conflicting"):
@@ -165,6 +167,7 @@ def test_the_users_own_checkout_is_left_as_it_was(fleet, releases):
         assert git(project, "status", "--porcelain") == ""
 
 
+@pytest.mark.release
 def test_a_conflicting_edit_is_reported_with_its_file_and_left_for_a_person(fleet):
     result, rows, entries = fleet
     row = rows[entries["conflicting"]]
@@ -181,6 +184,7 @@ def test_a_conflicting_edit_is_reported_with_its_file_and_left_for_a_person(flee
         ("missing", "does not exist: check the path"),
     ],
 )
+@pytest.mark.release
 def test_a_broken_entry_is_a_row_with_its_reason_and_the_others_go_on(fleet, role, message):
     _, rows, entries = fleet
     row = rows[entries[role]]

@@ -17,8 +17,9 @@ compiling 30,000 files) plus SUITE_PART, the 112 tests where these answers act (
 suites (about 2 min each) would not fit the matrix's 8 minutes of CI. The Python 3.13 rows run only that
 part: no other test runs a 3.13 project's flows, monitoring or service.
 
-MATRIX=sample renders only the pairwise rows over all factors (about a dozen) instead of every combination,
-in seconds, and those tests then count as fast (`-m "not slow"`).
+Tiers: `uv run pytest` (CI) renders only the pairwise rows over all factors (about a dozen), in seconds, as
+fast tests. MATRIX=full renders every combination (slow), and the installed rows and mypy over the matrix are
+marked `release`: the scheduled release workflow runs them all (`MATRIX=full uv run pytest -m ""`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from conftest import ANSWER_SETS, Project, explain, render, run
 from test_project import INSTALLED_SETS
 from test_render import expected_tree, leftover_jinja, ruff
 
-SAMPLE = os.environ.get("MATRIX") == "sample"
+SAMPLE = os.environ.get("MATRIX") != "full"
 # Factors that change no Python module and no installed dependency (see the docstring).
 RENDER_ONLY = {"ci_provider", "work_pool_type", "environments"}
 # Where task_type, model_family and use_dvc act in a project's own suite (the answered task type and family
@@ -108,7 +109,7 @@ PLAN = plan()
 
 @functools.cache
 def sample() -> list[Answers]:
-    """The pairwise rows over every factor: what MATRIX=sample renders (a second to work out)."""
+    """The pairwise rows over every factor: what CI renders (a second to work out)."""
     return pairwise(PLAN.combinations, list(PLAN.factors))
 
 
@@ -334,7 +335,7 @@ def mypy(project: Project, root: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.release
 def test_mypy_passes_on_every_distinct_python_content(rendered_matrix, installed):
     failed = {}
     for rendered in rendered_matrix.for_mypy.values():
@@ -345,7 +346,7 @@ def test_mypy_passes_on_every_distinct_python_content(rendered_matrix, installed
     assert failed == {}
 
 
-@pytest.mark.slow
+@pytest.mark.release
 @pytest.mark.parametrize("row", EXTRA_ROWS, ids=label)
 def test_a_pairwise_row_installs_and_passes_its_tests_where_its_answers_act(row, installed, tmp_path):
     project = installed(row)

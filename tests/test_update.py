@@ -200,7 +200,7 @@ def test_a_changed_answer_replaces_the_ci_files_and_the_release_is_recorded(upda
     assert recorded_version(updated.root) == releases.current
 
 
-@pytest.mark.slow
+@pytest.mark.release
 def test_the_updated_project_installs_and_passes_its_own_tests(updated_within_layout, prefect_home):
     passes_its_own_checks(installed(updated_within_layout.root, prefect_home))
 
@@ -314,7 +314,7 @@ def test_no_flat_layout_module_is_left_and_the_package_is_the_new_one(updated_ac
     assert conflicts_left(updated.root) == []
 
 
-@pytest.mark.slow
+@pytest.mark.release
 def test_the_migrated_project_installs_and_passes_its_own_tests(updated_across_layout, prefect_home):
     passes_its_own_checks(installed(updated_across_layout.root, prefect_home))
 
