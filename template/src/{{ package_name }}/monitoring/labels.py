@@ -70,16 +70,15 @@ class LabelReadReport:
         unusable = any(cause != NOT_SERVED for cause in self.skipped)
         return [self.summary()] if self.problem or unusable else []
 
-    def counts(self) -> str:
-        """The skipped labels by cause in one line, e.g. "3 skipped: 2 row is blank, 1 no request id"."""
-        causes = ", ".join(f"{count} {cause}" for cause, count in self.skipped.items())
-        return f"{self.total_skipped} skipped: {causes}" if causes else "none skipped"
-
     def summary(self) -> str:
-        """One line for a log: the file, the labels read, the skipped ones by cause, what was left."""
+        """One line for a log: the file, the labels read, the skipped ones by cause (e.g. "3 skipped: 2 row
+        is blank, 1 no request id"), what was left for the next read."""
         if self.problem:
             return f"labels not used: {self.problem}"
-        text = f"labels {self.path}: {self.read} read, {self.counts()}"
+        causes = ", ".join(f"{count} {cause}" for cause, count in self.skipped.items())
+        text = f"labels {self.path}: {self.read} read, " + (
+            f"{self.total_skipped} skipped: {causes}" if causes else "none skipped"
+        )
         if self.pending_line:
             text += "; the last line, still being written (no newline yet), is left for the next read"
         return text
