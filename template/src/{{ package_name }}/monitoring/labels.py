@@ -147,6 +147,9 @@ def _read_text_table(path: Path, report: LabelReadReport) -> tuple[pd.DataFrame,
         table = read_table(path)  # Parquet is written whole (a writer should write it aside, then rename)
         text = table.map(lambda value: "" if _missing(value) else str(value))
         return text, replace(report, read=len(text))
+    # The csv module up to the last newline, by hand: pandas cannot leave a half-written last line for the
+    # next read, nor count lines with a field too many without its slower engine
+    # (docs/decisions.md#reading-labels).
     data = path.read_bytes()
     complete = data.rfind(b"\n") + 1  # a last line without its newline is still being written
     report = replace(report, pending_line=bool(data[complete:].strip()))
