@@ -6,7 +6,7 @@ a blocked events connection do to `train` and `monitor`.
 - The service is stopped, a torn line is left at the end of its request log (as a kill in the middle of a
   write leaves it), the service restarts and serves again: the new records start on a line of their own,
   and `monitor` succeeds, reads all of them, reports the skipped line and how little of the 24-hour window
-  the young log covers.
+  the young log covers. Labels with a blank, text or huge `row` are skipped and counted, not a failure.
 - A real `prefect server start` behind a proxy that refuses the events websocket (as a corporate proxy
   may): the drift event reaches the server anyway, over the REST API, and `monitor` says so only then.
   When the proxy refuses the REST route for events too, `monitor` fails and says the retrain signal was
@@ -43,6 +43,8 @@ shifted.to_csv(sys.argv[2], index=False)
 print(json.dumps({
     "rows": json.loads(features.to_json(orient="records")),
     "log": str(settings.resolve(settings.serving.request_log_path)),
+    "labels": str(settings.resolve(settings.monitoring.labels_path)),
+    "target": settings.data.target_column,
 }))
 """
 
@@ -118,11 +120,20 @@ def test_a_torn_line_in_the_request_log_is_skipped_and_reported_by_monitor(train
     assert lines[90].startswith('{"request_id": "torn"') and len(lines[90]) == 40  # the fragment alone
     assert all(json.loads(line)["request_id"] for line in lines[91:])  # every new record whole
 
-    result = trained.cli("monitor")
+    labels = Path(sample["labels"])  # bad rows made `monitor` exit 1 (a NaN-to-integer cast)
+    labels.write_text(f"request_id,row,{sample['target']}\na,,1\nb,first,1\nc,1e30,1\n")
+    try:
+        result = trained.cli("monitor")
+    finally:
+        labels.unlink()
     assert result.returncode == 0, explain(result)
     assert "rows=180 " in result.stdout and "skipped_lines=1 " in result.stdout
-    assert f"{log}:91 (not JSON" in result.stdout + result.stderr  # the flow's warning names file and line
-    assert "of the requested 24 h" in result.stdout + result.stderr  # a young log: a short window, said so
+    output = result.stdout + result.stderr
+    assert f"{log}:91 (not JSON" in output  # the flow's warning names file and line
+    assert "of the requested 24 h" in output  # a young log: a short window, said so
+    assert f"labels {labels}: 3 read, 3 skipped:" in output  # the labels' warning: the counts by cause
+    for cause in ("row is blank", "row is not a whole number", "row is negative or too large"):
+        assert f"1 {cause}" in output
 
 
 # A proxy in front of a real Prefect server that refuses some requests, as a corporate proxy may refuse

@@ -40,6 +40,7 @@ from prefect.events import Event, emit_event
 from .. import tables
 from ..config import Settings, get_settings
 from ..monitoring import drift, rollout_watch, served_traffic
+from ..monitoring import labels as label_table
 from ..registry import aliases, promotion, store
 from ..serving.request_log import describe_bad_lines
 
@@ -107,6 +108,7 @@ class Check:
     verdict: dict[str, Any]
     result: drift.DriftResult | None = None
     snapshot: Any = None
+    labels: label_table.LabelReadReport | None = None
 
 
 @task(cache_policy=NO_CACHE)
@@ -131,8 +133,11 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
         prediction_kind="number" if kind == "float64" else "category",
     )
     performance = None
-    labels = served_traffic.read_labels(settings.resolve(options.labels_path), settings.data.target_column)
+    labels, label_report = label_table.read(
+        settings.resolve(options.labels_path), settings.data.target_column, model.metadata["task_type"]
+    )
     if window is not None and labels is not None:
+        labels, label_report = label_table.served_only(labels, window, label_report)
         classes = [str(c) for c in getattr(model.pipeline, "classes_", [])] or None
         performance = served_traffic.performance(
             window, labels, model.metadata["task_type"], classes, options.performance_threshold
@@ -145,8 +150,9 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
         "performance": performance,
         "report": None,
         "report_url": None,
+        "labels": label_report.as_dict(),
     } | about_the_log
-    return Check(verdict, result, snapshot)
+    return Check(verdict, result, snapshot, label_report)
 
 
 def log_fields(settings: Settings, window: served_traffic.Window | None) -> dict[str, Any]:
@@ -223,6 +229,7 @@ def publish(checked: Check) -> dict[str, Any]:
         markdown=drift.markdown_summary(checked.result, verdict["model_version"], verdict["source"])
         + performance_lines(verdict["performance"])
         + log_lines(verdict)
+        + (checked.labels.markdown() if checked.labels else "")
         + f"\n\nFull report: {link}",
         description="Data and prediction drift of the current traffic against the training reference",
     )
@@ -472,7 +479,7 @@ def monitor(
     checked = check(current_path, model_tag, start, end)
     verdict = checked.verdict
     why = reasons(verdict)
-    for warning in verdict["log_warnings"]:
+    for warning in verdict["log_warnings"] + (checked.labels.warnings() if checked.labels else []):
         logger.warning(warning)
     # The event goes out as soon as the verdict is known: retraining need not wait for the report.
     emitted, lost = emit(settings, verdict, why) if why else (False, None)

@@ -36,8 +36,8 @@ def load_feedback(dataset: validation.Dataset) -> feedback.Feedback:
     """The labelled traffic to learn from; skipped labels are warnings naming the cause, never a failure."""
     found = feedback.load(get_settings(), dataset.frame, dataset.target)
     logger = get_run_logger()
-    for line in found.warnings():
-        logger.warning("%s (%s)", line, get_settings().monitoring.labels_path)
+    for line in found.warnings():  # the skipped labels by cause, in one line
+        logger.warning(line)
     logger.info("Labelled traffic: %s", found.note)
     return found
 

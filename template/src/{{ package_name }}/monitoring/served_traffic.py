@@ -8,7 +8,8 @@ out) and which lines of the log it had to skip (torn lines, named by file and li
 
 Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
 table with a `request_id` column, the target column, and optionally `row` (the row's position in a
-/predict request; 0 when absent, which is right for /predict_one). Joined on those, they give the model's
+/predict request; 0 when absent, which is right for /predict_one), read by monitoring/labels.py (every label
+that cannot be used skipped and counted by cause, ids as text). Joined on those, they give the model's
 performance on the window with the metric the promotion gate uses (ROC AUC, one-vs-rest macro for
 several classes; RMSE for regression).
 """
@@ -26,7 +27,8 @@ from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from ..model import PRIMARY_METRIC
 from ..serving.request_log import BadLine, ReadReport, read_records
-from ..tables import DataError, normalize_column, read_table
+from ..tables import DataError
+from . import labels as label_table
 
 START_SLACK = timedelta(minutes=1)  # a log starting this soon after a window's start still covers it
 
@@ -102,7 +104,8 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
         features=features,
         predictions=pd.Series([r["prediction"] for r in records], dtype=object),
         probabilities=pd.DataFrame(probabilities) if records and all(probabilities) else None,
-        request_ids=pd.Series([r["request_id"] for r in records], dtype=object),
+        # Text, as the labels' ids are: an id such as 00042 is never a number.
+        request_ids=pd.Series([str(r["request_id"]) for r in records], dtype=object),
         rows=pd.Series([int(r.get("row", 0)) for r in records], dtype="int64"),
         model_versions=pd.Series([r.get("model_version") for r in records], dtype=object),
         start=start,
@@ -114,33 +117,12 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
 
 
 def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
-    """The labels table (request_id, row, label), or None when there is no labels file yet; the last label
-    of a request row counts."""
-    labels = read_label_rows(path, target)
-    return None if labels is None else labels.drop_duplicates(["request_id", "row"], keep="last")
-
-
-def read_label_rows(path: str | Path, target: str) -> pd.DataFrame | None:
-    """Every labelled row of the labels table (request_id, row, label), duplicates kept, in file order."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    table = read_table(path)  # column names normalized as in training: "Request ID" -> request_id
-    target = normalize_column(target)
-    missing = [c for c in ("request_id", target) if c not in table.columns]
-    if missing:
-        raise DataError(
-            f"{path}: labels need the columns request_id and {target} (the training target); "
-            f"missing: {', '.join(missing)}"
-        )
-    labels = pd.DataFrame(
-        {
-            "request_id": table["request_id"].astype(str),
-            "row": table["row"].astype("int64") if "row" in table.columns else 0,
-            "label": table[target],
-        }
-    )
-    return labels.dropna(subset=["label"]).reset_index(drop=True)
+    """The usable labels (request_id, row, label; monitoring/labels.py), the last written of each request
+    row, or None when there is no labels file yet; a file that cannot be used at all is a DataError."""
+    labels, report = label_table.read(path, target)
+    if report.problem:
+        raise DataError(report.problem)
+    return labels
 
 
 def performance(

@@ -6,9 +6,10 @@ labelled rows of the last `feedback.window_hours` become training data beside th
 retrain after the world changed learns the change instead of resuming the same study on the same file.
 
 The newest `feedback.recent_share` of them is held out by time, never trained on: the gate's recent slice,
-the rows that say how a model does now. A label that cannot be used is skipped and counted by cause (unknown
-request id, duplicate, a class the data never had, the wrong type), never a crash; with fewer than
-`feedback.min_rows` usable rows the configured data trains alone, and the note says so.
+the rows that say how a model does now. A label that cannot be used is skipped and counted by cause in the
+labels' LabelReadReport (monitoring/labels.py: no request id, a bad row, no target or the wrong type, a
+superseded duplicate, a request not in the window, plus here a class the data never had), never a crash;
+with fewer than `feedback.min_rows` usable rows the configured data trains alone, and the note says so.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from pandas.api import types as ptypes
 
 from .. import tables
 from ..config import Settings
-from ..monitoring.served_traffic import class_text, read_label_rows, read_window
+from ..monitoring import labels as label_table
+from ..monitoring.served_traffic import class_text, read_window
 
-UNKNOWN_ID = "unknown request id (not in the request log's window)"
-DUPLICATE_LABEL = "duplicate label for one request row (the last one is kept)"
 UNSEEN_CLASS = "a class the training data does not have"
-WRONG_TYPE = "a label that is not a number"
 MISSING_COLUMN = "a row without a training column (served by a model with other columns)"
 
 
@@ -39,16 +38,21 @@ class Feedback:
 
     train: pd.DataFrame
     recent: pd.DataFrame
-    skipped: dict[str, int] = field(default_factory=dict)
+    labels: label_table.LabelReadReport = field(default_factory=lambda: label_table.LabelReadReport(""))
     note: str = ""
 
     @property
     def used(self) -> bool:
         return not self.train.empty
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped labels per cause."""
+        return dict(self.labels.skipped)
+
     def warnings(self) -> list[str]:
-        """One line per cause of skipped labels, naming the file to fix."""
-        return [f"{count} label(s) skipped: {cause}" for cause, count in self.skipped.items() if count]
+        """One line with the skipped labels by cause and the file to fix (none when all were usable)."""
+        return self.labels.warnings()
 
     def sources(self, configured: pd.DataFrame, source: str) -> list[dict[str, Any]]:
         """Where a model's rows came from: content hash and row count of each part."""
@@ -64,9 +68,9 @@ class Feedback:
         ]
 
 
-def none(note: str, columns: list[str], skipped: dict[str, int] | None = None) -> Feedback:
+def none(note: str, columns: list[str], labels: label_table.LabelReadReport | None = None) -> Feedback:
     empty = pd.DataFrame(columns=columns)
-    return Feedback(train=empty, recent=empty, skipped=skipped or {}, note=note)
+    return Feedback(train=empty, recent=empty, labels=labels or label_table.LabelReadReport(""), note=note)
 
 
 def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetime | None = None) -> Feedback:
@@ -76,33 +80,29 @@ def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetim
     if options.window_hours == 0:
         return none("feedback.window_hours is 0: training on the configured data alone", columns)
     labels_path = settings.resolve(settings.monitoring.labels_path)
-    labels = read_label_rows(labels_path, target)
+    labels, report = label_table.read(labels_path, target, settings.data.task_type)
     if labels is None or labels.empty:
-        return none(f"no labels in {labels_path}: training on the configured data alone", columns)
+        why = report.problem or f"no {'labels' if labels is None else 'usable label'} in {labels_path}"
+        return none(f"{why}: training on the configured data alone", columns, report)
     now = now or datetime.now(UTC)
     window = read_window(
         settings.resolve(settings.serving.request_log_path), now - timedelta(hours=options.window_hours), now
     )
+    labels, report = label_table.served_only(labels, window, report)
     served = pd.DataFrame(
-        {"request_id": window.request_ids.astype(str), "row": window.rows, "position": range(len(window))}
+        {"request_id": window.request_ids, "row": window.rows, "position": range(len(window))}
     ).drop_duplicates(["request_id", "row"], keep="last")
-    skipped = {DUPLICATE_LABEL: int(labels.duplicated(["request_id", "row"]).sum())}
-    labels = labels.drop_duplicates(["request_id", "row"], keep="last")
-    joined = labels.merge(served, on=["request_id", "row"], how="left")
-    skipped[UNKNOWN_ID] = int(joined["position"].isna().sum())
-    joined = joined.dropna(subset=["position"]).reset_index(drop=True)
+    joined = labels.merge(served, on=["request_id", "row"], how="inner")
     values, causes = _labels_like(joined["label"], configured[target], settings.data.task_type)
     bad = pd.Series(False, index=values.index)
     for cause, mask in causes.items():
-        skipped[cause] = int(mask.sum())
+        report = report.skip(cause, int(mask.sum()))
         bad |= mask
     features = window.features.iloc[joined["position"][~bad].astype(int)].reset_index(drop=True)
     missing = [c for c in columns if c != target and c not in features.columns]
     if missing:
-        skipped[MISSING_COLUMN] = len(features)
-        return none(
-            f"the logged rows lack {missing}: training on the configured data alone", columns, skipped
-        )
+        report = report.skip(MISSING_COLUMN, len(features))
+        return none(f"the logged rows lack {missing}: training on the configured data alone", columns, report)
     rows = _like(features, configured.drop(columns=[target]))
     rows[target] = values[~bad].reset_index(drop=True)
     rows = rows[columns]
@@ -113,7 +113,7 @@ def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetim
             f"{len(rows)} usable labelled row(s) in the last {options.window_hours:g} h, fewer than "
             f"feedback.min_rows ({options.min_rows}): training on the configured data alone"
         )
-        return none(note, columns, skipped)
+        return none(note, columns, report)
     recent = math.ceil(options.recent_share * len(rows))
     note = (
         f"{len(rows)} labelled rows of the last {options.window_hours:g} h: {len(rows) - recent} trained on, "
@@ -122,7 +122,7 @@ def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetim
     return Feedback(
         train=rows.iloc[:-recent].reset_index(drop=True),
         recent=rows.iloc[-recent:].reset_index(drop=True),
-        skipped=skipped,
+        labels=report,
         note=note,
     )
 
@@ -133,13 +133,13 @@ def _labels_like(
     """Labels as values of the training target, and a mask of the unusable ones per cause."""
     labels = labels.reset_index(drop=True)
     numbers = pd.to_numeric(labels, errors="coerce")
-    if task_type == "regression":
-        return numbers, {WRONG_TYPE: numbers.isna()}
+    if task_type == "regression":  # the labels reader skipped the ones that are no number
+        return numbers, {}
     # A class is matched by its text, so 1, 1.0 and "1" from a CSV all mean the training data's class 1.
     classes = {class_text(value): value for value in target.unique()}
     values = labels.map(lambda value: classes.get(class_text(value)))
     wrong_type = numbers.isna() if ptypes.is_numeric_dtype(target) else pd.Series(False, index=labels.index)
-    return values, {WRONG_TYPE: wrong_type, UNSEEN_CLASS: values.isna() & ~wrong_type}
+    return values, {label_table.NOT_A_NUMBER: wrong_type, UNSEEN_CLASS: values.isna() & ~wrong_type}
 
 
 def _like(features: pd.DataFrame, configured: pd.DataFrame) -> pd.DataFrame:
