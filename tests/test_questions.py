@@ -46,10 +46,16 @@ INVALID = [
     ("gpus", {"work_pool_type": "kubernetes", "gpus": -1}, r"gpus must be between 0 and 16 \(you gave -1\)"),
     # Written unquoted into dvc.yaml and the docs' `dvc add` command: characters that change their meaning.
     ("data_path", {**CSV_PRICE, "data_path": "data/$(touch x).csv"}, r"must be a path of letters, digits"),
-    ("data_path", {**CSV_PRICE, "data_path": "data/a: b.csv"}, r"'#', ':' break the dvc\.yaml and shell"),
+    (
+        "data_path",
+        {**CSV_PRICE, "data_path": "data/a: b.csv"},
+        r"'\$', ';', '#', '\*' break the dvc\.yaml and shell",
+    ),
     ("data_path", {**CSV_PRICE, "data_path": "data/#1.csv"}, r'"data/#1\.csv" must be a path of letters'),
     ("data_path", {**CSV_PRICE, "data_path": "data/it's.csv"}, r"for example data/train\.csv"),
     ("data_path", {**CSV_PRICE, "data_path": "-data.csv"}, r'"-data\.csv" must be a path of letters'),
+    ("data_path", {**CSV_PRICE, "data_path": "@data.csv"}, r'"@data\.csv" .*, starting with a letter, digit'),
+    ("data_path", {**CSV_PRICE, "data_path": "data/*.csv"}, r'"data/\*\.csv" must be a path of letters'),
     ("author", {"author": "   "}, r'author must be a name, for example "Data Science Team"'),
 ]
 
@@ -161,7 +167,7 @@ def test_every_time_zone_the_validator_accepts_is_one_zoneinfo_knows():
 HOSTILE = {
     "author": 'O\'Brien "OB" \\ Ünal #1: 山田',
     "description": 'Predicts churn: "who leaves" # and why \\ naïvely, 100% 🙂 {{ not jinja }}',
-    "data_path": "data/ventes-2024_v1.ü.csv",
+    "data_path": "data/ventes@eu+q1=2024,v2:final%.ü.csv",
     "target_column": "Price (\"EUR\") \\ #1: 'net'",
     "use_dvc": True,
 }
