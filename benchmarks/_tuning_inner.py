@@ -55,24 +55,27 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    # The project's modules by their stage (the layout since 1.0.0).
     pkg = importlib.import_module(args.package)
     config = importlib.import_module(f"{args.package}.config")
-    data = importlib.import_module(f"{args.package}.data")
-    training = importlib.import_module(f"{args.package}.training")
-    tuning = importlib.import_module(f"{args.package}.tuning")
-    localstack = importlib.import_module(f"{args.package}.localstack")
+    tables = importlib.import_module(f"{args.package}.tables")
+    validation = importlib.import_module(f"{args.package}.training.validation")
+    holdout = importlib.import_module(f"{args.package}.training.holdout")
+    tuning = importlib.import_module(f"{args.package}.training.tuning")
+    processes = importlib.import_module(f"{args.package}.local.processes")
     train_flows = importlib.import_module(f"{args.package}.flows.train")
     from prefect import flow
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    # Inputs exactly as the train flow builds them (its load_data task is data.load_dataset).
+    # Inputs exactly as the train flow's prepare() builds them without labelled traffic (its load_data task
+    # is validation.load_dataset).
     settings = config.get_settings()
-    dataset = data.load_dataset(settings)
-    schema = data.feature_schema(dataset.features)
-    parts = training.split(dataset, settings)
-    spec = tuning.make_spec(settings, data.data_hash(dataset.frame))
+    dataset = validation.load_dataset(settings)
+    schema = tables.feature_schema(dataset.features)
+    parts = holdout.split(dataset, settings)
+    spec = tuning.make_spec(settings, tables.data_hash(dataset.frame))
     per_task = settings.tuning.trials_per_task
 
     def fresh(tag: str) -> tuning.TuningSpec:
@@ -107,7 +110,7 @@ def main() -> int:
     def warmup() -> int:
         return 1
 
-    server = localstack.prefect_server(args.workdir / "prefect-home", args.workdir / "logs")
+    server = processes.prefect_server(args.workdir / "prefect-home", args.workdir / "logs")
     with server as url, temporary_settings({PREFECT_API_URL: url}):
         # Warm-up, not timed: imports, the first flow and task runs of the process (client, engine set-up,
         # parameter validation) and sklearn's first fits are one-time costs that belong to neither side.

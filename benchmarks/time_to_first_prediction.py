@@ -1,6 +1,9 @@
 """Benchmark P5: how long from `copier copy` to the first answered prediction, next to a bare install?
 
-    uv run python benchmarks/time_to_first_prediction.py [--serve-timeout 300] [--keep DIR]
+    uv run python benchmarks/time_to_first_prediction.py [--serve-timeout 300] [--quick] [--keep DIR]
+
+--quick (tests/test_generator_benchmarks.py) leaves out the untimed warm-up and trains with 2 Optuna trials:
+every timed step still runs, so it checks the wiring and the keys, not the goal.
 
 Goal P5: ratio_to_floor <= 3, where ratio_to_floor = seconds / floor_seconds.
 
@@ -67,8 +70,8 @@ SAMPLE_ROW = """
 import importlib, json, sys
 package = sys.argv[1]
 settings = importlib.import_module(package + ".config").get_settings()
-data = importlib.import_module(package + ".data")
-print(data.load_dataset(settings).features.head(1).to_json(orient="records"))
+validation = importlib.import_module(package + ".training.validation")
+print(validation.load_dataset(settings).features.head(1).to_json(orient="records"))
 """
 
 
@@ -234,6 +237,7 @@ def timed(stages: dict[str, float], name: str, action):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-timeout", type=float, default=300)
+    parser.add_argument("--quick", action="store_true", help="no warm-up, 2 trials: the wiring only")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it afterwards")
     args = parser.parse_args(argv)
     uv = shutil.which("uv") or sys.exit("uv is required")
@@ -253,23 +257,26 @@ def main(argv: list[str] | None = None) -> int:
         source = workdir / "template-src"
         run(["git", "clone", "--quiet", str(REPO), str(source)], workdir, dict(os.environ))
 
-        # Warm-up (untimed): fill uv's cache and the OS file cache.
-        warm = workdir / "warm"
-        warm_env = project_env(warm, marker, interpreter)
-        package = timed(untimed, "warmup_copy", lambda: render(source, warm / "project", warm_env))
-        timed(untimed, "warmup_install", lambda: run([uv, "sync", "--quiet"], warm / "project", warm_env))
-        timed(untimed, "warmup_import", lambda: run([uv, "run", *python_c], warm / "project", warm_env))
+        if not args.quick:
+            # Warm-up (untimed): fill uv's cache and the OS file cache.
+            warm = workdir / "warm"
+            warm_env = project_env(warm, marker, interpreter)
+            timed(untimed, "warmup_copy", lambda: render(source, warm / "project", warm_env))
+            timed(untimed, "warmup_install", lambda: run([uv, "sync", "--quiet"], warm / "project", warm_env))
+            timed(untimed, "warmup_import", lambda: run([uv, "run", *python_c], warm / "project", warm_env))
 
         # Floor: a fresh install of the same project and one import of its dependencies.
         floor = workdir / "floor"
         floor_env = project_env(floor, marker, interpreter)
-        timed(untimed, "floor_copy", lambda: render(source, floor / "project", floor_env))
+        package = timed(untimed, "floor_copy", lambda: render(source, floor / "project", floor_env))
         timed(floor_stages, "install", lambda: run([uv, "sync", "--quiet"], floor / "project", floor_env))
         timed(floor_stages, "import", lambda: run([uv, "run", *python_c], floor / "project", floor_env))
 
         # The user's path, from `copier copy` to the first answered request.
         user = workdir / "user"
         env = project_env(user, marker, interpreter)
+        if args.quick:
+            env[f"{package.upper()}_TUNING__N_TRIALS"] = "2"
         project = user / "project"
         timed(stages, "copy", lambda: render(source, project, env))
         timed(stages, "install", lambda: run([uv, "sync", "--quiet"], project, env))
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
         "port_released": port_released,
+        "quick": args.quick,
     }
     print(json.dumps(result))
     return 0

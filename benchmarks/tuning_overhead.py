@@ -1,6 +1,9 @@
 """Benchmark P1: what does running Optuna inside the training flow cost next to a bare Optuna loop?
 
-    uv run python benchmarks/tuning_overhead.py [--trials 50] [--repeats 3] [--keep DIR]
+    uv run python benchmarks/tuning_overhead.py [--trials 50] [--repeats 3] [--quick] [--keep DIR]
+
+--quick (tests/test_generator_benchmarks.py) runs every step with 3 trials in batches of 2, two rounds (both
+orders): it checks the wiring and the keys, not the goal.
 
 Goal P1: ratio <= 1.10, where ratio = (the train flow's tuning step, `tune`, in a flow run with its batch
 tasks) / (a bare `study.optimize` loop).
@@ -45,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 INNER = Path(__file__).resolve().parent / "_tuning_inner.py"
 
 
-def project_env(workdir: Path, package: str) -> dict[str, str]:
+def project_env(workdir: Path, package: str, trials_per_task: int | None) -> dict[str, str]:
     """The generator's virtualenv and any Prefect API must not leak into the project."""
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PREFECT_API_URL"}}
     prefix = package.upper()
@@ -58,6 +61,8 @@ def project_env(workdir: Path, package: str) -> dict[str, str]:
             f"{prefix}_REGISTRY__BENTOML_HOME": str(workdir / "bentoml"),
         },
     )
+    if trials_per_task:
+        env[f"{prefix}_TUNING__TRIALS_PER_TASK"] = str(trials_per_task)
     return env
 
 
@@ -74,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="3 trials in batches of 2, 2 rounds: the wiring")
     parser.add_argument("--keep", type=Path, help="render into this (new) folder and keep it afterwards")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.trials, args.repeats = 3, 2
     uv = shutil.which("uv") or sys.exit("uv is required")
 
     workdir = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="tuning-bench-"))
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             str(source), str(project), defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True, skip_tasks=True
         )
         package = worker.answers.combined["package_name"]
-        env = project_env(workdir, package)
+        env = project_env(workdir, package, 2 if args.quick else None)
         print(f"rendered {project}; uv sync ...", file=sys.stderr, flush=True)
         run([uv, "sync", "--quiet"], project, env)
         print(f"timing {args.trials} trials x {args.repeats} rounds ...", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """Update many generated projects to a template release as one Prefect flow, each on a branch of its own.
 
-    uv run python -m flows.update_fleet PROJECT [PROJECT ...] [--vcs-ref v1.1.0] [--workspace DIR]
+    uv run python -m flows.update_fleet [--vcs-ref v1.1.0] [--workspace DIR] [--] PROJECT [PROJECT ...]
 
 A PROJECT is a local path or a git URL. Each is updated away from its own checkout: a local project in a
 git worktree on a new branch, a URL in a fresh clone, both under the workspace. Then `copier update`, and
@@ -8,6 +8,9 @@ with no conflict the change is committed on that branch, installed and tested wi
 suite. One `fleet-update` table artifact lists every project: version before and after, conflicts, test
 result, branch and where it is. A broken entry is a row with its error; the others go on. Nothing is
 pushed or merged: the branches are for a person (or a later CI job) to review.
+
+An entry is only ever a path or a URL: git gets `--` before it, so one starting with `-`
+(`--upload-pack=...`) cannot pass as an option (on the command line, put `--` before such entries too).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class FleetIncomplete(RuntimeError):
 
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A git command; callers put `--` before every path or URL that comes from an entry."""
     return subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -79,7 +83,7 @@ def checkout(entry: str, workspace: Path, branch: str) -> Path:
     if where.exists():
         raise FleetEntryError(f"{where} exists from an earlier run: remove it (and its branch) first")
     if is_url(entry):
-        cloned = git(workspace, "clone", "--quiet", entry, str(where))
+        cloned = git(workspace, "clone", "--quiet", "--", entry, str(where))
         if cloned.returncode != 0:
             raise FleetEntryError(f"cannot clone {entry}: {last_line(cloned.stderr)}")
         made = git(where, "switch", "--quiet", "-c", branch)
@@ -100,7 +104,7 @@ def checkout(entry: str, workspace: Path, branch: str) -> Path:
                 f"{entry} has uncommitted changes ({', '.join(changed[:5])}): "
                 "commit or stash them, then run again"
             )
-        made = git(source, "worktree", "add", "--quiet", "-b", branch, str(where))
+        made = git(source, "worktree", "add", "--quiet", "-b", branch, "--", str(where))
     if made.returncode != 0:
         raise FleetEntryError(f"cannot make branch {branch} of {entry}: {last_line(made.stderr)}")
     return where

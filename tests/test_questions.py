@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import shlex
+import tomllib
 import zoneinfo
 
 import pytest
@@ -10,6 +13,7 @@ import yaml
 from conftest import REPO, package_of, recorded_answers, render
 
 CSV = {"data_path": "data/train.csv"}
+CSV_PRICE = {**CSV, "target_column": "price"}
 
 INVALID = [
     # (question, answers, a part of the message the user sees)
@@ -40,6 +44,45 @@ INVALID = [
     ("environments", {"environments": ["dev"]}, r"must include dev and prod .*you gave dev$"),
     ("flow_image", {"work_pool_type": "docker", "flow_image": "My Image"}, r'"My Image" is not an image'),
     ("gpus", {"work_pool_type": "kubernetes", "gpus": -1}, r"gpus must be between 0 and 16 \(you gave -1\)"),
+    # Written unquoted into dvc.yaml and the docs' `dvc add` command: characters that change their meaning.
+    ("data_path", {**CSV_PRICE, "data_path": "data/$(touch x).csv"}, r"must be a path of letters, digits"),
+    (
+        "data_path",
+        {**CSV_PRICE, "data_path": "data/a: b.csv"},
+        r"'\$', ';', '#', '\*' break the dvc\.yaml and shell",
+    ),
+    ("data_path", {**CSV_PRICE, "data_path": "data/#1.csv"}, r'"data/#1\.csv" must be a path of letters'),
+    ("data_path", {**CSV_PRICE, "data_path": "data/it's.csv"}, r"for example data/train\.csv"),
+    ("data_path", {**CSV_PRICE, "data_path": "-data.csv"}, r'"-data\.csv" must be a path of letters'),
+    ("data_path", {**CSV_PRICE, "data_path": "@data.csv"}, r'"@data\.csv" .*, starting with a letter, digit'),
+    ("data_path", {**CSV_PRICE, "data_path": "data/*.csv"}, r'"data/\*\.csv" must be a path of letters'),
+    ("author", {"author": "   "}, r'author must be a name, for example "Data Science Team"'),
+]
+
+# Every free-text answer refuses what no TOML or YAML line can hold: a newline, a tab, any other C0 or C1
+# control character, DEL, a Unicode line separator, a lone surrogate (not writable as UTF-8).
+UNWRITABLE = [
+    ("author", {"author": "Ada\nLovelace"}, "a newline at character 4"),
+    ("author", {"author": "Ada\udc80"}, "a control character at character 4"),
+    ("description", {"description": "Predicts churn.\r"}, "a carriage return at character 16"),
+    ("description", {"description": "x\u2028y"}, "a line separator at character 2"),
+    ("target_column", {**CSV, "target_column": "price\nusd"}, "a newline at character 6"),
+    ("data_path", {**CSV_PRICE, "data_path": "data/train.csv\n"}, "a newline at character 15"),
+    ("project_name", {"project_name": "Churn Model\n"}, "a newline at character 12"),
+    ("package_name", {"package_name": "churn\n"}, "a newline at character 6"),
+    ("train_schedule", {"train_schedule": "0 3 * * 1\n"}, "a newline at character 10"),
+    ("monitor_schedule", {"monitor_schedule": "0\t* * * *"}, "a tab at character 2"),
+    ("timezone", {"timezone": "UTC\x7f"}, "a control character at character 4"),
+    ("work_pool", {"work_pool": "ml-pool\x9b"}, "a control character at character 8"),
+    (
+        "flow_image",
+        {"work_pool_type": "docker", "flow_image": "flows:1\x00"},
+        "a control character at character 8",
+    ),
+]
+INVALID += [
+    (question, answers, rf"{question} holds {where}: give it on one line, without tabs or control characters")
+    for question, answers, where in UNWRITABLE
 ]
 
 
@@ -117,3 +160,44 @@ def test_every_time_zone_the_validator_accepts_is_one_zoneinfo_knows():
     assert len(names) > 500 and {"UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires"} <= set(names)
     for name in names:
         zoneinfo.ZoneInfo(name)
+
+
+# Legal answers with every character that needs care in TOML, YAML, JSON or a shell line: quotes, backslash,
+# '#', ':', '{{', non-ASCII. The files they reach must parse and give the answers back exactly as typed.
+HOSTILE = {
+    "author": 'O\'Brien "OB" \\ Ünal #1: 山田',
+    "description": 'Predicts churn: "who leaves" # and why \\ naïvely, 100% 🙂 {{ not jinja }}',
+    "data_path": "data/ventes@eu+q1=2024,v2:final%.ü.csv",
+    "target_column": "Price (\"EUR\") \\ #1: 'net'",
+    "use_dvc": True,
+}
+
+
+@pytest.mark.parametrize("ci_provider", ["github", "gitlab"])
+def test_hostile_but_legal_answers_render_files_that_parse_and_hold_them(tmp_path, ci_provider):
+    project = render({**HOSTILE, "ci_provider": ci_provider}, tmp_path / "project")
+    parsed = {}
+    for path in sorted(project.rglob("*")):
+        name = path.relative_to(project).as_posix()
+        if path.suffix == ".toml":
+            parsed[name] = tomllib.loads(path.read_text())
+        elif path.suffix in {".yaml", ".yml"}:
+            parsed[name] = list(yaml.safe_load_all(path.read_text()))
+        elif path.suffix == ".json":
+            parsed[name] = json.loads(path.read_text())
+    ci_file = {"github": ".github/workflows/ci.yml", "gitlab": ".gitlab-ci.yml"}[ci_provider]
+    assert {"pyproject.toml", "settings.toml", "dvc.yaml", "prefect.yaml", ci_file} <= set(parsed)
+
+    pyproject = parsed["pyproject.toml"]["project"]
+    assert (pyproject["description"], pyproject["authors"]) == (
+        HOSTILE["description"],
+        [{"name": HOSTILE["author"]}],
+    )
+    data = parsed["settings.toml"]["data"]
+    assert (data["path"], data["target_column"]) == (HOSTILE["data_path"], HOSTILE["target_column"])
+    assert HOSTILE["data_path"] in parsed["dvc.yaml"][0]["stages"]["train"]["deps"]
+    assert (project / "README.md").read_text().splitlines()[2] == HOSTILE["description"]
+    # The docs' command that tracks the data with DVC still names exactly the data file.
+    training_doc = (project / "docs" / "training.md").read_text()
+    dvc_add = next(line for line in training_doc.splitlines() if line.startswith("uv run dvc add "))
+    assert shlex.split(dvc_add, comments=True) == ["uv", "run", "dvc", "add", HOSTILE["data_path"]]

@@ -1,8 +1,10 @@
-"""The generated project's serving benchmark runs in an installed, trained project and reports its keys.
+"""The generated project's serving and soak benchmarks run in an installed, trained project and report
+their keys.
 
-Its quick mode checks the wiring (three servers started and stopped, hey's summary read, the in-process
-limit measured) and that the service answered every request; it does not check the P3 timing goals, which
-need the full run on a quiet machine (`uv run python benchmarks/serving.py` in a project).
+Their quick modes check the wiring (servers started and stopped, hey's summary read, the in-process limit
+measured; the soak's log rotations and its monitor run) and that the service answered every request and
+logged every answer; they do not check the P3 timing goals or the soak's memory goal, which need the full
+runs on a quiet machine (`uv run python benchmarks/serving.py`, `benchmarks/soak.py` in a project).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, explain, install_project, require_tool
+from conftest import ANSWER_SETS, Project, explain, install_project, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +48,29 @@ def processes_under(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def benchmark(tmp_path_factory, prefect_home) -> tuple[dict, Path]:
-    require_tool("hey")  # the HTTP load generator the benchmark drives
+def trained(tmp_path_factory, prefect_home) -> Project:
+    require_tool("hey")  # the HTTP load generator both benchmarks drive
     project = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("serving-bench"), prefect_home)
-    trained = project.cli("train", "--n-trials", "3")
-    assert trained.returncode == 0, explain(trained)
-    result = project.run("uv", "run", "python", "benchmarks/serving.py", "--quick", timeout=900)
+    result = project.cli("train", "--n-trials", "3")
     assert result.returncode == 0, explain(result)
-    return json.loads(result.stdout.strip().splitlines()[-1]), project.root
+    return project
+
+
+def quick_run(project: Project, name: str) -> dict:
+    """`benchmarks/<name>.py --quick` in the project; the JSON object it prints last."""
+    result = project.run("uv", "run", "python", f"benchmarks/{name}.py", "--quick", timeout=900)
+    assert result.returncode == 0, explain(result)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def benchmark(trained) -> tuple[dict, Path]:
+    return quick_run(trained, "serving"), trained.root
+
+
+@pytest.fixture(scope="module")
+def soak(trained) -> tuple[dict, Path]:
+    return quick_run(trained, "soak"), trained.root
 
 
 def test_reports_every_key_and_a_verdict_per_goal(benchmark):
@@ -79,4 +96,14 @@ def test_the_service_answered_every_request(benchmark):
 
 def test_no_server_is_left_running(benchmark):
     _, root = benchmark
+    assert processes_under(root) == []
+
+
+def test_the_soak_logs_every_answer_across_rotations_and_monitors_the_log(soak):
+    report, root = soak
+    assert report["answers"] > 0 and report["non_2xx"] == 0, report
+    assert report["accounted"] is True, report  # answers == records + dropped
+    assert report["rotations"] >= 1, report
+    assert report["monitor_exit_code"] == 0 and report["monitor_rows"] > 0, report
+    assert report["rss_mb_start"] > 0 and report["rss_mb_end"] > 0, report
     assert processes_under(root) == []

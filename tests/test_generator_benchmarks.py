@@ -1,0 +1,43 @@
+"""The generator's own benchmarks (P1 tuning overhead, P5 time to first prediction) run in their quick modes
+and report what they promise. Each renders the committed template and installs it, as its full run does; the
+quick mode shrinks the work (a few trials, no warm-up), so it checks the wiring and the keys, not the goals
+(`uv run python benchmarks/<name>.py` on a quiet machine does).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import REPO, explain, run, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def quick_run(name: str) -> dict:
+    """`python benchmarks/<name>.py --quick` with the generator's interpreter (not `uv run`: a test's
+    UV_PYTHON would make uv rebuild the generator's own virtualenv); the JSON object it prints last."""
+    command = [sys.executable, f"benchmarks/{name}.py", "--quick"]
+    result = run(command, cwd=REPO, env=subprocess_env(), timeout=1800)
+    assert result.returncode == 0, explain(result)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_tuning_overhead_compares_the_flow_and_a_bare_loop_on_the_same_trials():
+    report = quick_run("tuning_overhead")
+    assert (report["trials"], report["trials_per_task"], report["repeats"]) == (3, 2, 2), report
+    assert report["same_trials"] is True and report["first_differing_trial"] is None, report
+    for key in ("seconds_ours", "seconds_bare", "seconds_bare_inmemory", "seconds_empty_flow_run", "ratio"):
+        assert report[key] > 0, (key, report)
+    assert report["met"] is (report["ratio"] <= 1.10)
+    assert [set(one_round) for one_round in report["per_round"]] == [{"ours", "bare", "bare_inmemory"}] * 2
+
+
+def test_time_to_first_prediction_reaches_an_answer_and_leaves_its_port_free():
+    report = quick_run("time_to_first_prediction")
+    assert set(report["stages"]) == {"copy", "install", "train", "serve_to_first_answer"}, report
+    assert set(report["floor_stages"]) == {"install", "import"}, report
+    assert all(seconds > 0 for seconds in [*report["stages"].values(), *report["floor_stages"].values()])
+    assert report["seconds"] > 0 and report["floor_seconds"] > 0 and report["ratio_to_floor"] > 0, report
+    assert report["port_released"] is True and report["quick"] is True, report
