@@ -76,6 +76,7 @@ DEFAULT_TREE = [
     "src/{pkg}/monitoring/__init__.py",
     "src/{pkg}/monitoring/alerts.py",
     "src/{pkg}/monitoring/drift.py",
+    "src/{pkg}/monitoring/labels.py",
     "src/{pkg}/monitoring/pushgateway.py",
     "src/{pkg}/monitoring/rollout_watch.py",
     "src/{pkg}/monitoring/served_traffic.py",
