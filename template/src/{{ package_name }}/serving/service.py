@@ -14,7 +14,8 @@ spent before the batcher (accept queue, HTTP, JSON) is not counted (docs/decisio
 The model is the production one (the alias record in registry/aliases.py, set by promotion; a Bento built with
 `--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
 built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
-nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log runs.
+nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log can be
+written (a 503 names the file and the cause).
 
 Rollout without a restart (docs/serving.md#rollout-how-a-promoted-model-reaches-the-service): each worker
 checks the alias record every rollout.poll_seconds in a thread of its own, loads a newly promoted (or
@@ -40,6 +41,7 @@ from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from ..config import PACKAGE, get_settings
 from ..registry import aliases
@@ -149,8 +151,13 @@ class Predictor:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
 
     def __is_ready__(self) -> bool:
-        """/readyz: the model is loaded and the request log can take records."""
-        return self.served.runtime is not None and self.requests.alive
+        """/readyz: the model is loaded and the request log can be written. BentoML answers False with a bare
+        503; the HTTPException raised instead (BentoML calls this inside its Starlette route, which turns
+        it into the answer) tells the prober which file and why."""
+        problem = self.requests.problem()
+        if problem is not None:
+            raise HTTPException(503, detail=f"not ready: {problem}")
+        return self.served.runtime is not None
 
     @bentoml.on_shutdown
     def close_request_log(self) -> None:
