@@ -50,6 +50,7 @@ from ..registry.store import RegisteredModel, load
 from . import predictors
 from .batching import Batcher
 from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
+from .production_poll import ProductionPoll
 from .request_deadline import install as install_header_deadline
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
@@ -168,14 +169,17 @@ class Predictor:
         """Swap in the production model whenever the alias record names another one; never raises, since a
         dead thread would leave the worker serving an old model silently."""
         refused: set[str] = set()
+        poll = ProductionPoll(SETTINGS)
         while not self._stop.wait(SETTINGS.rollout.poll_seconds):
             try:
-                tag = aliases.read(SETTINGS).production
-                if tag and tag != self.served.version and tag not in refused:
+                tag = poll.next_tag(self.served.version)
+                if tag and tag not in refused:
                     self._swap_to(tag, refused)
-            except Exception:  # the next poll tries again; the current model keeps serving
-                logger.exception(
-                    "Could not swap in the production model; still serving %s", self.served.version
+                    poll.failed(None, self.served.version)
+            except Exception as exc:  # the next poll tries again; the current model keeps serving
+                poll.failed(
+                    f"Could not swap in the production model ({type(exc).__name__}: {exc}); "
+                    f"still serving {self.served.version}"
                 )
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
