@@ -51,6 +51,7 @@ from . import predictors
 from .batching import Batcher
 from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
 from .production_poll import ProductionPoll
+from .rejected_requests import install as keep_rejected_values_out_of_the_log
 from .request_deadline import install as install_header_deadline
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
@@ -349,6 +350,8 @@ SERVICE.add_asgi_middleware(
     protected=ROUTES,
     api_key_env=KEY_ENV,
     max_body_bytes=SERVING.max_body_bytes,
+    max_discarded_bytes=SERVING.max_discarded_bytes,
+    discard_seconds=SERVING.timeout_seconds,
 )
 # BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics. BentoML builds
 # its middleware from this module attribute when a worker starts, after importing this module.
@@ -358,3 +361,4 @@ instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ig
 )
 # Each worker imports this module before its uvicorn server loads its HTTP protocol class.
 install_header_deadline(SERVING.header_timeout_seconds)
+keep_rejected_values_out_of_the_log(log_values=SERVING.log_rejected_values)
