@@ -70,6 +70,12 @@ def readable(body: Any) -> Any:
     return body
 
 
+def key_env(api_key_env: str, api_key_block: str, package: str) -> str:
+    """The environment variable the API key is read from: serving.api_key_env, or `<PACKAGE>_API_KEY` when
+    the key comes from a Prefect Secret block and no variable is named; "" for no key at all."""
+    return api_key_env or (f"{package.upper()}_API_KEY" if api_key_block else "")
+
+
 def key_from_secret_block(block: str, env_name: str) -> None:
     """Put the API key stored in the Prefect Secret block `block` into this process's environment variable
     `env_name`, where RequestGuard reads it: a key kept in Prefect stays out of files and of the

@@ -49,7 +49,13 @@ from ..registry.promotion import schema_changes
 from ..registry.store import RegisteredModel, load
 from . import predictors
 from .batching import Batcher
-from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
+from .http_guard import (
+    RequestGuard,
+    api_key_from,
+    bounded_endpoint_label,
+    key_env,
+    key_from_secret_block,
+)
 from .production_poll import ProductionPoll
 from .rejected_requests import install as keep_rejected_values_out_of_the_log
 from .request_deadline import install as install_header_deadline
@@ -338,7 +344,7 @@ def _request_id(ctx: bentoml.Context) -> str:
 logging.getLogger(PACKAGE).setLevel(logging.INFO)
 
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
-KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
+KEY_ENV = key_env(SERVING.api_key_env, SERVING.api_key_block, PACKAGE)
 if SERVING.api_key_block:
     key_from_secret_block(SERVING.api_key_block, KEY_ENV)
 api_key_from(KEY_ENV)  # a blank key stops `bentoml serve` here, before any worker starts
