@@ -2,10 +2,12 @@
 
 What a probe of the service found and what must hold now: paths it does not serve never become new metric
 series; a body over serving.max_body_bytes gets a 413 before it is read, and does not hold up other
-requests; a connection that sends nothing, or stalls or trickles inside its headers, is closed (408) after
-serving.header_timeout_seconds; SIGTERM lets the requests the server has begun finish; a blank API key stops
-the service instead of opening it; the start-up log says whether the API key is on. Bounded loops, no
-timed assertions.
+requests, and a client that sends its whole body before reading (httpx, urllib) gets that 413 too, not a
+connection reset; a connection that sends nothing, or stalls or trickles inside its headers, is closed (408)
+after serving.header_timeout_seconds; SIGTERM lets the requests the server has begun finish; a blank API key
+stops the service instead of opening it; the start-up log says whether the API key is on; a request log
+that cannot be written fails readiness (naming it) and is logged once; a broken alias record is a metric
+and one log line while the model keeps serving. Bounded loops, no timed assertions.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import select
 import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving
+from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving, started
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +105,58 @@ def test_paths_the_service_does_not_serve_share_one_metrics_label(served):
     assert len(metric_lines(base)) == before
 
 
+def metric_value(base: str, series: str) -> float | None:
+    """The value of one series on /metrics (`name` or `name{label="value"}`), None when it is not there."""
+    for line in metric_lines(base):
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    return None
+
+
+def wait_until(probe, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(0.5)
+    return found
+
+
+ALIAS_FILE = """
+import importlib, json, sys
+package = sys.argv[1]
+settings = importlib.import_module(package + ".config").get_settings()
+aliases = importlib.import_module(package + ".registry.aliases")
+print(json.dumps({"path": str(aliases.alias_file(settings)), "poll": settings.rollout.poll_seconds}))
+"""
+
+
+def test_a_broken_alias_record_is_a_metric_and_one_log_line_while_the_model_keeps_serving(
+    project, served, row
+):
+    """Runs before the tests that start a second server: BentoML empties $BENTOML_HOME's
+    prometheus_multiproc_dir when a server starts, and the first server's own metrics then vanish from its
+    /metrics."""
+    base, log = served
+    alias = project.query(ALIAS_FILE)
+    path, gauge = Path(alias["path"]), f"{project.package}_alias_record_valid"
+    saved = path.read_bytes()
+    assert metric_value(base, gauge) == 1
+    try:
+        path.write_text('{"history": [')  # a hand edit gone wrong
+        wait_until(lambda: metric_value(base, gauge) == 0, "the broken record on /metrics")
+        polls_later = time.monotonic() + 3 * alias["poll"]
+        while time.monotonic() < polls_later:  # traffic over several polls of the broken record
+            answer = httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60)
+            assert answer.status_code == 200 and answer.json()["model_version"], answer.text
+    finally:
+        path.write_bytes(saved)
+    wait_until(lambda: metric_value(base, gauge) == 1, "the restored record on /metrics")
+    text = log.read_text(errors="replace")
+    assert text.count(f"{path}: the production alias record is not JSON") == 1, text[-3000:]
+    assert "Could not swap" not in text
+
+
 def raw_request(base: str, path: str, headers: dict[str, str]) -> socket.socket:
     """A connection with the request line and headers sent, the body still to come."""
     url = urlsplit(base)
@@ -166,6 +222,21 @@ def test_a_streamed_oversized_body_is_cut_off_while_other_requests_are_answered(
     assert others == [200] * 5
     assert status == 413, body
     assert sent < 3 * MAX_BODY, f"{sent} bytes sent before the 413"
+
+
+def test_a_client_that_sends_its_whole_oversized_body_first_gets_the_413(served):
+    """httpx and urllib send the whole body before they read the answer: a server that closed the connection
+    as soon as it had answered left them with a connection reset instead of the 413."""
+    base, _ = served
+    body = b'{"rows": [' + b" " * (44 * MAX_BODY) + b"]}"
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(f"{base}/predict", content=body, headers=headers, timeout=120)
+    assert response.status_code == 413, response.text
+    assert "serving.max_body_bytes" in response.json()["error"]
+    request = urllib.request.Request(f"{base}/predict", data=body, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=120)
+    assert refused.value.code == 413
 
 
 def connect(base: str) -> socket.socket:
@@ -285,3 +356,30 @@ def test_a_blank_api_key_stops_the_service(project, blank):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert f"{project.package.upper()}_API_KEY" in output and "set but blank" in output, output[-3000:]
+
+
+def test_a_request_log_that_cannot_be_written_fails_readiness_naming_it_and_is_logged_once(
+    project, row, tmp_path
+):
+    blocked = tmp_path / "logs" / "requests.jsonl"
+    blocked.mkdir(parents=True)  # the file's place is taken by a folder: it cannot be written, even by root
+    log = tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{free_port()}"
+    command = ["uv", "run", "python", "-m", project.package, "serve", "--port", base.rpartition(":")[2]]
+    env = {**project.env, **settings(project, SERVING__REQUEST_LOG_PATH=str(blocked))}
+    dropped = f'{project.package}_request_log_dropped_total{{cause="write_failed"}}'
+    with started(command, cwd=project.root, env=env, log=log, ready_url=f"{base}/livez"):
+        ready = httpx.get(f"{base}/readyz", timeout=30)
+        assert ready.status_code == 503, ready.text
+        assert str(blocked) in ready.text and "IsADirectoryError" in ready.text
+        answers = [httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60) for _ in range(10)]
+        assert [a.status_code for a in answers] == [200] * 10  # predictions go on; their records are lost
+        wait_until(lambda: metric_value(base, dropped) == 10, "10 records counted as write_failed")
+        blocked.rmdir()  # fixed; a service that is not ready gets no traffic, only its probes
+        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=30).status_code == 200, "ready again")
+        assert httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60).status_code == 200
+        wait_until(lambda: blocked.is_file() and '"request_id"' in blocked.read_text(), "a record written")
+    text = log.read_text(errors="replace")
+    assert text.count(f"cannot write {blocked}") == 1, text[-3000:]  # once, not per request
+    assert "Traceback" not in text, text[-3000:]
+    assert f"writing to {blocked} again; 10 records were dropped" in text

@@ -355,7 +355,43 @@ def alert_cases(package: str, monitor_every: int) -> list[tuple[str, dict[str, s
             10,
             {"model_version": f"{package}:v2"},
         ),
-        ("RequestLogDropping", {f"{package}_request_log_dropped_total{{{service}}}": "0+5x30"}, 20, {}),
+        # Records dropped because the buffer is full: the alert names that cause, and only that one.
+        (
+            "RequestLogDropping",
+            {f'{package}_request_log_dropped_total{{{service}, cause="buffer_full"}}': "0+5x30"},
+            20,
+            {"cause": "buffer_full"},
+        ),
+        (
+            "RequestLogDropping",
+            {f'{package}_request_log_dropped_total{{{service}, cause="write_failed"}}': "0+5x30"},
+            20,
+            None,
+        ),
+        # The log cannot be written at all: its own alert, at once and critical.
+        (
+            "RequestLogUnwritable",
+            {f'{package}_request_log_dropped_total{{{service}, cause="write_failed"}}': "0+5x30"},
+            5,
+            {},
+        ),
+        (
+            "RequestLogUnwritable",
+            {f'{package}_request_log_dropped_total{{{service}, cause="buffer_full"}}': "0+5x30"},
+            20,
+            None,
+        ),
+        # One worker cannot read the alias record: an alert after five minutes; a readable one is quiet.
+        (
+            "AliasRecordBroken",
+            {
+                f'{package}_alias_record_valid{{{service}, pid="1"}}': "0x15",
+                f'{package}_alias_record_valid{{{service}, pid="2"}}': "1x15",
+            },
+            10,
+            {},
+        ),
+        ("AliasRecordBroken", {f"{package}_alias_record_valid{{{service}}}": "1x15"}, 10, None),
     ]
 
 

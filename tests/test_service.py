@@ -217,6 +217,21 @@ def test_bad_requests_get_a_4xx_that_names_the_problem(service, model):
     assert not problems, "\n".join(problems)
 
 
+def test_rejected_values_stay_out_of_the_server_log(service, model, serve_log):
+    """A 400 is logged as one line naming the field and its error; the value sent (which may be personal
+    data) is not written anywhere on the server (serving.log_rejected_values is false by default)."""
+    number = field_of(model["schema"], "number")
+    secret = "Jane-Doe-" + secrets.token_hex(6)
+    response = post(service, "/predict_one", {"row": {**model["rows"][0], number: secret}})
+    assert response.status_code == 400 and number in response.json()["error"], response.text
+    logged = f"POST /predict_one answered 400: row.{number}: float_parsing"
+    deadline = time.monotonic() + 30
+    while logged not in serve_log.read_text(errors="replace"):  # the server writes its log as it goes
+        assert time.monotonic() < deadline, serve_log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    assert secret not in serve_log.read_text(errors="replace")
+
+
 def test_the_api_key_guards_predictions_but_not_health_or_metrics(service, model, serve_log, project):
     row = {"row": model["rows"][0]}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
@@ -251,7 +266,8 @@ def test_metrics_count_predictions_by_label_and_show_the_model_version(service, 
     name, version = model["tag"].split(":")[0], model["tag"]
     assert info == {(("model_name", name), ("model_version", version), ("runtime", "onnx")): 1.0}
     dropped = metric_samples(service, f"{model['tag'].split(':')[0]}_request_log_dropped_total")
-    assert dropped == {(): 0.0}
+    causes = ("buffer_full", "write_failed", "unserializable")
+    assert dropped == {(("cause", cause),): 0.0 for cause in causes}
     requests = metric_samples(service, "bentoml_service_request_total")
     assert any(dict(k).get("endpoint") == "/predict" and v > 0 for k, v in requests.items())
 

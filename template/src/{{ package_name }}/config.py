@@ -103,6 +103,9 @@ class ServingSettings(Section):
     header_timeout_seconds: float = Field(10, gt=0)
     max_rows: int = Field(1000, ge=1)
     max_body_bytes: int = Field(4_000_000, ge=1024)
+    # The rest of a larger body is read and dropped up to this many bytes before its 413 ends: clients that
+    # send the whole body before reading (urllib, httpx) get the 413 instead of a connection reset.
+    max_discarded_bytes: int = Field(100_000_000, ge=0)
     max_batch_size: int = Field(100, ge=1)
     max_latency_ms: int = Field(2000, ge=1)
     request_log_path: str = "logs/requests.jsonl"
@@ -117,6 +120,8 @@ class ServingSettings(Section):
     runtime: Literal["auto", "onnx", "sklearn"] = "auto"
     # A category field lists its allowed values in the API only up to this many; above, it takes any text.
     max_enum_categories: int = Field(50, ge=0)
+    # The server log names a rejected request's fields and errors, never the values sent; true for debugging.
+    log_rejected_values: bool = False
 
 
 class MonitoringSettings(Section):

@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from ..config import Settings
+from ..config import PACKAGE, Settings, get_settings
+from ..serving.http_guard import api_key_from, key_env, key_from_secret_block
 from ..training import validation
 
 ROWS_PER_REQUEST = 50
@@ -79,12 +80,25 @@ def as_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.replace({np.nan: None}).to_json(orient="records"))
 
 
+def service_client(base_url: str, settings: Settings | None = None) -> httpx.Client:
+    """A client of the demo's service that sends the service's API key when it has one, read from the same
+    environment variable (or Prefect Secret block) as the service reads it: a keyed service answers 401 to
+    anyone else, the demo's own traffic included."""
+    serving = (settings or get_settings()).serving
+    env_name = key_env(serving.api_key_env, serving.api_key_block, PACKAGE)
+    if serving.api_key_block:
+        key_from_secret_block(serving.api_key_block, env_name)
+    key = api_key_from(env_name)
+    headers = {"Authorization": f"Bearer {key.decode()}"} if key else {}
+    return httpx.Client(base_url=base_url, timeout=30, headers=headers)
+
+
 def send(base_url: str, stream: Stream, labels_path: Path, target: str) -> list[dict[str, Any]]:
     """Send the stream to /predict and append its labels to the labels table (request id, row, target)."""
     records = as_records(stream.features)
     truth = stream.labels.tolist()
     answers, labelled = [], []
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with service_client(base_url) as client:
         for start in range(0, len(records), ROWS_PER_REQUEST):
             response = client.post("/predict", json={"rows": records[start : start + ROWS_PER_REQUEST]})
             response.raise_for_status()
@@ -123,7 +137,7 @@ class SteadyTraffic:
             self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+        with service_client(self.base_url) as client:
             while not self._stop.is_set():
                 self._one(client, self.rows[(self.answered + len(self.failed)) % len(self.rows)])
                 time.sleep(0.05)

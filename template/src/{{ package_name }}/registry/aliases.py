@@ -45,17 +45,38 @@ def alias_file(settings: Settings) -> Path:
     return settings.bentoml_home / "aliases" / f"{settings.model_name}.json"
 
 
+class AliasRecordError(RuntimeError):
+    """The alias record exists but cannot be used: not JSON, or without the fields every record has."""
+
+
 def read(settings: Settings) -> AliasRecord:
     path = alias_file(settings)
     if not path.exists():
         return AliasRecord()
     try:
         content = json.loads(path.read_text())
-        return AliasRecord(history=content["history"], rolled_back=content.get("rolled_back", []))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(
-            f"{path}: the production alias record is unreadable ({exc}); restore it or delete it"
+    except ValueError as exc:
+        raise AliasRecordError(
+            f"{path}: the production alias record is not JSON ({exc}); restore it or delete it"
         ) from exc
+    missing = _missing_field(content)
+    if missing:
+        raise AliasRecordError(f"{path}: the production alias record has {missing}; restore it or delete it")
+    return AliasRecord(history=content["history"], rolled_back=content.get("rolled_back", []))
+
+
+def _missing_field(content: Any) -> str | None:
+    """What a record lacks: its history list, or a tag in an entry of history or rolled_back."""
+    if not isinstance(content, dict) or not isinstance(content.get("history"), list):
+        return "no history list"
+    rolled_back = content.get("rolled_back", [])
+    if not isinstance(rolled_back, list):
+        return "a rolled_back that is not a list"
+    for key, entries in (("history", content["history"]), ("rolled_back", rolled_back)):
+        for number, entry in enumerate(entries, start=1):
+            if not isinstance(entry, dict) or not isinstance(entry.get("tag"), str) or not entry["tag"]:
+                return f"no tag in {key} entry {number}"
+    return None
 
 
 @contextlib.contextmanager

@@ -11,7 +11,10 @@ sees every request, BentoML's own routes included, and needs no model: tests use
   and metrics routes never ask for one. The key is compared in constant time and never logged. A key
   variable that is set but blank stops the service (`api_key_from`): it must not quietly mean "no key".
 - A prediction request whose body is larger than `max_body_bytes` gets a 413 before its body is read: at
-  once from its Content-Length, or, for a chunked body, as soon as the bytes received pass the limit.
+  once from its Content-Length, or, for a chunked body, as soon as the bytes received pass the limit. The
+  answer is sent at once, but ends only after the rest of the body was read and thrown away (up to
+  `max_discarded_bytes`, within `discard_seconds`): most clients (urllib, httpx, requests) send the whole
+  body before they read, and a server that closed first would give them a connection reset, not the 413.
 - Prediction endpoints accept JSON only: BentoML would try to parse other content types anyway and
   answer some of them (form data, for example) with a 500, so they get a 415 naming what to send.
 - JSON error bodies are made readable: `error` names each bad field (`rows.0.size: Field required`),
@@ -20,6 +23,7 @@ sees every request, BentoML's own routes included, and needs no model: tests use
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -66,6 +70,12 @@ def readable(body: Any) -> Any:
     return body
 
 
+def key_env(api_key_env: str, api_key_block: str, package: str) -> str:
+    """The environment variable the API key is read from: serving.api_key_env, or `<PACKAGE>_API_KEY` when
+    the key comes from a Prefect Secret block and no variable is named; "" for no key at all."""
+    return api_key_env or (f"{package.upper()}_API_KEY" if api_key_block else "")
+
+
 def key_from_secret_block(block: str, env_name: str) -> None:
     """Put the API key stored in the Prefect Secret block `block` into this process's environment variable
     `env_name`, where RequestGuard reads it: a key kept in Prefect stays out of files and of the
@@ -109,14 +119,19 @@ class RequestGuard:
         protected: Iterable[str],
         api_key_env: str = "",
         max_body_bytes: int = 0,
+        max_discarded_bytes: int = 0,
+        discard_seconds: float = 30,
     ) -> None:
         """`api_key_env` names the environment variable holding the key (the key itself is never passed
         around, so it cannot end up in a repr or a log); no name, or no such variable, means no key, and
         a blank one raises (`api_key_from`). `max_body_bytes` bounds the body of protected routes (0: no
-        bound)."""
+        bound); the rest of a larger one is read and dropped up to `max_discarded_bytes` within
+        `discard_seconds` before its 413 ends."""
         self.app = app
         self.protected = set(protected)
         self.max_body_bytes = max_body_bytes
+        self.max_discarded_bytes = max_discarded_bytes
+        self.discard_seconds = discard_seconds
         self._api_key = api_key_from(api_key_env)
         if self._api_key:
             logger.info(
@@ -146,7 +161,7 @@ class RequestGuard:
         path = scope.get("path", "")
         guarded = path in self.protected
         body_size = [0]  # bytes of request body the endpoint read, to name an empty body as such
-        send = self._stamp(send, request_id, body_size if guarded else None)
+        unstamped, send = send, self._stamp(send, request_id, body_size if guarded else None)
 
         if guarded and scope.get("method") == "POST":
             if self._api_key and not self._authorized(headers):
@@ -169,29 +184,21 @@ class RequestGuard:
                 )
                 return
             if self.max_body_bytes:
-                limited = await self._within_limit(headers, receive)
+                limited, read = await self._within_limit(headers, receive)
                 if limited is None:
-                    await _answer(
-                        send,
-                        413,
-                        f"the request body is larger than {self.max_body_bytes} bytes "
-                        "(serving.max_body_bytes); send fewer rows per request",
-                        request_id,
-                        # The rest of the body is not wanted: the server closes the connection rather than
-                        # read it only to throw it away.
-                        extra_headers=[(b"connection", b"close")],
-                    )
+                    await self._too_large(unstamped, receive, headers, request_id, read)
                     return
                 receive = limited
         await self.app(scope, _counting(receive, body_size) if guarded else receive, send)
 
-    async def _within_limit(self, headers: dict[str, str], receive: Receive) -> Receive | None:
+    async def _within_limit(self, headers: dict[str, str], receive: Receive) -> tuple[Receive | None, int]:
         """`receive` for a body within max_body_bytes, or None when it is larger, known without reading it
-        when the client declared its length. A chunked body (no Content-Length) is read here up to the
-        limit and handed on from memory, so an endless one costs at most max_body_bytes."""
+        when the client declared its length; and the bytes read here. A chunked body (no Content-Length)
+        is read here up to the limit and handed on from memory, so an endless one costs at most
+        max_body_bytes."""
         length = headers.get("content-length")
         if length is not None and length.isdigit():  # the HTTP server makes the body match it
-            return receive if int(length) <= self.max_body_bytes else None
+            return (receive if int(length) <= self.max_body_bytes else None), 0
         received: list[dict[str, Any]] = []
         size = 0
         while True:
@@ -199,9 +206,37 @@ class RequestGuard:
             received.append(message)
             size += len(message.get("body", b""))
             if size > self.max_body_bytes:
-                return None
+                return None, size
             if message["type"] != "http.request" or not message.get("more_body"):
-                return _replay(received, receive)
+                return _replay(received, receive), size
+
+    async def _too_large(
+        self, send: Send, receive: Receive, headers: dict[str, str], request_id: str, read: int
+    ) -> None:
+        """The 413, sent at once; it ends (and the connection closes) once the rest of the body is read and
+        dropped, unless the body declares more than max_discarded_bytes or the client waits for a `100
+        Continue` that never comes (nothing to read then)."""
+        body = json.dumps(
+            {
+                "error": f"the request body is larger than {self.max_body_bytes} bytes "
+                "(serving.max_body_bytes); send fewer rows per request",
+                "request_id": request_id,
+            }
+        ).encode()
+        start_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": start_headers})
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        length = headers.get("content-length", "")
+        declared = int(length) if length.isdigit() else 0
+        waits = headers.get("expect", "").lower() == "100-continue"
+        if not waits and declared <= self.max_discarded_bytes:
+            await _discard(receive, self.max_discarded_bytes - read, self.discard_seconds)
+        await send({"type": "http.response.body", "body": b""})
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         scheme, _, supplied = headers.get("authorization", "").partition(" ")
@@ -241,6 +276,21 @@ class RequestGuard:
             await send(message)
 
         return stamped
+
+
+async def _discard(receive: Receive, limit: int, seconds: float) -> None:
+    """Read and drop the rest of a request body: until it ends or the client goes, at most `limit` bytes
+    and `seconds` (beyond them the connection is closed with the body unread)."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while dropped <= limit:
+                message = await receive()
+                dropped += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+    except TimeoutError:
+        return
 
 
 def _replay(messages: list[dict[str, Any]], receive: Receive) -> Receive:

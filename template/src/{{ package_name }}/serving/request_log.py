@@ -1,10 +1,13 @@
 """The request log: every prediction the service makes, one JSON line each, for the monitor flow.
 
 Writing must never slow down or fail a prediction, so the service only puts records into a bounded
-in-memory queue (`put_nowait`, no waiting) and one background thread writes them to disk. When the queue
-is full (the disk is slower than the traffic) the records are dropped, and every dropped record is counted
-in the `<package>_request_log_dropped_total` Prometheus metric, so a gap in the log is visible on /metrics
-instead of silent.
+in-memory queue (`put_nowait`, no waiting) and one background thread writes them to disk. A record that
+does not reach the file is counted in the `<package>_request_log_dropped_total` Prometheus metric by cause:
+`buffer_full` (the disk is slower than the traffic), `write_failed` (the file cannot be written: a folder
+without permission, a full disk) or `unserializable`; so a gap in the log is visible on /metrics instead of
+silent. While the file cannot be written, `problem()` names it and the cause (the service's /readyz answers
+503 with it), the service log says so once and then at most every REPEAT_SECONDS with the records lost,
+and each readiness check asks the writer to try again, so the log recovers without waiting for traffic.
 
 Files rotate by size with the standard library's RotatingFileHandler: it is the rotation every Python
 operator already knows (`requests.jsonl`, `requests.jsonl.1`, ...), needs no extra dependency and is safe
@@ -30,6 +33,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -45,9 +49,14 @@ from ..config import PACKAGE
 
 DROPPED = Counter(
     f"{PACKAGE}_request_log_dropped",
-    "Request log records dropped because the write buffer was full",
+    "Request log records dropped, by cause: buffer_full (the disk is slower than the traffic), write_failed "
+    "(the file cannot be written: /readyz and the service log name it and why), unserializable",
+    ["cause"],
 )
+BUFFER_FULL, WRITE_FAILED, UNSERIALIZABLE = "buffer_full", "write_failed", "unserializable"
+REPEAT_SECONDS = 60.0  # a write failure that goes on is logged again at most this often, with its count
 _STOP = object()
+_PROBE = object()  # asks the writer to try the file again while it cannot be written
 WRITE_BATCH = 1000  # records per write at most
 OPEN_ATTEMPTS = 5
 LOGGER = logging.getLogger(__name__)
@@ -81,15 +90,22 @@ class RequestLog:
 
             retention_hours = get_settings().serving.request_log_retention_hours
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dropped = 0
         self._dropped_metric = dropped
+        for cause in (BUFFER_FULL, WRITE_FAILED, UNSERIALIZABLE):  # every cause on /metrics from the start
+            dropped.labels(cause=cause)
+        self._outage: _Outage | None = None  # set and cleared by the writer thread once it runs
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=buffer)
         self._handler = _RotatingByAge(
             self.path, max_bytes=max_bytes, backups=backups, retention_seconds=retention_hours * 3600
         )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._handler.prune()
+        try:  # a folder that cannot be written shows at once, not at the first request
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.open("a", encoding="utf-8").close()
+            self._handler.prune()
+        except OSError as exc:
+            self._failed(exc, 0)
         self._chunk_bytes = max(1, max_bytes // 10)
         self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
         self._thread.start()
@@ -102,13 +118,66 @@ class RequestLog:
                 self._queue.put_nowait(record)
             except queue.Full:
                 lost += 1
-        self._count_dropped(lost)
+        self._count_dropped(lost, BUFFER_FULL)
         return lost
 
-    def _count_dropped(self, lost: int) -> None:
+    def _count_dropped(self, lost: int, cause: str) -> None:
         if lost:
             self.dropped += lost
-            self._dropped_metric.inc(lost)
+            self._dropped_metric.labels(cause=cause).inc(lost)
+
+    def problem(self) -> str | None:
+        """Why records cannot be written now, naming the file and the cause; None when they can. While they
+        cannot, each call asks the writer to try the file again (an empty line), since a service that
+        reports not ready gets no traffic whose records would."""
+        if not self._thread.is_alive():
+            return f"the request log writer for {self.path} has stopped"
+        outage = self._outage
+        if outage is None:
+            return None
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_PROBE)
+        return f"cannot write the request log {self.path}: {outage.cause} ({outage.dropped} records dropped)"
+
+    def _failed(self, exc: BaseException, lost: int) -> None:
+        """Note a failed write of `lost` records: logged when it starts or its cause changes, then at most
+        every REPEAT_SECONDS with the records lost meanwhile, never once per record."""
+        cause = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        outage, now = self._outage, time.monotonic()
+        if outage is None or outage.cause != cause:
+            LOGGER.error(
+                "request log: cannot write %s (%s); its records are dropped and counted in "
+                '%s_request_log_dropped_total{cause="%s"}, and /readyz answers 503 until it can be written',
+                self.path,
+                cause,
+                PACKAGE,
+                WRITE_FAILED,
+            )
+            before = outage.dropped if outage else 0
+            self._outage = _Outage(cause, before + lost, now, reported=before)
+            return
+        outage.dropped += lost
+        if now - outage.logged >= REPEAT_SECONDS:
+            LOGGER.error(
+                "request log: still cannot write %s (%s): %d records dropped in the last %.0f s",
+                self.path,
+                cause,
+                outage.dropped - outage.reported,
+                now - outage.logged,
+            )
+            outage.logged, outage.reported = now, outage.dropped
+
+    def _written(self) -> None:
+        outage = self._outage
+        if outage is not None:
+            self._outage = None
+            LOGGER.warning(
+                "request log: writing to %s again; %d records were dropped in the %.0f s it could not be "
+                "written",
+                self.path,
+                outage.dropped,
+                time.monotonic() - outage.since,
+            )
 
     def _drain(self) -> None:
         while True:
@@ -121,12 +190,11 @@ class RequestLog:
                     records.append(self._queue.get_nowait())
             stop = any(record is _STOP for record in records)
             try:
-                lines = [line for record in records if record is not _STOP and (line := self._line(record))]
+                lines = [line for record in records if not _signal(record) and (line := self._line(record))]
                 for message, count in chunks(lines, self._chunk_bytes):
-                    self._handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO}))
-                    if self._handler.failed:  # a full disk: these records are not in the log; count them
-                        self._handler.failed = False
-                        self._count_dropped(count)
+                    self._write(message, count)
+                if not lines and self._outage is not None and any(record is _PROBE for record in records):
+                    self._write("", 0)  # an empty line (readers skip it): can the file be written?
             except Exception:  # a failed write must not stop the thread: the records after it still count
                 LOGGER.exception("request log: %d records could not be written", len(records))
             finally:
@@ -135,12 +203,21 @@ class RequestLog:
             if stop:
                 return
 
-    @staticmethod
-    def _line(record: Any) -> str | None:
+    def _write(self, message: str, count: int) -> None:
+        self._handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO}))
+        failure, self._handler.failure = self._handler.failure, None
+        if failure is None:
+            self._written()
+        else:  # not in the log (a folder without permission, a full disk): count them
+            self._count_dropped(count, WRITE_FAILED)
+            self._failed(failure, count)
+
+    def _line(self, record: Any) -> str | None:
         try:
             return json.dumps(record, default=str, separators=(",", ":"))
         except (TypeError, ValueError):  # one record that cannot be written must not lose the others
             LOGGER.exception("request log: a record could not be written")
+            self._count_dropped(1, UNSERIALIZABLE)
             return None
 
     def flush(self) -> None:
@@ -155,19 +232,33 @@ class RequestLog:
             self._thread.join(timeout)
         self._handler.close()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+
+def _signal(record: Any) -> bool:
+    return record is _STOP or record is _PROBE
+
+
+@dataclass
+class _Outage:
+    """A time the file could not be written: the cause, the records lost, when the log last said so."""
+
+    cause: str
+    dropped: int
+    since: float
+    reported: int = 0
+    logged: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logged = self.since
 
 
 class _RotatingByAge(RotatingFileHandler):
     """RotatingFileHandler that deletes rotated files by age (backups is the ceiling), starts on a fresh
-    line when the file ends mid-line (a writer killed mid-write), and notes a failed write."""
+    line when the file ends mid-line (a writer killed mid-write), and notes a failed write's error."""
 
     def __init__(self, path: Path, *, max_bytes: int, backups: int, retention_seconds: float) -> None:
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
         self.retention_seconds = retention_seconds
-        self.failed = False
+        self.failure: BaseException | None = None
         self._fresh_line_checked = False
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -177,10 +268,10 @@ class _RotatingByAge(RotatingFileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         # The write may have left part of a line on disk and the rest in the stream's buffer: drop the
-        # stream (and that rest), and start the next write on a fresh line of a reopened file.
-        self.failed = True
+        # stream (and that rest), and start the next write on a fresh line of a reopened file. RequestLog
+        # reports the error (once, not per write).
+        self.failure = sys.exc_info()[1] or OSError(f"a write to {self.baseFilename} failed")
         self._fresh_line_checked = False
-        LOGGER.error("request log: a write to %s failed", self.baseFilename, exc_info=True)
         if self.stream is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.stream.close()
@@ -213,8 +304,7 @@ def end_torn_line(path: Path) -> bool:
                 LOGGER.warning("request log: %s ended mid-line (torn write); continuing on a new line", path)
     except FileNotFoundError:
         pass
-    except OSError:
-        LOGGER.exception("request log: could not check the end of %s", path)
+    except OSError:  # the write that follows fails too, and is reported: no second message for one cause
         return False
     return True
 

@@ -14,7 +14,8 @@ spent before the batcher (accept queue, HTTP, JSON) is not counted (docs/decisio
 The model is the production one (the alias record in registry/aliases.py, set by promotion; a Bento built with
 `--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
 built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
-nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log runs.
+nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log can be
+written (a 503 names the file and the cause).
 
 Rollout without a restart (docs/serving.md#rollout-how-a-promoted-model-reaches-the-service): each worker
 checks the alias record every rollout.poll_seconds in a thread of its own, loads a newly promoted (or
@@ -40,6 +41,7 @@ from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from ..config import PACKAGE, get_settings
 from ..registry import aliases
@@ -47,7 +49,15 @@ from ..registry.promotion import schema_changes
 from ..registry.store import RegisteredModel, load
 from . import predictors
 from .batching import Batcher
-from .http_guard import RequestGuard, api_key_from, bounded_endpoint_label, key_from_secret_block
+from .http_guard import (
+    RequestGuard,
+    api_key_from,
+    bounded_endpoint_label,
+    key_env,
+    key_from_secret_block,
+)
+from .production_poll import ProductionPoll
+from .rejected_requests import install as keep_rejected_values_out_of_the_log
 from .request_deadline import install as install_header_deadline
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
@@ -149,8 +159,13 @@ class Predictor:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
 
     def __is_ready__(self) -> bool:
-        """/readyz: the model is loaded and the request log can take records."""
-        return self.served.runtime is not None and self.requests.alive
+        """/readyz: the model is loaded and the request log can be written. BentoML answers False with a bare
+        503; the HTTPException raised instead (BentoML calls this inside its Starlette route, which turns
+        it into the answer) tells the prober which file and why."""
+        problem = self.requests.problem()
+        if problem is not None:
+            raise HTTPException(503, detail=f"not ready: {problem}")
+        return self.served.runtime is not None
 
     @bentoml.on_shutdown
     def close_request_log(self) -> None:
@@ -161,14 +176,17 @@ class Predictor:
         """Swap in the production model whenever the alias record names another one; never raises, since a
         dead thread would leave the worker serving an old model silently."""
         refused: set[str] = set()
+        poll = ProductionPoll(SETTINGS)
         while not self._stop.wait(SETTINGS.rollout.poll_seconds):
             try:
-                tag = aliases.read(SETTINGS).production
-                if tag and tag != self.served.version and tag not in refused:
+                tag = poll.next_tag(self.served.version)
+                if tag and tag not in refused:
                     self._swap_to(tag, refused)
-            except Exception:  # the next poll tries again; the current model keeps serving
-                logger.exception(
-                    "Could not swap in the production model; still serving %s", self.served.version
+                    poll.failed(None, self.served.version)
+            except Exception as exc:  # the next poll tries again; the current model keeps serving
+                poll.failed(
+                    f"Could not swap in the production model ({type(exc).__name__}: {exc}); "
+                    f"still serving {self.served.version}"
                 )
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
@@ -326,7 +344,7 @@ def _request_id(ctx: bentoml.Context) -> str:
 logging.getLogger(PACKAGE).setLevel(logging.INFO)
 
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
-KEY_ENV = SERVING.api_key_env or (f"{PACKAGE.upper()}_API_KEY" if SERVING.api_key_block else "")
+KEY_ENV = key_env(SERVING.api_key_env, SERVING.api_key_block, PACKAGE)
 if SERVING.api_key_block:
     key_from_secret_block(SERVING.api_key_block, KEY_ENV)
 api_key_from(KEY_ENV)  # a blank key stops `bentoml serve` here, before any worker starts
@@ -338,6 +356,8 @@ SERVICE.add_asgi_middleware(
     protected=ROUTES,
     api_key_env=KEY_ENV,
     max_body_bytes=SERVING.max_body_bytes,
+    max_discarded_bytes=SERVING.max_discarded_bytes,
+    discard_seconds=SERVING.timeout_seconds,
 )
 # BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics. BentoML builds
 # its middleware from this module attribute when a worker starts, after importing this module.
@@ -347,3 +367,4 @@ instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ig
 )
 # Each worker imports this module before its uvicorn server loads its HTTP protocol class.
 install_header_deadline(SERVING.header_timeout_seconds)
+keep_rejected_values_out_of_the_log(log_values=SERVING.log_rejected_values)
