@@ -117,7 +117,9 @@ def keep_prefect_state_in_the_project(settings: Settings) -> None:
     if os.environ.get("PREFECT_HOME"):
         return
     os.environ.setdefault("PREFECT_PROFILES_PATH", str(Path.home() / ".prefect" / "profiles.toml"))
-    os.environ["PREFECT_HOME"] = str(settings.state_dir / "prefect")
+    home = settings.state_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)  # Prefect creates the folder, not its parents
+    os.environ["PREFECT_HOME"] = str(home)
 
 
 def main(argv: list[str] | None = None) -> int:
