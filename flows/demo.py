@@ -4,6 +4,8 @@
 
 The project's own `demo` command starts (and stops) the local Prefect server, the worker and the BentoML
 service, so this script needs no server of its own: its steps are plain functions, each printed as it runs.
+Everything the project's runs write (model store, alias, Prefect's files) stays in DEST/.state/, so the
+command can run again into another DEST from the same home.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         step("lifecycle", [uv(), "run", "python", "-m", package, "demo"], dest)
     except subprocess.CalledProcessError as exc:
         print(
-            f"The demo failed (exit {exc.returncode}); logs are in {dest / '.demo' / 'logs'}", file=sys.stderr
+            f"The demo failed (exit {exc.returncode}); logs are in {dest / '.state' / 'demo' / 'logs'}",
+            file=sys.stderr,
         )
         return exc.returncode
     print(f"Done in {time.monotonic() - started:.0f} s. The project is in {dest}.")

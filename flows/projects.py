@@ -17,8 +17,9 @@ from copier import run_copy
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWERS_FILE = ".copier-answers.yml"
-# What a user's project must not inherit from the generator's own environment.
-GENERATOR_ONLY = {"VIRTUAL_ENV", "PREFECT_API_URL"}
+# What a user's project must not inherit from the generator's own environment; a new project keeps its model
+# store in its own .state/, not in a store exported for other work.
+GENERATOR_ONLY = {"VIRTUAL_ENV", "PREFECT_API_URL", "BENTOML_HOME"}
 
 
 def project_env() -> dict[str, str]:

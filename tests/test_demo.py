@@ -1,44 +1,110 @@
 """The generator's main command: scaffold a project and run its whole lifecycle once, a loop that learns.
 
 `python -m flows.demo DEST` copies the template with default answers, installs the project and runs its
-`demo`, which writes DEST/.demo/summary.json. This is the loop a new user sees first, so it runs for real:
-a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the trigger,
-a retrain on the labelled traffic, the gate's recent slice, and the running service switching models.
+`demo`, which writes DEST/.state/demo/summary.json. This is the loop a new user sees first, so it runs for
+real: a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the
+trigger, a retrain on the labelled traffic, the gate's recent slice, and the running service switching models.
+
+It runs twice, into two folders, from one fresh home directory and with no BENTOML_HOME or PREFECT_HOME, as a
+user runs it: each project keeps its state in its own folder, so the second run passes too.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from conftest import REPO, explain, run, subprocess_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3400)]
+# What uv itself keeps in a home directory (its cache points at the machine's own: installs stay offline).
+UV_OWN = (".cache/uv", ".local/share/uv", ".config/uv")
+
+
+@dataclass(frozen=True)
+class Run:
+    dest: Path
+    result: subprocess.CompletedProcess
+    summary: dict | None
+
+    def models(self) -> set[str]:
+        """The model versions in the project's own store."""
+        versions = self.dest.glob(".state/bentoml/models/*/*")
+        return {f"{p.parent.name}:{p.name}" for p in versions if p.is_dir()}
+
+
+@dataclass(frozen=True)
+class Runs:
+    first: Run
+    second: Run
+    home: Path
+    home_before: set[Path]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p.relative_to(folder) for p in folder.rglob("*") if not p.is_dir()}
+
+
+def main_command(dest: Path, env: dict[str, str]) -> Run:
+    result = run(["uv", "run", "python", "-m", "flows.demo", str(dest)], cwd=REPO, env=env, timeout=1600)
+    summary_file = dest / ".state" / "demo" / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    return Run(dest, result, summary)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """One run of the main command; returns its process result and the summary it wrote."""
+def runs(tmp_path_factory) -> Runs:
+    """The main command into two folders from one fresh home (the user's git identity in it)."""
     root = tmp_path_factory.mktemp("demo")
-    dest = root / "project"
-    env = subprocess_env(PREFECT_HOME=str(root / "prefect-home"), BENTOML_HOME=str(root / "bentoml"))
-    result = run(["uv", "run", "python", "-m", "flows.demo", str(dest)], cwd=REPO, env=env, timeout=1500)
-    summary_file = dest / ".demo" / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-    return result, summary
+    home = root / "home"
+    home.mkdir()
+    if (Path.home() / ".gitconfig").exists():
+        shutil.copy(Path.home() / ".gitconfig", home / ".gitconfig")
+    before = files_under(home)
+    uv_cache = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True)
+    env = subprocess_env(HOME=str(home), UV_CACHE_DIR=uv_cache.stdout.strip())
+    env.pop("PREFECT_HOME", None)
+    first = main_command(root / "first", env)
+    return Runs(first, main_command(root / "second", env), home, before)
+
+
+@pytest.fixture(scope="module")
+def demo(runs):
+    """The first run: its process result and the summary it wrote."""
+    return runs.first.result, runs.first.summary
+
+
+def test_the_main_command_passes_again_from_the_same_home_with_its_own_models(runs):
+    """Before, the store and the alias were ~/bentoml: the second project served the first one's retrained
+    model, its clean traffic showed drift share 1.00 and the demo stopped."""
+    second = runs.second
+    assert second.result.returncode == 0, explain(second.result)
+    assert second.summary is not None and second.summary["clean"]["event_emitted"] is False, second.summary
+    assert second.summary["rollout"]["promoted"], second.summary["rollout"]
+    assert runs.first.models() and second.models(), "each project trains into its own .state/bentoml"
+    assert runs.first.models().isdisjoint(second.models())
+
+
+def test_nothing_is_written_in_the_home_directory_but_uvs_own_files(runs):
+    written = files_under(runs.home) - runs.home_before
+    assert {p for p in written if not str(p).startswith(UV_OWN)} == set()
 
 
 def test_main_command_succeeds_and_points_at_the_prefect_ui(demo):
     result, summary = demo
     assert result.returncode == 0, explain(result)
     assert "Prefect UI" in result.stdout + result.stderr
-    assert summary is not None, "no .demo/summary.json was written"
+    assert summary is not None, "no .state/demo/summary.json was written"
     assert summary["ui_url"].startswith("http://127.0.0.1:")
 
 
 def test_clean_batch_raises_no_drift_event_and_shifted_batch_does(demo):
     _, summary = demo
-    assert summary is not None, "no .demo/summary.json was written"
+    assert summary is not None, "no .state/demo/summary.json was written"
     assert summary["clean"]["event_emitted"] is False
     assert summary["shifted"]["event_emitted"] is True
     assert summary["shifted"]["performance"]["below_threshold"] is True, summary["shifted"]["performance"]
@@ -46,7 +112,7 @@ def test_clean_batch_raises_no_drift_event_and_shifted_batch_does(demo):
 
 def test_drift_event_starts_a_retrain_run_that_completes(demo):
     _, summary = demo
-    assert summary is not None, "no .demo/summary.json was written"
+    assert summary is not None, "no .state/demo/summary.json was written"
     retrain = summary["retrain"]
     assert retrain["state"] == "COMPLETED", retrain
     assert retrain["created_by"] == "AUTOMATION", retrain
@@ -58,7 +124,7 @@ def test_the_retrained_model_learns_the_changed_world_and_is_served_without_a_fa
     """The retrain learns from the labelled traffic, wins on the recent slice, and the running service
     switches to it under steady traffic; the next window, served by the new model, is healthy again."""
     _, summary = demo
-    assert summary is not None, "no .demo/summary.json was written"
+    assert summary is not None, "no .state/demo/summary.json was written"
     rollout = summary["rollout"]
     assert rollout["promoted"] and rollout["new"] != rollout["old"], rollout
     assert rollout["failed_during_switch"] == 0, rollout["failures"]

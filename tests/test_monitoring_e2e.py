@@ -138,7 +138,7 @@ def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
                 f"{prefix}_ALERT_WEBHOOK_URL": receiver.url,
             },
         )
-        summary_file = project.root / ".demo" / "summary.json"
+        summary_file = project.root / ".state" / "demo" / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         yield Stack(project, api_url, f"http://127.0.0.1:{prometheus_port}", receiver, summary, demo)
 

@@ -199,8 +199,8 @@ def served_version(project: Project, rows: list[dict]) -> str:
 def test_deploy_serves_production_and_rolls_back_a_model_that_cannot_load(project, production, tmp_path):
     deployed = project.cli("deploy")
     assert deployed.returncode == 0, explain(deployed)
-    state = json.loads((project.root / ".deploy" / "serve.json").read_text())
-    assert int((project.root / ".deploy" / "serve.pid").read_text()) == state["pid"]
+    state = json.loads((project.root / ".state" / "deploy" / "serve.json").read_text())
+    assert int((project.root / ".state" / "deploy" / "serve.pid").read_text()) == state["pid"]
     assert served_version(project, production["rows"]) == production["tag"]
 
     (tmp_path / "vanishing.py").write_text(VANISHING)
@@ -217,11 +217,11 @@ def test_deploy_serves_production_and_rolls_back_a_model_that_cannot_load(projec
     assert f"Restarted the previous Bento {state['bento']}" in failed.stderr
     assert project.query(PRODUCTION)["tag"] == production["tag"]
     assert served_version(project, production["rows"]) == production["tag"]
-    restarted = json.loads((project.root / ".deploy" / "serve.json").read_text())
+    restarted = json.loads((project.root / ".state" / "deploy" / "serve.json").read_text())
     assert restarted["bento"] == state["bento"] and restarted["pid"] != state["pid"]
 
     stopped = project.cli("deploy", "--stop")
     assert stopped.returncode == 0, explain(stopped)
-    assert not (project.root / ".deploy" / "serve.pid").exists()
+    assert not (project.root / ".state" / "deploy" / "serve.pid").exists()
     with pytest.raises(ProcessLookupError):
         os.kill(restarted["pid"], 0)

@@ -243,7 +243,7 @@ def test_the_parallel_tuning_benchmark_run_bare_starts_and_stops_its_own_postgre
     stops it. Its quick mode checks the wiring, not the P2 goal (the full run, on a quiet machine, does)."""
     default = {
         f"{stack.project.package.upper()}_TUNING__{key}": value
-        for key, value in (("STORAGE", "sqlite:///.optuna/studies.db"), ("WORKERS", "1"))
+        for key, value in (("STORAGE", "sqlite:///.state/optuna/studies.db"), ("WORKERS", "1"))
     }
     command = ("uv", "run", "python", "benchmarks/parallel_tuning.py", "--quick")
     result = stack.project.run(*command, timeout=600, **default)

@@ -222,8 +222,8 @@ def leftover_jinja(name: str, text: str) -> list[str]:
             if text.count(template) != 1:
                 return [f"the retrain trigger's event parameter {template} {text.count(template)} times"]
             text = text.replace(template, "")
-    if name == ".github/workflows/ci.yml":  # GitHub's own expressions: ${{ secrets.NAME }}
-        text = re.sub(r"\$\{\{ secrets\.[A-Z_]+ \}\}", "", text)
+    if name == ".github/workflows/ci.yml":  # GitHub's own expressions: ${{ secrets.NAME }}, the checkout
+        text = re.sub(r"\$\{\{ (secrets\.[A-Z_]+|github\.workspace) \}\}", "", text)
     return re.findall(r".*(?:\{\{|\{%|\{#).*", text)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from .config import PACKAGE, SettingsError, get_settings
+from .config import PACKAGE, Settings, SettingsError, get_settings
 from .tables import DataError
 from .training.lock import TrainingBusy
 
@@ -109,12 +110,25 @@ def deploy(stop_only: bool) -> int:
     return 0
 
 
+def keep_prefect_state_in_the_project(settings: Settings) -> None:
+    """Prefect's files for runs started here (the temporary server's database when no server is set, results,
+    memos) go to .state/prefect, not ~/.prefect, which every project would share. The user's Prefect profiles
+    (the server they chose) are still read from their usual place; an exported PREFECT_HOME wins."""
+    if os.environ.get("PREFECT_HOME"):
+        return
+    os.environ.setdefault("PREFECT_PROFILES_PATH", str(Path.home() / ".prefect" / "profiles.toml"))
+    home = settings.state_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)  # Prefect creates the folder, not its parents
+    os.environ["PREFECT_HOME"] = str(home)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     try:
-        get_settings()  # before any flow starts: a bad setting is one line per problem, not a failed run
+        # Before any flow starts: a bad setting is one line per problem, not a failed run.
+        keep_prefect_state_in_the_project(get_settings())
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)

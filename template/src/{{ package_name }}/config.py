@@ -31,6 +31,9 @@ from pydantic_settings import (
 
 PACKAGE = __name__.split(".")[0]
 ENV_PREFIX = f"{PACKAGE.upper()}_"
+# The folder of everything the project's runs write, relative to the project root; each path setting that
+# defaults into it can point elsewhere.
+STATE_DIR = ".state"
 
 
 def _settings_file() -> Path:
@@ -76,7 +79,7 @@ class TuningSettings(Section):
     trials_per_task: int = Field(10, ge=1)
     timeout_seconds: float = Field(0, ge=0)
     cv_folds: int = Field(3, ge=2)
-    storage: str = "sqlite:///.optuna/studies.db"
+    storage: str = "sqlite:///.state/optuna/studies.db"
     # How long a training run waits for another one of the project to finish; 0: as long as it takes.
     lock_wait_seconds: float = Field(0, ge=0)
     # Flow runs of `deployment` that tune one study together on the work pool (docs/scaling.md); 1: the
@@ -108,7 +111,7 @@ class ServingSettings(Section):
     max_discarded_bytes: int = Field(100_000_000, ge=0)
     max_batch_size: int = Field(100, ge=1)
     max_latency_ms: int = Field(2000, ge=1)
-    request_log_path: str = "logs/requests.jsonl"
+    request_log_path: str = ".state/logs/requests.jsonl"
     request_log_max_bytes: int = Field(10_000_000, ge=1024)
     # Rotated files are deleted once their newest record is older than this (at least the monitor's
     # window); backups is only the ceiling on their number.
@@ -136,7 +139,7 @@ class MonitoringSettings(Section):
     labels_path: str = "data/labels.csv"
     # ROC AUC below (classification) or RMSE above (regression) this fires like drift; 0: no threshold.
     performance_threshold: float = Field(0.0, ge=0)
-    reports_dir: str = "reports"
+    reports_dir: str = ".state/reports"
     # Where reports_dir is served over HTTP (for links in the Prefect artifact); empty: no link.
     reports_url: str = ""
     # Prometheus Pushgateway, for example http://127.0.0.1:9091; empty: no push.
@@ -214,7 +217,7 @@ class OnnxSettings(Section):
 
 
 class DeploySettings(Section):
-    state_dir: str = ".deploy"
+    state_dir: str = ".state/deploy"
     ready_timeout_seconds: float = Field(180, gt=0)
 
 
@@ -337,11 +340,20 @@ class Settings(BaseSettings):
         return url
 
     @property
+    def state_dir(self) -> Path:
+        """The project's own state (model store, alias, locks, studies, request log, reports), git-ignored:
+        never the user's home, so two projects never share models or a production alias by accident."""
+        return self.root / STATE_DIR
+
+    @property
     def bentoml_home(self) -> Path:
-        """The model store folder: the configured one, else BentoML's default."""
+        """The model store folder, with the alias and lock files beside it: registry.bentoml_home, else a
+        BENTOML_HOME exported by the user, else .state/bentoml in the project."""
         if self.registry.bentoml_home:
             return self.resolve(self.registry.bentoml_home)
-        return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+        if os.environ.get("BENTOML_HOME"):
+            return Path(os.environ["BENTOML_HOME"]).expanduser().resolve()
+        return self.state_dir / "bentoml"
 
     @property
     def model_name(self) -> str:

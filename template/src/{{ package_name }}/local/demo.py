@@ -183,8 +183,8 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
 
     settings = get_settings()
     root = settings.root
-    run_dir = root / ".demo"
-    run_dir.mkdir(exist_ok=True)
+    run_dir = settings.state_dir / "demo"
+    run_dir.mkdir(parents=True, exist_ok=True)
     labels_path = run_dir / "labels.csv"
     labels_path.unlink(missing_ok=True)
     settings = use_demo_settings(

@@ -97,10 +97,11 @@ def start(settings: Settings, bento: str, model: str) -> tuple[Serving, Backgrou
         old.unlink(missing_ok=True)
     log = folder / f"serve-{stamp}.log"
     env = dict(os.environ)
-    # Request logs land in the project (where the monitor reads them), not inside the Bento store.
-    env[f"{settings.project.package.upper()}_SERVING__REQUEST_LOG_PATH"] = str(
-        settings.resolve(settings.serving.request_log_path)
-    )
+    # The store and request logs are the project's (where the monitor reads them), not paths relative to the
+    # Bento's copy of settings.toml inside the store.
+    prefix = settings.project.package.upper()
+    env[f"{prefix}_REGISTRY__BENTOML_HOME"] = env["BENTOML_HOME"] = str(settings.bentoml_home)
+    env[f"{prefix}_SERVING__REQUEST_LOG_PATH"] = str(settings.resolve(settings.serving.request_log_path))
     command = [venv_command("bentoml"), "serve", bento, "--host", host, "--port", str(port)]
     process = spawn(command, log=log, env=env, cwd=settings.root)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

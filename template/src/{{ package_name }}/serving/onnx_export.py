@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,6 +272,9 @@ def _plain(value: Any) -> Any:
 
 
 def session(onx: Any):
+    # ONNX Runtime's telemetry otherwise writes a device id and an event database under ~/.cache/Microsoft
+    # the first time a session is made: the project writes nothing in the user's home. Set it to 0 to allow.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 
     return onnxruntime.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
