@@ -135,7 +135,7 @@ class MonitoringSettings(Section):
     current_path: str = "data/current.csv"
     # Labels for served requests: a CSV/Parquet table with request_id and the target column.
     labels_path: str = "data/labels.csv"
-    # ROC AUC below (classification) or RMSE above (regression) this fires like drift; 0: no threshold.
+    # The primary metric worse than this (ROC AUC below it, RMSE above it) fires like drift; 0: no threshold.
     performance_threshold: float = Field(0.0, ge=0)
     reports_dir: str = "reports"
     # Where reports_dir is served over HTTP (for links in the Prefect artifact); empty: no link.
