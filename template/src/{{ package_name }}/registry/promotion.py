@@ -254,36 +254,9 @@ def promote(
     between a retrain that promotes it and a watch that rolls it back."""
     with aliases.locked(settings) as record:
         candidate = store.load(candidate_tag)
-        if record.production == candidate.tag:
-            return GateResult(
-                candidate=candidate.tag,
-                production=candidate.tag,
-                metric=primary_metric(candidate.metadata["task_type"]).name,
-                candidate_score=float("nan"),
-                production_score=None,
-                margin=settings.registry.promotion_margin,
-                passed=False,
-                reason="already production",
-            )
-        rolled_back = record.was_rolled_back(candidate.tag)
-        if rolled_back and not allow_rolled_back:
-            return GateResult(
-                candidate=candidate.tag,
-                production=record.production,
-                metric=primary_metric(candidate.metadata["task_type"]).name,
-                candidate_score=float("nan"),
-                production_score=None,
-                margin=settings.registry.promotion_margin,
-                passed=False,
-                reason=(
-                    f"rolled back at {rolled_back['since']} ({rolled_back['reason']}); the gate never "
-                    f"promotes a rolled-back model again on its own: `python -m {settings.project.package} "
-                    f"promote --tag {candidate.tag} --allow-rolled-back` does"
-                ),
-            )
         rows = recent[0] if recent is not None and not recent[0].empty else features
-        twin = retired_twin(settings, record, candidate, rows)
-        if twin is not None and not allow_rolled_back:
+        reason = refusal(settings, record, candidate, rows, allow_rolled_back)
+        if reason:
             return GateResult(
                 candidate=candidate.tag,
                 production=record.production,
@@ -292,13 +265,7 @@ def promote(
                 production_score=None,
                 margin=settings.registry.promotion_margin,
                 passed=False,
-                reason=(
-                    f"counts as {twin['tag']}, rolled back at {twin['since']} ({twin['reason']}): it "
-                    f"predicts like it on {twin['agreement']:.1%} of {len(rows)} recent rows "
-                    f"(registry.retired_agreement {settings.registry.retired_agreement:g}); "
-                    f"`python -m {settings.project.package} promote --tag {candidate.tag} "
-                    "--allow-rolled-back` promotes it"
-                ),
+                reason=reason,
             )
         production = store.load(record.production) if record.production else None
         result = judge(
@@ -316,6 +283,35 @@ def promote(
                 details["schema_changes"] = result.schema_changes
             record.history.append(aliases.entry(candidate.tag, reason, **details))
     return result
+
+
+def refusal(
+    settings: Settings,
+    record: aliases.AliasRecord,
+    candidate: store.RegisteredModel,
+    rows: pd.DataFrame,
+    allow_rolled_back: bool,
+) -> str:
+    """Why the candidate is refused before it is scored ("" when it is not): it is production already, or
+    it was rolled back, or it predicts like a model that was (unless a person allows rolled-back models)."""
+    if record.production == candidate.tag:
+        return "already production"
+    package, tag = settings.project.package, candidate.tag
+    override = f"`python -m {package} promote --tag {tag} --allow-rolled-back` promotes it"
+    rolled_back = record.was_rolled_back(candidate.tag)
+    if rolled_back and not allow_rolled_back:
+        return (
+            f"rolled back at {rolled_back['since']} ({rolled_back['reason']}); the gate never promotes a "
+            f"rolled-back model again on its own: {override}"
+        )
+    twin = None if allow_rolled_back else retired_twin(settings, record, candidate, rows)
+    if twin is not None:
+        return (
+            f"counts as {twin['tag']}, rolled back at {twin['since']} ({twin['reason']}): it predicts like "
+            f"it on {twin['agreement']:.1%} of {len(rows)} recent rows (registry.retired_agreement "
+            f"{settings.registry.retired_agreement:g}); {override}"
+        )
+    return ""
 
 
 RETIRED_COMPARED = 3  # the newest rolled-back models a candidate is compared with
