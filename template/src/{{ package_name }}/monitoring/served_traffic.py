@@ -176,18 +176,19 @@ def labelled(window: Window, labels: pd.DataFrame, metric: Metric, classes: list
             note,
             len(truth) - len(predicted),
         )
-    named = {class_text(c): class_text(c) for c in classes or []}
-    observed = joined["label"].map(lambda label: named.get(class_text(label), str(label))).to_numpy(object)
+    # Classes by their text, so 1, 1.0 and "1" in a labels file all match the model's class 1.
+    named = [class_text(c) for c in classes or []]
+    observed = joined["label"].map(class_text).to_numpy(object)
     if window.probabilities is None:
         return Labelled(positions, observed, None, "the request log has no class probabilities")
-    known = np.isin(observed, list(named))
+    known = np.isin(observed, named)
     note = ""
     if not known.all():  # skipped and counted, never a crash; the other rows still give the metric
         unknown = sorted(set(observed[~known]))[:5]
         note = f"{int((~known).sum())} label(s) skipped: not a class of the model ({unknown})"
     kept = positions[known]
     proba = window.probabilities.iloc[kept][list(classes or [])].reset_index(drop=True)
-    proba.columns = list(named)
+    proba.columns = named
     return Labelled(kept, observed[known], proba, note, len(observed) - len(kept))
 
 
