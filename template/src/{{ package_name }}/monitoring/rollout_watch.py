@@ -187,8 +187,8 @@ def compare_performance(
             f"{metric.name}: not enough evidence yet ({rows} labelled rows served by the live model; "
             f"rollout.min_rows is {min_rows}){note}",
         )
-    features = tables.conform(part.features.iloc[found.positions].reset_index(drop=True), previous.schema)
     try:
+        features = tables.conform(part.features.iloc[found.positions].reset_index(drop=True), previous.schema)
         before = metric.output(previous.pipeline, features)
         result = compare(metric, found.truth, found.output, before, confidence, seed)
     except ValueError as exc:  # one class only among the labels, or rows the previous model cannot read
