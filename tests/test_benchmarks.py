@@ -39,3 +39,32 @@ def test_drift_benchmark_quick_reports_matching_verdicts(project):
     assert report["verdicts_match"] is True, report
     assert report["verdicts_as_designed"] is True, report
     assert report["seconds_ours"] > 0 and report["seconds_ks"] > 0 and report["peak_rss_ratio"] >= 0
+
+
+RECOVERY_KEYS = {
+    "metric",
+    "metric_old",
+    "metric_new",
+    "metric_oracle",
+    "recovered_ratio",
+    "seconds_event_to_serving",
+    "failed_requests_during_switch",
+    "recovered_ratio_noise_0",
+    "recovered_ratio_noise_10",
+    "recovered_ratio_noise_30",
+    "false_rollbacks",
+    "false_refusals_noise_10",
+    "goal_met",
+}
+
+
+def test_recovery_benchmark_quick_reports_the_noise_table(project):
+    """P8's noise table in its quick mode (one seed, few trials, no demo): the gate and the watch run on
+    labels with 0, 10 and 30% wrong, and never roll back or refuse a model better on the true labels."""
+    result = project.run("uv", "run", "python", "benchmarks/recovery.py", "--quick", timeout=1200)
+    assert result.returncode == 0, explain(result)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report) >= RECOVERY_KEYS, explain(result)
+    assert [len(report["noise"][level]) for level in ("0", "10", "30")] == [1, 1, 1], report["noise"]
+    assert report["false_rollbacks"] == 0 and report["false_refusals_noise_10"] == 0, report["noise"]
+    assert report["recovered_ratio_noise_10"] is not None, report

@@ -266,7 +266,8 @@ def test_the_watch_rolls_the_worse_model_back_naming_the_evidence(story):
     assert rollout["state"] == "rolled back", rollout
     assert (rollout["retired"], rollout["restored"]) == (story.worse, story.good)
     assert rollout["reason"].startswith("automatic: roc_auc "), rollout["reason"]
-    assert "labelled rows vs" in rollout["reason"] and "rollout.max_metric_drop" in rollout["reason"]
+    assert "for the previous model on the same " in rollout["reason"], rollout["reason"]
+    assert "worse by more than rollout.max_metric_drop" in rollout["reason"], rollout["reason"]
     assert rollout["event_emitted"] is True and rollout["alerted"] is True, rollout
     judged = {e["name"]: e for e in rollout["evidence"]}
     assert judged["performance"]["state"] == "worse"

@@ -92,6 +92,12 @@ class RegistrySettings(Section):
     bentoml_home: str = ""
     reference_rows: int = Field(5000, ge=10)
     promotion_margin: float = Field(0.0, ge=0)
+    # The gate refuses a candidate for its loss on the other slice only when it is worse by more than the
+    # margin with this confidence (a paired bootstrap over that slice's rows).
+    gate_confidence: float = Field(0.95, gt=0, lt=1)
+    # A candidate predicting like a rolled-back model on this share of the gate's newest rows counts as
+    # that model, and the gate refuses it as it refuses the model itself.
+    retired_agreement: float = Field(0.95, gt=0, le=1)
     sensitive_column: str = ""
     max_group_gap: float = Field(0.1, ge=0)
     # Models kept in the store besides production and its rollback history; 0: keep every model.
@@ -137,7 +143,7 @@ class MonitoringSettings(Section):
     current_path: str = "data/current.csv"
     # Labels for served requests: a CSV/Parquet table with request_id and the target column.
     labels_path: str = "data/labels.csv"
-    # ROC AUC below (classification) or RMSE above (regression) this fires like drift; 0: no threshold.
+    # The primary metric worse than this (ROC AUC below it, RMSE above it) fires like drift; 0: no threshold.
     performance_threshold: float = Field(0.0, ge=0)
     reports_dir: str = ".state/reports"
     # Where reports_dir is served over HTTP (for links in the Prefect artifact); empty: no link.
@@ -191,6 +197,9 @@ class RolloutSettings(Section):
     # Worse beyond these is rolled back: the primary metric on labelled rows (absolute, in the metric's
     # direction), the share of 5xx answers (absolute increase), p99 latency (ratio).
     max_metric_drop: float = Field(0.02, ge=0)
+    # The metric counts as worse only when the live model trails by more than max_metric_drop with this
+    # confidence (both models scored on the same labelled rows, a paired bootstrap over them).
+    confidence: float = Field(0.95, gt=0, lt=1)
     max_error_rate_increase: float = Field(0.01, ge=0)
     max_p99_ratio: float = Field(2.0, ge=1)
     # The service's base URL, where the watch reads /metrics (5xx and latency per model version); empty:
@@ -276,6 +285,16 @@ class Settings(BaseSettings):
             family(self.tuning.model_family, self.data.task_type)
         except ValueError as exc:
             raise ValueError(f"tuning.model_family: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _primary_metric_is_known(self) -> Settings:
+        from .training.metrics import primary_metric
+
+        try:
+            primary_metric(self.data.task_type)
+        except ValueError as exc:
+            raise ValueError(f"data.task_type: {exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from sklearn.base import BaseEstimator
@@ -76,12 +76,14 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     # ---- YOUR CODE ENDS HERE ----
 }
 
-# The metric each task is tuned and judged on (one that training/metrics.py computes), and whether bigger
-# is better. The promotion gate compares candidate and production on it.
-PRIMARY_METRIC: dict[str, tuple[str, Literal["maximize", "minimize"]]] = {
+# The metric each task is tuned and judged on, by name: one of training/metrics.py's METRICS (classification:
+# roc_auc, accuracy, f1_macro; regression: rmse, mae, r2). Each metric knows whether bigger is better; the
+# tuning, the promotion gate, the monitor and the watch after rollout all use it. An unknown name is refused
+# when the settings load.
+PRIMARY_METRIC: dict[str, str] = {
     # ---- YOUR CODE STARTS HERE: primary metric per task ----
-    "classification": ("roc_auc", "maximize"),
-    "regression": ("rmse", "minimize"),
+    "classification": "roc_auc",
+    "regression": "rmse",
     # ---- YOUR CODE ENDS HERE ----
 }
 

@@ -390,9 +390,12 @@ def watch_rollout() -> dict[str, Any]:
 
 def roll_back(settings: Settings, watched: dict[str, Any]) -> dict[str, Any]:
     """Make the previous model production again, unless production changed since the watch judged it;
-    returns what happened (state "rolled back" with retired and restored, or "rollback failed")."""
+    returns what happened (state "rolled back" with retired and restored, "already rolled back" when
+    another monitor run did it first, or "rollback failed")."""
     try:
         retired, restored = promotion.rollback(settings, reason=watched["reason"], expected=watched["live"])
+    except promotion.AlreadyRolledBack as exc:  # two monitor runs judged at once: one acted, nothing failed
+        return {"state": "already rolled back", "reason": f"{watched['reason']}; {exc}"}
     except Exception as exc:  # nothing to roll back to, the previous model gone from the store, ...
         return {"state": "rollback failed", "rollback_error": f"{type(exc).__name__}: {exc}"}
     return {"state": "rolled back", "retired": retired, "restored": restored}

@@ -51,10 +51,15 @@ def gate(
         f"| production `{result.production}` | {production} |",
     ]
     if result.slices:
-        lines += ["", f"| slice | rows | candidate {result.metric} | production {result.metric} | decides |"]
-        lines += ["|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| slice | rows | candidate {result.metric} | production {result.metric} | gain | "
+            f"{settings.registry.gate_confidence:.0%} interval | decides |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {s['slice']} | {s['rows']} | {s['candidate']:.4f} | {s['production']:.4f} | "
+            f"{s['gain']:+.4f} | {s['gain_low']:+.4f} to {s['gain_high']:+.4f} | "
             f"{'yes' if s['decides'] else 'no'} |"
             for s in result.slices
         ]

@@ -4,9 +4,11 @@ The gate judges a candidate on held-out rows before it is promoted; this watch j
 served afterwards. For `rollout.watch_hours` after the latest promotion (the alias record's last entry),
 each monitor run compares the live model with the one before it in the record on:
 
-- **performance**: the primary metric (model.py's PRIMARY_METRIC, in its direction) on the labelled rows
-  of the request log that each model predicted, since the previous model's promotion (labels joined as
-  served_traffic.py joins them);
+- **performance**: the primary metric (model.py's PRIMARY_METRIC, in its direction) of both models on the
+  same rows: the labelled rows of the request log the live model served (labels joined as
+  served_traffic.py joins them), scored with its logged answers and with the previous model's answers for
+  the same logged features; worse only when the live model trails by more than the drop allowed with
+  `rollout.confidence` (a paired bootstrap over those rows), so noisy labels do not roll back a better one;
 - **5xx share** and **p99 latency** per model version, from the service's /metrics (counted since the
   service started, summed over its workers; p99 interpolated in the latency histogram's buckets as
   Prometheus' histogram_quantile does). When /metrics cannot be read the watch says so and judges on the
@@ -14,11 +16,11 @@ each monitor run compares the live model with the one before it in the record on
 - **prediction distribution** per version: reported, never a reason to roll back (a new model may rightly
   predict differently).
 
-Each judged evidence needs `rollout.min_rows` rows on both sides (labelled rows for performance, requests
-for the service's figures), else it is "not enough evidence yet". Worse beyond its threshold on any of them
-is the verdict "roll back", with a reason naming the evidence and its figures; the monitor flow then rolls
-back (flows/monitor.py). A model put back by a rollback is not watched against the one before it: going
-back was the decision, and judging it again could roll back further than anyone meant.
+Each judged evidence needs `rollout.min_rows` rows (labelled rows the live model served for performance,
+requests on both sides for the service's figures), else it is "not enough evidence yet". Worse beyond its
+threshold on any of them is the verdict "roll back", with a reason naming the evidence and its figures; the
+monitor flow then rolls back (flows/monitor.py). A model put back by a rollback is not watched against the
+one before it: going back was the decision, and judging it again could roll back further than anyone meant.
 
 Plain functions and small dataclasses: the decisions are unit-tested on synthetic windows and metrics text.
 """
@@ -31,14 +33,16 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import bentoml
 import httpx
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from .. import tables
 from ..config import PACKAGE, Settings
-from ..model import PRIMARY_METRIC
-from ..registry import aliases
+from ..registry import aliases, store
 from ..tables import DataError
+from ..training.metrics import Metric, compare, primary_metric
 from . import served_traffic
 
 State = Literal["not watched", "healthy", "roll back", "not enough evidence"]
@@ -158,42 +162,46 @@ def compare_performance(
     window: served_traffic.Window,
     labels: pd.DataFrame | None,
     live: str,
-    previous: str,
-    task_type: str,
+    previous: Any,
+    metric: Metric,
     min_rows: int,
     max_drop: float,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Evidence:
-    """The primary metric of each version on its labelled rows; worse when the live model trails by more
-    than `max_drop` in the metric's direction."""
-    metric, direction = PRIMARY_METRIC[task_type]
+    """Both models on the same rows: the labelled rows the live model served, scored with what it answered
+    (the request log) and with what the previous model (`previous`, a registered model) answers for the
+    same logged features. Worse only when the live model trails by more than `max_drop` with `confidence`
+    (the whole interval of a paired bootstrap over those rows below -max_drop), so label noise on a few
+    rows does not roll back a better model."""
     if labels is None:
         return Evidence("performance", "not enough evidence", "no labels yet (monitoring.labels_path)")
-    scores = {}
-    for version in (live, previous):
-        part = rows_of(window, version)
-        found = (
-            served_traffic.performance(part, labels, task_type, classes_of(part), 0.0) if len(part) else None
+    part = rows_of(window, live)
+    found = served_traffic.labelled(part, labels, metric, classes_of(part)) if len(part) else None
+    rows = len(found) if found is not None else 0
+    if found is None or found.output is None or rows < min_rows:
+        evidence = partial_evidence("performance", None, None, rows, rows)
+        note = f"; {found.note}" if found is not None and found.note else ""
+        return evidence(
+            "not enough evidence",
+            f"{metric.name}: not enough evidence yet ({rows} labelled rows served by the live model; "
+            f"rollout.min_rows is {min_rows}){note}",
         )
-        scores[version] = found or {"value": None, "n_labelled": 0, "note": ""}
-    now, before = scores[live], scores[previous]
-    evidence = partial_evidence(
-        "performance", now["value"], before["value"], now["n_labelled"], before["n_labelled"]
-    )
-    short = shortfall(now["n_labelled"], before["n_labelled"], min_rows, "labelled rows")
-    if short:
-        return evidence("not enough evidence", f"{metric}: {short}")
-    for version, found in ((live, now), (previous, before)):
-        if found["value"] is None:
-            return evidence("not enough evidence", f"{metric} of {version}: {found['note']}")
-    drop = before["value"] - now["value"] if direction == "maximize" else now["value"] - before["value"]
-    word = "drop" if direction == "maximize" else "rise"
+    try:
+        features = tables.conform(part.features.iloc[found.positions].reset_index(drop=True), previous.schema)
+        before = metric.output(previous.pipeline, features)
+        result = compare(metric, found.truth, found.output, before, confidence, seed)
+    except ValueError as exc:  # one class only among the labels, or rows the previous model cannot read
+        evidence = partial_evidence("performance", None, None, rows, rows)
+        return evidence("not enough evidence", f"{metric.name} cannot be compared on these rows: {exc}")
+    evidence = partial_evidence("performance", result.first, result.second, rows, rows)
     detail = (
-        f"{metric} {now['value']:.3f} on {now['n_labelled']} labelled rows vs {before['value']:.3f} "
-        f"for the previous model"
+        f"{metric.name} {result.first:.3f} vs {result.second:.3f} for the previous model on the same "
+        f"{rows} labelled rows; difference {result.interval()}"
     )
-    if drop > max_drop:
-        return evidence("worse", f"{detail} ({word} {drop:.3f} > rollout.max_metric_drop {max_drop:g})")
-    return evidence("ok", f"{detail} (within rollout.max_metric_drop {max_drop:g})")
+    if result.surely_worse(by=max_drop):
+        return evidence("worse", f"{detail}: worse by more than rollout.max_metric_drop {max_drop:g}")
+    return evidence("ok", f"{detail}: not surely worse by more than rollout.max_metric_drop {max_drop:g}")
 
 
 def partial_evidence(name: str, live: Any, previous: Any, live_rows: int, previous_rows: int) -> Any:
@@ -435,11 +443,22 @@ def watch(settings: Settings, now: datetime | None = None) -> WatchVerdict:
         labels = served_traffic.read_labels(
             settings.resolve(settings.monitoring.labels_path), settings.data.target_column
         )
+        before = store.load(previous)
     except DataError as exc:
         performance = Evidence("performance", "unavailable", f"the labels cannot be read: {exc}")
+    except bentoml.exceptions.NotFound:
+        performance = Evidence("performance", "unavailable", f"{previous} is no longer in the model store")
     else:
         performance = compare_performance(
-            window, labels, live, previous, task_type, options.min_rows, options.max_metric_drop
+            window,
+            labels,
+            live,
+            before,
+            primary_metric(task_type),
+            options.min_rows,
+            options.max_metric_drop,
+            options.confidence,
+            settings.data.seed,
         )
     evidence = [performance]
     url = metrics_url(settings)

@@ -10,8 +10,8 @@ Labels usually arrive later (a sale happens or not, a claim turns out fraudulent
 table with a `request_id` column, the target column, and optionally `row` (the row's position in a
 /predict request; 0 when absent, which is right for /predict_one), read by monitoring/labels.py (every label
 that cannot be used skipped and counted by cause, ids as text). Joined on those, they give the model's
-performance on the window with the metric the promotion gate uses (ROC AUC, one-vs-rest macro for
-several classes; RMSE for regression).
+performance on the window with the metric the promotion gate uses (model.py's PRIMARY_METRIC, scored on
+the probabilities or predictions the service logged).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import mean_squared_error, roc_auc_score
 
-from ..model import PRIMARY_METRIC
 from ..serving.request_log import BadLine, ReadReport, read_records
 from ..tables import DataError
+from ..training.metrics import Metric, Output, class_text, primary_metric
 from . import labels as label_table
 
 START_SLACK = timedelta(minutes=1)  # a log starting this soon after a window's start still covers it
@@ -125,73 +124,85 @@ def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
     return labels
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """The window's rows that have a usable label: their positions in the window, the truth (class text or
+    numbers), what the served model output for them (its logged probabilities or predictions), and why
+    some labelled rows were skipped ("" when none were)."""
+
+    positions: np.ndarray
+    truth: np.ndarray
+    output: Output | None
+    note: str = ""
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+def labelled(window: Window, labels: pd.DataFrame, metric: Metric, classes: list[str] | None) -> Labelled:
+    """Join the window with its labels (request id and row) and keep the rows the metric can score."""
+    served = pd.DataFrame({"request_id": window.request_ids.astype(str), "row": window.rows})
+    joined = served.reset_index().merge(labels, on=["request_id", "row"], how="inner")
+    positions = joined["index"].to_numpy()
+    if not metric.classifies:
+        truth = pd.to_numeric(joined["label"], errors="coerce").to_numpy(dtype=float)
+        usable = ~np.isnan(truth)
+        # a label that is not a number is skipped and counted, never a crash
+        note = "" if usable.all() else f"{int((~usable).sum())} label(s) skipped: not a number"
+        predicted = pd.to_numeric(window.predictions.iloc[positions[usable]], errors="coerce")
+        return Labelled(
+            positions[usable],
+            truth[usable],
+            predicted.to_numpy(dtype=float),
+            note,
+            len(truth) - len(predicted),
+        )
+    # Classes by their text, so 1, 1.0 and "1" in a labels file all match the model's class 1.
+    named = [class_text(c) for c in classes or []]
+    observed = joined["label"].map(class_text).to_numpy(object)
+    if window.probabilities is None:
+        return Labelled(positions, observed, None, "the request log has no class probabilities")
+    known = np.isin(observed, named)
+    note = ""
+    if not known.all():  # skipped and counted, never a crash; the other rows still give the metric
+        unknown = sorted(set(observed[~known]))[:5]
+        note = f"{int((~known).sum())} label(s) skipped: not a class of the model ({unknown})"
+    kept = positions[known]
+    proba = window.probabilities.iloc[kept][list(classes or [])].reset_index(drop=True)
+    proba.columns = named
+    return Labelled(kept, observed[known], proba, note, len(observed) - len(kept))
+
+
 def performance(
     window: Window, labels: pd.DataFrame, task_type: str, classes: list[str] | None, threshold: float
 ) -> dict[str, Any] | None:
     """The primary metric on the window's labelled rows, or None when no row has a label.
 
-    `below_threshold` is True when a threshold is set (> 0) and the metric is worse than it: ROC AUC
-    below it, RMSE above it. A metric that cannot be computed (one class only among the labels) is
-    reported with value None and the reason, never as a failure."""
-    served = pd.DataFrame({"request_id": window.request_ids.astype(str), "row": window.rows})
-    joined = served.reset_index().merge(labels, on=["request_id", "row"], how="inner")
-    if joined.empty:
+    `below_threshold` is True when a threshold is set (> 0) and the metric is worse than it, in the
+    metric's direction. A metric that cannot be computed (one class only among the labels) is reported
+    with value None and the reason, never as a failure."""
+    metric = primary_metric(task_type)
+    found = labelled(window, labels, metric, classes)
+    joined = len(found) + found.skipped
+    if joined == 0:
         return None
-    metric, _ = PRIMARY_METRIC[task_type]
-    positions = joined["index"].to_numpy()
-    value: float | None
-    reason = ""
-    if task_type == "regression":
-        truth = pd.to_numeric(joined["label"], errors="coerce").to_numpy()
-        predicted = pd.to_numeric(window.predictions.iloc[positions], errors="coerce").to_numpy()
-        usable = ~np.isnan(truth)
-        value = float(np.sqrt(mean_squared_error(truth[usable], predicted[usable]))) if usable.any() else None
-        if not usable.all():  # a label that is not a number is skipped and counted, never a crash
-            reason = f"{int((~usable).sum())} label(s) skipped: not a number"
-    else:
-        named = {class_text(c): c for c in classes or []}
-        observed = joined["label"].map(lambda label: named.get(class_text(label), str(label)))
-        value, reason = _roc_auc(observed, window.probabilities, positions, classes or [])
-    below = None
-    if threshold > 0 and value is not None:
-        below = value < threshold if metric == "roc_auc" else value > threshold
+    value, reason = None, found.note
+    if found.output is not None and len(found):
+        try:
+            value = metric.score(found.truth, found.output)
+        except ValueError as exc:  # one class only: ROC AUC needs two
+            present = sorted(set(found.truth))
+            one = f"all labelled rows have one class ({present[0]})" if len(present) == 1 else str(exc)
+            reason = "; ".join(filter(None, [reason, f"{one}: {metric.name} cannot be computed"]))
+    elif found.output is not None:
+        reason = "; ".join(filter(None, [reason, "no labelled row is usable"]))
+    below = threshold > 0 and value is not None and metric.worse_than(value, threshold)
     return {
-        "metric": metric,
+        "metric": metric.name,
         "value": value,
         "threshold": threshold or None,
-        "below_threshold": bool(below) if below is not None else False,
-        "n_labelled": len(joined),
+        "below_threshold": bool(below),
+        "n_labelled": joined,
         "note": reason,
     }
-
-
-def class_text(value: Any) -> str:
-    """A label as the text of a class: 1, 1.0, "1" and "1.0" (a CSV column with a gap reads as floats) are
-    all "1", so labels match the model's classes however the labels file was written."""
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
-def _roc_auc(
-    truth: pd.Series, probabilities: pd.DataFrame | None, positions: np.ndarray, classes: list[str]
-) -> tuple[float | None, str]:
-    if probabilities is None:
-        return None, "the request log has no class probabilities"
-    known = truth.isin(classes).to_numpy()
-    skipped = ""
-    if not known.all():  # skipped and counted, never a crash; the other rows still give the metric
-        unknown = sorted(set(truth[~known]))[:5]
-        skipped = f"{int((~known).sum())} label(s) skipped: not a class of the model ({unknown})"
-        truth, positions = truth[known], positions[known]
-    present = sorted(set(truth))
-    if len(present) < 2:
-        one = f"all labelled rows have one class ({present[0]})" if present else "no labelled row is usable"
-        return None, "; ".join(filter(None, [skipped, f"{one}: ROC AUC needs two"]))
-    proba = probabilities.iloc[positions][classes].to_numpy(dtype=float)
-    if len(classes) == 2:
-        return float(roc_auc_score(truth == classes[1], proba[:, 1])), skipped
-    return float(roc_auc_score(truth, proba, multi_class="ovr", average="macro", labels=classes)), skipped

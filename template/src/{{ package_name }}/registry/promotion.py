@@ -1,8 +1,10 @@
 """The quality gate between a registered model and production, and the way back (rollback).
 
 A candidate becomes production only when it beats the current production model on the same rows by more
-than `registry.promotion_margin` on the primary metric (ROC AUC, higher is better; RMSE, lower is better)
-and loses no more than the margin on the other rows, and, when `registry.sensitive_column` is set, when
+than `registry.promotion_margin` on the primary metric (model.py's PRIMARY_METRIC, in its direction) and is
+not surely worse by more than the margin on the other slice (the whole `registry.gate_confidence` interval
+of a paired bootstrap over that slice's rows below -margin: a 0.003 loss on 114 noisy rows is noise), and,
+when `registry.sensitive_column` is set, when
 the gap of that metric between the column's groups stays within `registry.max_group_gap`. The comparison
 and the change of the pointer happen under the alias lock, so two flows promoting at once are judged one
 after the other against the real production.
@@ -15,6 +17,10 @@ holdout decides.
 A candidate whose feature schema differs from production's (a column added or gone, or of another kind) is
 never promoted by the gate alone: the request API changes with it, and production may not even be able to
 score the new holdout. It needs an explicit decision (`promote --tag T --accept-schema-change`).
+
+A model taken out of production by a rollback is never promoted again by the gate alone, nor is a candidate
+that predicts like it (the same class, or a close value, on `registry.retired_agreement` of the gate's
+newest rows): a retrain on the same rows would otherwise bring it straight back under a new tag.
 """
 
 from __future__ import annotations
@@ -23,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..config import Settings
-from ..model import PRIMARY_METRIC
-from ..training.metrics import score
+from ..training.metrics import Metric, class_text, compare, primary_metric
 from . import aliases, store
 
 
@@ -52,11 +58,6 @@ class GateResult:
         return asdict(self)
 
 
-def improvement(candidate: float, production: float, direction: str) -> float:
-    """How much better the candidate is, positive when better, whatever the metric's direction."""
-    return candidate - production if direction == "maximize" else production - candidate
-
-
 def schema_changes(candidate: dict[str, dict[str, Any]], production: dict[str, dict[str, Any]]) -> list[str]:
     """What a client of the service would notice: columns added or gone, or of another kind. Categories and
     missing values are the data's, and change with every retraining."""
@@ -74,7 +75,7 @@ def group_scores(
     pipeline: Any, features: pd.DataFrame, labels: pd.Series, column: str, task_type: str
 ) -> list[dict[str, Any]]:
     """The primary metric per group of the sensitive column; groups where it is undefined are listed too."""
-    metric = PRIMARY_METRIC[task_type][0]
+    metric = primary_metric(task_type)
     if column not in features.columns:
         raise ValueError(
             f"registry.sensitive_column {column!r} is not a feature; columns are {list(features.columns)}"
@@ -84,9 +85,9 @@ def group_scores(
         features[column].astype("object").fillna("<missing>")
     ).groups.items():
         part_x, part_y = features.loc[index], labels.loc[index]
-        entry: dict[str, Any] = {"group": str(value), "rows": len(part_x), metric: None}
+        entry: dict[str, Any] = {"group": str(value), "rows": len(part_x), metric.name: None}
         if len(part_x) >= 2 and (task_type == "regression" or part_y.nunique() > 1):
-            entry[metric] = score(pipeline, part_x, part_y, task_type)[metric]
+            entry[metric.name] = metric.of(pipeline, part_x, part_y)
         rows.append(entry)
     return rows
 
@@ -99,46 +100,65 @@ def fairness_gap(groups: list[dict[str, Any]], metric: str) -> float:
 Rows = tuple[pd.DataFrame, pd.Series]
 
 
-def scored_slice(
-    name: str, rows: Rows, candidate: Any, production: Any | None, task_type: str
+def compared_slice(
+    name: str, rows: Rows, candidate: Any, production: Any, metric: Metric, settings: Settings
 ) -> dict[str, Any] | None:
-    """Both models' primary metric on a slice, or None when it cannot be computed there (no rows, or one
-    class only: ROC AUC needs two)."""
-    metric = PRIMARY_METRIC[task_type][0]
+    """Both models' primary metric on a slice's rows, and the candidate's gain with its interval (a paired
+    bootstrap over the rows: a small slice gives a wide interval); None when it cannot be computed there (no
+    rows, or one class only: ROC AUC needs two)."""
     features, labels = rows
     if features.empty:
         return None
+    truth = labels.map(class_text) if metric.classifies else labels
     try:
-        cand = score(candidate, features, labels, task_type)[metric]
-        prod = score(production, features, labels, task_type)[metric] if production is not None else None
+        found = compare(
+            metric,
+            truth,
+            metric.output(candidate, features),
+            metric.output(production, features),
+            settings.registry.gate_confidence,
+            settings.data.seed,
+        )
     except ValueError:
         return None
-    return {"slice": name, "rows": len(features), "candidate": cand, "production": prod, "decides": False}
+    return {
+        "slice": name,
+        "rows": found.rows,
+        "candidate": found.first,
+        "production": found.second,
+        "gain": found.difference,
+        "gain_low": found.low,
+        "gain_high": found.high,
+        "decides": False,
+    }
 
 
 def decide(
-    holdout: dict[str, Any], recent: dict[str, Any] | None, settings: Settings, direction: str
+    holdout: dict[str, Any], recent: dict[str, Any] | None, settings: Settings, metric: Metric
 ) -> tuple[bool, str]:
-    """Win on the deciding slice by more than the margin, lose no more than the margin on the other."""
+    """Win on the deciding slice by more than the margin; on the other, be worse by more than the margin
+    with registry.gate_confidence (the whole interval of the gain below -margin) and the gate refuses: a
+    small slice's noise alone never blocks a candidate."""
     margin = settings.registry.promotion_margin
     recent_decides = recent is not None and recent["rows"] >= settings.feedback.gate_min_recent_rows
     deciding, other = (recent, holdout) if recent_decides and recent else (holdout, recent)
     deciding["decides"] = True
-    metric = PRIMARY_METRIC[settings.data.task_type][0]
-    gain = improvement(deciding["candidate"], deciding["production"], direction)
-    passed = gain > margin
+    passed = deciding["gain"] > margin
     verb = "beats" if passed else "does not beat"
     reason = (
-        f"{metric} on the {deciding['slice']} ({deciding['rows']} rows) {deciding['candidate']:.4f} vs "
+        f"{metric.name} on the {deciding['slice']} ({deciding['rows']} rows) {deciding['candidate']:.4f} vs "
         f"{deciding['production']:.4f}: {verb} production by more than {margin}"
     )
     if other is not None:
-        loss = -improvement(other["candidate"], other["production"], direction)
-        if loss > margin:
-            passed = False
+        confidence = settings.registry.gate_confidence
+        lost = other["gain_high"] < -margin
+        passed = passed and not lost
         reason += (
             f"; on the {other['slice']} ({other['rows']} rows) {other['candidate']:.4f} vs "
-            f"{other['production']:.4f}: {'loses more' if loss > margin else 'loses no more'} than {margin}"
+            f"{other['production']:.4f} (gain {other['gain']:+.4f}, {confidence:.0%} interval "
+            f"{other['gain_low']:+.4f} to {other['gain_high']:+.4f}): "
+            + ("loses more" if lost else "does not surely lose more")
+            + f" than {margin}"
         )
     return passed, reason
 
@@ -159,16 +179,16 @@ def judge(
     `accept_schema_change` is the explicit decision a schema change needs; without it such a candidate is not
     promoted, whatever its score."""
     task_type = candidate.metadata["task_type"]
-    metric, direction = PRIMARY_METRIC[task_type]
+    metric = primary_metric(task_type)
     margin = settings.registry.promotion_margin
-    cand_score = score(candidate.pipeline, features, labels, task_type)[metric]
+    cand_score = metric.of(candidate.pipeline, features, labels)
     groups: list[dict[str, Any]] = []
     changes = schema_changes(candidate.schema, production.schema) if production else []
     verdict = partial(
         GateResult,
         candidate=candidate.tag,
         production=production.tag if production else None,
-        metric=metric,
+        metric=metric.name,
         candidate_score=cand_score,
         margin=margin,
         schema_changes=changes,
@@ -178,11 +198,12 @@ def judge(
         groups = group_scores(
             candidate.pipeline, features, labels, settings.registry.sensitive_column, task_type
         )
-        gap = fairness_gap(groups, metric)
+        gap = fairness_gap(groups, metric.name)
         if gap > settings.registry.max_group_gap:
             reason = (
-                f"{metric} differs by {gap:.4f} between groups of {settings.registry.sensitive_column!r}, "
-                f"more than registry.max_group_gap {settings.registry.max_group_gap}"
+                f"{metric.name} differs by {gap:.4f} between groups of "
+                f"{settings.registry.sensitive_column!r}, more than registry.max_group_gap "
+                f"{settings.registry.max_group_gap}"
             )
             return verdict(production_score=None, passed=False, reason=reason, groups=groups)
     if production is None:
@@ -194,7 +215,7 @@ def judge(
         )
         return verdict(production_score=None, passed=False, reason=reason, groups=groups)
     try:
-        prod_score = score(production.pipeline, features, labels, task_type)[metric]
+        prod_score = metric.of(production.pipeline, features, labels)
     except (KeyError, ValueError) as exc:  # the production model cannot read the new data's columns
         if not accept_schema_change:
             reason = (
@@ -204,17 +225,11 @@ def judge(
             return verdict(production_score=None, passed=False, reason=reason, groups=groups)
         reason = f"schema change accepted: production cannot score the current holdout ({exc})"
         return verdict(production_score=None, passed=True, reason=reason, groups=groups)
-    held = {
-        "slice": "holdout",
-        "rows": len(features),
-        "candidate": cand_score,
-        "production": prod_score,
-        "decides": False,
-    }
-    newest = None
-    if recent is not None:
-        newest = scored_slice("recent slice", recent, candidate.pipeline, production.pipeline, task_type)
-    passed, reason = decide(held, newest, settings, direction)
+    pipelines = candidate.pipeline, production.pipeline
+    held = compared_slice("holdout", (features, labels), *pipelines, metric, settings)
+    assert held is not None  # both models scored the holdout just above
+    newest = compared_slice("recent slice", recent, *pipelines, metric, settings) if recent else None
+    passed, reason = decide(held, newest, settings, metric)
     if changes:
         reason = f"schema change accepted; {reason}"
     slices = [held] + ([newest] if newest else [])
@@ -239,32 +254,18 @@ def promote(
     between a retrain that promotes it and a watch that rolls it back."""
     with aliases.locked(settings) as record:
         candidate = store.load(candidate_tag)
-        if record.production == candidate.tag:
-            return GateResult(
-                candidate=candidate.tag,
-                production=candidate.tag,
-                metric=PRIMARY_METRIC[candidate.metadata["task_type"]][0],
-                candidate_score=float("nan"),
-                production_score=None,
-                margin=settings.registry.promotion_margin,
-                passed=False,
-                reason="already production",
-            )
-        rolled_back = record.was_rolled_back(candidate.tag)
-        if rolled_back and not allow_rolled_back:
+        rows = recent[0] if recent is not None and not recent[0].empty else features
+        reason = refusal(settings, record, candidate, rows, allow_rolled_back)
+        if reason:
             return GateResult(
                 candidate=candidate.tag,
                 production=record.production,
-                metric=PRIMARY_METRIC[candidate.metadata["task_type"]][0],
+                metric=primary_metric(candidate.metadata["task_type"]).name,
                 candidate_score=float("nan"),
                 production_score=None,
                 margin=settings.registry.promotion_margin,
                 passed=False,
-                reason=(
-                    f"rolled back at {rolled_back['since']} ({rolled_back['reason']}); the gate never "
-                    f"promotes a rolled-back model again on its own: `python -m {settings.project.package} "
-                    f"promote --tag {candidate.tag} --allow-rolled-back` does"
-                ),
+                reason=reason,
             )
         production = store.load(record.production) if record.production else None
         result = judge(
@@ -284,6 +285,78 @@ def promote(
     return result
 
 
+def refusal(
+    settings: Settings,
+    record: aliases.AliasRecord,
+    candidate: store.RegisteredModel,
+    rows: pd.DataFrame,
+    allow_rolled_back: bool,
+) -> str:
+    """Why the candidate is refused before it is scored ("" when it is not): it is production already, or
+    it was rolled back, or it predicts like a model that was (unless a person allows rolled-back models)."""
+    if record.production == candidate.tag:
+        return "already production"
+    package, tag = settings.project.package, candidate.tag
+    override = f"`python -m {package} promote --tag {tag} --allow-rolled-back` promotes it"
+    rolled_back = record.was_rolled_back(candidate.tag)
+    if rolled_back and not allow_rolled_back:
+        return (
+            f"rolled back at {rolled_back['since']} ({rolled_back['reason']}); the gate never promotes a "
+            f"rolled-back model again on its own: {override}"
+        )
+    twin = None if allow_rolled_back else retired_twin(settings, record, candidate, rows)
+    if twin is not None:
+        return (
+            f"counts as {twin['tag']}, rolled back at {twin['since']} ({twin['reason']}): it predicts like "
+            f"it on {twin['agreement']:.1%} of {len(rows)} recent rows (registry.retired_agreement "
+            f"{settings.registry.retired_agreement:g}); {override}"
+        )
+    return ""
+
+
+RETIRED_COMPARED = 3  # the newest rolled-back models a candidate is compared with
+
+
+def agreement(first: Any, second: Any, rows: pd.DataFrame, task_type: str) -> float:
+    """The share of rows on which two models predict alike: the same class, or values within 5% of the
+    second model's spread of predictions."""
+    one, two = first.predict(rows), second.predict(rows)
+    if task_type == "classification":
+        return float(np.mean(one.astype(str) == two.astype(str)))
+    spread = float(np.std(two)) or 1.0
+    return float(np.mean(np.abs(one.astype(float) - two.astype(float)) <= 0.05 * spread))
+
+
+def retired_twin(
+    settings: Settings, record: aliases.AliasRecord, candidate: store.RegisteredModel, rows: pd.DataFrame
+) -> dict[str, Any] | None:
+    """The rollback entry of a rolled-back model the candidate predicts like (with `agreement`), or None.
+    A retired model no longer in the store, or that cannot read the rows, is not compared."""
+    import bentoml
+
+    if rows.empty:
+        return None
+    seen = set()
+    for entry in reversed(record.rolled_back):
+        if entry["tag"] in seen or entry["tag"] == candidate.tag:
+            continue
+        seen.add(entry["tag"])
+        if len(seen) > RETIRED_COMPARED:
+            break
+        try:
+            retired = store.load(entry["tag"])
+            share = agreement(candidate.pipeline, retired.pipeline, rows, candidate.metadata["task_type"])
+        except (bentoml.exceptions.NotFound, KeyError, ValueError):
+            continue
+        if share >= settings.registry.retired_agreement:
+            return entry | {"agreement": share}
+    return None
+
+
+class AlreadyRolledBack(LookupError):
+    """The rollback asked for has been done already (by another run): nothing to do, nothing failed."""
+
+
 def rollback(settings: Settings, reason: str = "manual", expected: str | None = None) -> tuple[str, str]:
     """Make the previous production model production again; returns (retired tag, restored tag). The retired
     model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own.
@@ -294,6 +367,12 @@ def rollback(settings: Settings, reason: str = "manual", expected: str | None = 
 
     with aliases.locked(settings) as record:
         if expected is not None and record.production != expected:
+            done = record.was_rolled_back(expected)
+            if done is not None:
+                raise AlreadyRolledBack(
+                    f"{expected} was rolled back already at {done['since']} ({done['reason']}); production "
+                    f"is {record.production}"
+                )
             raise LookupError(f"production is {record.production}, not {expected}; nothing rolled back")
         if len(record.history) < 2:
             raise LookupError(

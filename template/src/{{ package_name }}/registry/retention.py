@@ -1,9 +1,9 @@
 """The model store's retention: every training run registers a model, so old ones are deleted.
 
-Kept: the newest `registry.keep_models` models, and every model in the production alias record's history
-(production and what `rollback` walks back to), however old. BentoML has no retention of its own. The
-deletion happens under the alias lock, so a promotion or rollback running at the same moment either sees the
-model still there or runs after it is gone, never in between.
+Kept: the newest `registry.keep_models` models, every model in the production alias record's history
+(production and what `rollback` walks back to) and the newest rolled-back ones, however old. BentoML has no
+retention of its own. The deletion happens under the alias lock, so a promotion or rollback running at the
+same moment either sees the model still there or runs after it is gone, never in between.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import bentoml
 
 from ..config import Settings
 from . import aliases
+from .promotion import RETIRED_COMPARED
 
 
 def prune(settings: Settings) -> list[str]:
@@ -20,7 +21,9 @@ def prune(settings: Settings) -> list[str]:
     if keep == 0:
         return []
     with aliases.locked(settings) as record:
-        protected = {entry["tag"] for entry in record.history}
+        # the newest rolled-back models too: the gate compares candidates with them (promotion.retired_twin)
+        retired = [entry["tag"] for entry in record.rolled_back[-RETIRED_COMPARED:]]
+        protected = {entry["tag"] for entry in record.history} | set(retired)
         models = sorted(
             bentoml.models.list(settings.model_name),
             key=lambda model: (model.info.creation_time, str(model.tag)),

@@ -18,8 +18,8 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from ..config import Settings
-from ..model import PRIMARY_METRIC, suggest_params
-from .metrics import score
+from ..model import suggest_params
+from .metrics import Metric, primary_metric
 from .pipeline import build_pipeline
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -39,12 +39,16 @@ class TuningSpec:
     cv_folds: int
 
     @property
+    def scorer(self) -> Metric:
+        return primary_metric(self.task_type)
+
+    @property
     def metric(self) -> str:
-        return PRIMARY_METRIC[self.task_type][0]
+        return self.scorer.name
 
     @property
     def direction(self) -> Literal["maximize", "minimize"]:
-        return PRIMARY_METRIC[self.task_type][1]
+        return self.scorer.direction
 
 
 def make_spec(settings: Settings, data_hash: str) -> TuningSpec:
@@ -91,12 +95,11 @@ def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, spec.family, spec.task_type)
         template = build_pipeline(schema, spec.family, spec.task_type, params, spec.seed)
+        metric = spec.scorer
         scores = []
         for step, (train_idx, valid_idx) in enumerate(folds):
             pipeline = clone(template).fit(features.iloc[train_idx], labels.iloc[train_idx])
-            scores.append(
-                score(pipeline, features.iloc[valid_idx], labels.iloc[valid_idx], spec.task_type)[spec.metric]
-            )
+            scores.append(metric.of(pipeline, features.iloc[valid_idx], labels.iloc[valid_idx]))
             trial.report(float(np.mean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
