@@ -177,7 +177,7 @@ def _usable(
         causes[~np.isfinite(numbers) & (label != "")] = NOT_A_NUMBER
         label = numbers
     bad_row = rows.map(lambda row: isinstance(row, str))
-    causes[bad_row] = rows[bad_row]
+    causes[bad_row] = rows[bad_row].to_numpy(dtype=object)
     causes[request_ids == ""] = NO_REQUEST_ID  # the first cause of a label counts
     for cause, count in causes[causes != ""].value_counts(sort=False).items():
         report = report.skip(str(cause), int(count))
