@@ -131,13 +131,9 @@ def primary_metric(task_type: str) -> Metric:
 def score(pipeline: Any, features: pd.DataFrame, labels: pd.Series, task_type: str) -> dict[str, float]:
     """Every metric of the task on the holdout (the holdout-metrics table)."""
     truth = labels.map(class_text) if task_type == "classification" else labels
-    found: dict[str, Output] = {}
-    results = {}
-    for name, metric in METRICS.items():
-        if metric.task_type == task_type:
-            output = found.setdefault(task_type, metric.output(pipeline, features))
-            results[name] = metric.score(truth, output)
-    return results
+    metrics = [metric for metric in METRICS.values() if metric.task_type == task_type]
+    output = metrics[0].output(pipeline, features)  # one prediction serves every metric of the task
+    return {metric.name: metric.score(truth, output) for metric in metrics}
 
 
 def class_text(value: Any) -> str:
