@@ -89,3 +89,17 @@ def test_an_exported_store_is_kept_and_nothing_is_copied(old_project):
     result = migrate(project, home, BENTOML_HOME=str(home / "bentoml"))
     assert "BENTOML_HOME is exported" in result.stderr
     assert not (project / ".state" / "bentoml").exists()
+
+
+def test_a_conflict_the_update_left_in_settings_does_not_stop_the_migration(old_project):
+    """An update that changed a line the user changed too leaves inline markers in settings.toml (invalid
+    TOML); the migration reads the template's side, moves the state, and leaves the conflict to the user."""
+    project, home = old_project
+    settings = project / "settings.toml"
+    conflict = "<<<<<<< before updating\nn_trials = 50\n=======\nn_trials = 30\n>>>>>>> after updating\n"
+    settings.write_text(settings.read_text().replace("[registry]\n", f"[registry]\n{conflict}"))
+    result = migrate(project, home)
+    assert result.returncode == 0, result.stderr
+    assert (project / ".state" / "optuna" / "studies.db").is_file()
+    assert (project / ".state" / "bentoml" / "models" / PACKAGE / "v1" / "model.yaml").is_file()
+    assert conflict in settings.read_text()

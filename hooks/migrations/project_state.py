@@ -67,8 +67,28 @@ def copy_models(settings: dict, exported: str | None) -> None:
     )
 
 
+def read_settings(text: str) -> dict:
+    """settings.toml as the update left it. Where the update left a conflict, the template's side ("after
+    updating") is read: the keys this step needs are the template's defaults, and the user's lines in a
+    conflict are theirs to resolve later."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        kept, side = [], "both"
+        for line in text.splitlines():
+            if line.startswith("<<<<<<< "):
+                side = "before"
+            elif line.startswith("=======") and side == "before":
+                side = "after"
+            elif line.startswith(">>>>>>> ") and side == "after":
+                side = "both"
+            elif side != "before":
+                kept.append(line)
+        return tomllib.loads("\n".join(kept))
+
+
 def main() -> int:
-    settings = tomllib.loads(Path("settings.toml").read_text(encoding="utf-8"))
+    settings = read_settings(Path("settings.toml").read_text(encoding="utf-8"))
     move_folders(settings)
     copy_models(settings, os.environ.get("BENTOML_HOME"))
     return 0
