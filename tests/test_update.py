@@ -27,9 +27,14 @@ NOT_PROJECT_FILES = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cac
 
 
 def update(project: Path, ref: str, *options: str) -> subprocess.CompletedProcess:
-    """`copier update --trust --defaults --vcs-ref REF` in the project, as a user types it."""
+    """`copier update --trust --defaults --vcs-ref REF` in the project, as a user types it, from a home of
+    its own: the state migration copies a namesake's models out of ~/bentoml, and this machine's own home
+    may hold some (tests/test_state_migration.py covers that copy)."""
     command = [COPIER, "update", "--trust", "--defaults", "--vcs-ref", ref, *options]
-    env = subprocess_env(**GIT_IDENTITY)
+    home = project.parent / "user-home"
+    home.mkdir(exist_ok=True)
+    uv_cache = os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
+    env = subprocess_env(**GIT_IDENTITY, HOME=str(home), UV_CACHE_DIR=uv_cache)
     return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env, timeout=300)
 
 
