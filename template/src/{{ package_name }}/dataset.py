@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .config import Settings
-from .tables import normalize_columns, read_table
+from ml_lifecycle import Settings, normalize_columns, read_table
 
 DEMO_SOURCE = "scikit-learn demo data"
 

@@ -24,6 +24,8 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from ..project import user_module
+
 Direction = Literal["maximize", "minimize"]
 # A model's output: class probabilities (rows x classes, columns named by class text) or predicted values.
 Output = pd.DataFrame | np.ndarray
@@ -112,7 +114,7 @@ METRICS: dict[str, Metric] = {
 def primary_metric(task_type: str) -> Metric:
     """The metric model.py's PRIMARY_METRIC names for `task_type`; a clear error for a name not in METRICS
     (an older model.py's (name, direction) pair is read too, when the direction is the metric's own)."""
-    from ..model import PRIMARY_METRIC  # the user's file, read when asked, never at import
+    PRIMARY_METRIC = user_module("model").PRIMARY_METRIC  # the user's file, read when asked
 
     chosen = PRIMARY_METRIC.get(task_type)
     name, direction = chosen if isinstance(chosen, tuple) else (chosen, None)

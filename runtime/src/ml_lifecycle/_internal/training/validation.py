@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from .. import dataset
+from ..project import user_module
 from ..config import Settings
 from ..tables import FLOAT32_MAX, DataError, normalize_column, normalize_columns
 
@@ -172,6 +172,7 @@ def _is_text(values: pd.Series) -> bool:
 
 def load_dataset(settings: Settings) -> Dataset:
     """The frame from dataset.load_frame, its columns normalised, validated."""
+    dataset = user_module("dataset")
     source = str(settings.data_path) if settings.data_path else dataset.DEMO_SOURCE
     frame = dataset.load_frame(settings)
     if not isinstance(frame, pd.DataFrame):

@@ -236,7 +236,7 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
             say("Serving with BentoML...")
             base = stack.enter_context(
                 processes.bentoml_service(
-                    f"{settings.project.package}.serving.service:Predictor", root, run_dir / "logs"
+                    f"{settings.project.package}.service:Predictor", root, run_dir / "logs"
                 )
             )
             # The watch after rollout reads this service's /metrics (per model version).

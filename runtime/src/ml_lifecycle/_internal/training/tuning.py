@@ -18,7 +18,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from ..config import Settings
-from ..model import suggest_params
+from ..project import user_module
 from .metrics import Metric, primary_metric
 from .pipeline import build_pipeline
 
@@ -93,7 +93,7 @@ def make_objective(spec: TuningSpec, features: pd.DataFrame, labels: pd.Series, 
     )
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial, spec.family, spec.task_type)
+        params = user_module("model").suggest_params(trial, spec.family, spec.task_type)
         template = build_pipeline(schema, spec.family, spec.task_type, params, spec.seed)
         metric = spec.scorer
         scores = []

@@ -14,8 +14,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from .. import features as user_features
-from ..model import MODEL_FAMILIES, make_estimator
+from ..project import user_module
 
 Schema = dict[str, dict[str, Any]]
 
@@ -27,14 +26,14 @@ def build_pipeline(
 
     Without feature steps the columns come from the schema, which ONNX export can follow. With them, the
     columns are picked by type when the pipeline is fitted, so the columns the steps add are included."""
-    features = user_features.feature_steps()
+    features = user_module("features").feature_steps()
     numeric: Any = [c for c, spec in schema.items() if spec["kind"] == "number"]
     categorical: Any = [c for c, spec in schema.items() if spec["kind"] == "category"]
     if features:
         numeric = make_column_selector(dtype_include=np.number)
         categorical = make_column_selector(dtype_exclude=np.number)
     numeric_steps: list[Any] = [SimpleImputer(strategy="median", keep_empty_features=True)]
-    if MODEL_FAMILIES[family].scale_numbers:
+    if user_module("model").MODEL_FAMILIES[family].scale_numbers:
         numeric_steps.append(StandardScaler())
     transformers: list[tuple[str, Any, Any]] = [("numeric", make_pipeline(*numeric_steps), numeric)]
     if features or categorical:
@@ -51,6 +50,6 @@ def build_pipeline(
     steps: list[tuple[str, Any]] = [("features", Pipeline(features))] if features else []
     steps += [
         ("preprocess", ColumnTransformer(transformers, remainder="drop")),
-        ("model", make_estimator(family, task_type, params, seed)),
+        ("model", user_module("model").make_estimator(family, task_type, params, seed)),
     ]
     return Pipeline(steps)

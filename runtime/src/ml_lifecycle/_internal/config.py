@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from functools import lru_cache
@@ -29,7 +30,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-PACKAGE = __name__.split(".")[0]
+from .project import bound, user_module
+
+# The project this process serves (bound by its package's __init__.py before any module here is imported).
+PACKAGE = bound().package
 ENV_PREFIX = f"{PACKAGE.upper()}_"
 # The folder of everything the project's runs write, relative to the project root; each path setting that
 # defaults into it can point elsewhere.
@@ -41,8 +45,8 @@ def _settings_file() -> Path:
     BentoML drops the src/ level, it sits beside the package. An environment variable can point elsewhere."""
     if f"{ENV_PREFIX}SETTINGS_FILE" in os.environ:
         return Path(os.environ[f"{ENV_PREFIX}SETTINGS_FILE"])
-    here = Path(__file__).resolve()
-    project, bento = here.parents[2] / "settings.toml", here.parents[1] / "settings.toml"
+    here = bound().directory
+    project, bento = here.parents[1] / "settings.toml", here.parent / "settings.toml"
     return bento if bento.exists() and not project.exists() else project
 
 
@@ -279,7 +283,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _model_family_is_in_the_table(self) -> Settings:
         # Imported here, not at the top: model.py is the user's file and pulls in scikit-learn.
-        from .model import family
+        family = user_module("model").family
 
         try:
             family(self.tuning.model_family, self.data.task_type)
@@ -500,6 +504,29 @@ def describe_errors(error: ValidationError, path: Path, environ: Mapping[str, st
         value = f" = {problem['input']!r}" if shown else ""
         lines.append(f"{location}{value} {source}: {message}")
     return lines
+
+
+def use_project_store() -> None:
+    """Point BentoML at the project's model store (settings.bentoml_home, by default .state/bentoml).
+
+    BentoML reads BENTOML_HOME once, the first time anything opens its store, and otherwise uses ~/bentoml,
+    shared by every project. Binding the project is the one step every process passes before it touches the
+    store: the CLI, a worker's flow runs (Prefect imports the flow's module; there is no start-up of ours),
+    `bentoml serve` importing the service, and the processes those start, which inherit the variable."""
+    try:
+        os.environ["BENTOML_HOME"] = str(get_settings().bentoml_home)
+    except SettingsError:
+        return  # raised again where the settings are used: the CLI prints it, one line per problem, and exits 2
+    if "bentoml" in sys.modules:  # a bare `bentoml serve|build` may have opened another store already
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        opened = BentoMLContainer.bentoml_home.get()
+        if os.path.realpath(opened) != os.path.realpath(os.environ["BENTOML_HOME"]):
+            raise RuntimeError(
+                f"BentoML opened the model store {opened} before this project "
+                f"was imported, but the project's store is {os.environ['BENTOML_HOME']}: use `python -m "
+                f"{PACKAGE} serve|deploy`, or export BENTOML_HOME={os.environ['BENTOML_HOME']} first"
+            )
 
 
 @lru_cache

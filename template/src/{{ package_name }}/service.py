@@ -1,0 +1,5 @@
+"""The BentoML service of this project: `bentoml serve <package>.service:Predictor` (`python -m <package> serve`)."""
+
+from ml_lifecycle.service import Predictor
+
+__all__ = ["Predictor"]
