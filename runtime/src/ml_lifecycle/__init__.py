@@ -1,6 +1,6 @@
-"""The lifecycle of a tabular model as Prefect flows: train with Optuna, register, gate and serve with BentoML,
-monitor with Evidently, retrain on drift. A project binds itself once (its __init__.py) and keeps only
-dataset.py, features.py and model.py; the public API is listed in runtime/API.md and `__all__` below.
+"""The lifecycle of a tabular model as Prefect flows: train with Optuna, register, gate and serve with
+BentoML, monitor with Evidently, retrain on drift. A project binds itself once (its __init__.py) and
+keeps only dataset.py, features.py and model.py; the public API is listed in runtime/API.md.
 
 Names are imported when first used, so `import ml_lifecycle` reads nothing and binds nothing."""
 

@@ -1,4 +1,5 @@
-"""The BentoML service that serves the bound project's production model (`bentoml serve <package>.service:Predictor`)."""
+"""The BentoML service that serves the bound project's production model: `bentoml serve
+<package>.service:Predictor`."""
 
 from ._internal.serving.service import Predictor
 

@@ -516,7 +516,7 @@ def use_project_store() -> None:
     try:
         os.environ["BENTOML_HOME"] = str(get_settings().bentoml_home)
     except SettingsError:
-        return  # raised again where the settings are used: the CLI prints it, one line per problem, and exits 2
+        return  # raised again where the settings are used: the CLI prints one line per problem, exits 2
     if "bentoml" in sys.modules:  # a bare `bentoml serve|build` may have opened another store already
         from bentoml._internal.configuration.containers import BentoMLContainer
 

@@ -24,7 +24,9 @@ def bind(package: str, file: str) -> Project:
     global _bound
     project = Project(package.split(".")[0], Path(file).resolve().parent)
     if _bound is not None and _bound != project:
-        raise RuntimeError(f"ml_lifecycle already serves {_bound.package} ({_bound.directory}), not {package}")
+        raise RuntimeError(
+            f"ml_lifecycle already serves {_bound.package} ({_bound.directory}), not {package}"
+        )
     _bound = project
     return project
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from ..project import user_module
 from ..config import Settings
+from ..project import user_module
 from ..tables import FLOAT32_MAX, DataError, normalize_column, normalize_columns
 
 MIN_ROWS = 20
