@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -22,6 +21,9 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.linear_model import LogisticRegression, Ridge
+
+if TYPE_CHECKING:  # the service reads this file to check the settings; it never tunes
+    import optuna
 
 Params = dict[str, Any]
 Factory = Callable[[Params, int], BaseEstimator]

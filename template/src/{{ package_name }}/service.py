@@ -1,4 +1,5 @@
-"""The BentoML service of this project: `bentoml serve <package>.service:Predictor` (`python -m <package> serve`)."""
+"""The BentoML service of this project: `bentoml serve <package>.service:Predictor`, which
+`python -m <package> serve` runs."""
 
 from ml_lifecycle.service import Predictor
 

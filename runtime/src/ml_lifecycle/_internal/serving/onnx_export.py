@@ -35,7 +35,6 @@ from .. import tables
 from ..atomic_write import write_atomically
 from ..config import Settings
 from ..registry import aliases, store
-from ..training import holdout, validation
 
 MISSING_TEXT = ""
 
@@ -319,6 +318,8 @@ def compare(
 
 def check_rows(settings: Settings, model: store.RegisteredModel) -> tuple[pd.DataFrame, str]:
     """The holdout when the training data is the model's own (same hash), else its stored training sample."""
+    from ..training import holdout, validation  # the training stack, only when exporting: never at serve
+
     limit = settings.onnx.check_rows
     try:
         dataset = validation.load_dataset(settings)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import pandas as pd
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -14,6 +13,9 @@ from ..config import Settings
 from .metrics import score
 from .pipeline import build_pipeline
 from .validation import Dataset
+
+if TYPE_CHECKING:  # the service imports this module (onnx_export); it never tunes
+    import optuna
 
 
 @dataclass(frozen=True)
