@@ -56,11 +56,18 @@ def _task(task_type: str | None) -> str:
 
 def model_families(task_type: str | None = None) -> list[str]:
     """The families of model.py's MODEL_FAMILIES that do `task_type` (the settings' task by default): a
-    contract test parametrized by them covers a family added to the table without a line of test code."""
+    contract test parametrized by them covers a family added to the table without a line of test code.
+    Settings that cannot be read give every family of the table."""
+    from ._internal.config import SettingsError
     from ._internal.project import user_module
 
-    task = _task(task_type)
     families = user_module("model").MODEL_FAMILIES
+    try:
+        task = _task(task_type)
+    except SettingsError:
+        # Every family then: pytest collects the tests and each reports the settings' error, instead of
+        # stopping at collection with no test run.
+        return sorted(families)
     return sorted(name for name, entry in families.items() if entry.factory(task) is not None)
 
 
@@ -93,15 +100,15 @@ def check_model_family(family: str, task_type: str | None = None, *, seed: int =
         raise AssertionError(
             f"{where}: its search_space(trial) raised {exc!r}; fix the search space"
         ) from exc
-    pipeline = build_pipeline(feature_schema(features), family, task, params, seed=seed)
-    if pipeline.steps[0][0] == "features":
-        pipeline = Pipeline(pipeline.steps[1:])
     try:
+        pipeline = build_pipeline(feature_schema(features), family, task, params, seed=seed)
+        if pipeline.steps[0][0] == "features":
+            pipeline = Pipeline(pipeline.steps[1:])
         pipeline.fit(features, labels)
     except Exception as exc:
         raise AssertionError(
-            f"{where}: the {task} estimator failed to fit with parameters {params} from its search space "
-            f"({exc!r}); narrow the search space or fix the factory"
+            f"{where}: the {task} estimator failed to build or fit with parameters {params} from its search "
+            f"space ({exc!r}); make the search space's names the estimator's arguments, or fix the factory"
         ) from exc
     metric = primary_metric(task)
     value = metric.of(pipeline, features, labels)
@@ -196,8 +203,7 @@ def check_feature_steps(settings: Settings | None = None, rows: int = 500) -> pd
             frame = step.fit(frame, labels).transform(frame)
         except Exception as exc:
             raise AssertionError(
-                f"features.py: feature step {name!r} failed on your training data ({exc!r}); the columns "
-                f"it receives are {list(frame.columns)}"
+                f"features.py: feature step {name!r} failed on your training data: {exc}"
             ) from exc
         if not isinstance(frame, pd.DataFrame):
             raise AssertionError(

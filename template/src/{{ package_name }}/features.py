@@ -6,7 +6,7 @@ A column added in dataset.py would instead become a field every request has to s
 
 Each step takes a DataFrame and returns one (scikit-learn's fit/transform); the columns it adds go through
 the same imputation and encoding as the raw ones. A step that ONNX cannot convert is fine: the service then
-serves with scikit-learn and logs why (docs/serving.md).
+serves with scikit-learn and logs why (runtime/docs/serving.md).
 """
 
 from __future__ import annotations
