@@ -3,7 +3,6 @@ model.py and settings.toml, as training and serving will use them. Keep this fil
 your file and the fix."""
 
 import pytest
-
 from ml_lifecycle import get_settings, testing
 
 
