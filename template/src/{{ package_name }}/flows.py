@@ -1,5 +1,4 @@
-"""The project's Prefect flows, as prefect.yaml deploys them: the library's flows, run for this project."""
+"""The project's Prefect flows, as prefect.yaml deploys them (`<package>.flows.train`, `.tune`, `.monitor`,
+`.retrain`): the library's flows, each imported when Prefect asks for it, so a run imports only its own."""
 
-from ml_lifecycle.flows import monitor, predict, promote_model, retrain, rollback_model, train, tune
-
-__all__ = ["monitor", "predict", "promote_model", "retrain", "rollback_model", "train", "tune"]
+from ml_lifecycle.flows import __all__, __getattr__  # noqa: F401
