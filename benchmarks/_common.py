@@ -1,15 +1,15 @@
-"""What the project's benchmark scripts share: logging to stderr, ratios, leftover processes, exit codes.
+"""What the benchmark scripts share: running inside a project, logging to stderr, ratios, leftover
+processes, exit codes.
 
-Each benchmark runs as a script (`uv run python benchmarks/<name>.py`), so this folder is on sys.path and
-`from _common import ...` finds this module.
+Each benchmark runs as a script (`uv run python benchmarks/<name>.py` in the generator's checkout), so this
+folder is on sys.path and `from _common import ...` finds this module. `run(main)` first installs a project
+(benchmarks/_project.py) and runs the same script again inside it, where `main` measures.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import shutil
 import sys
 import tomllib
 from collections.abc import Callable
@@ -17,19 +17,27 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import psutil
+import _project
+from ml_lifecycle._internal.bench.serving import clean_up, kill_leftovers, log, ratio
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["ROOT", "clean_up", "kill_leftovers", "load_project", "log", "production_tag", "ratio", "run"]
+
+# The project's folder, inside a project (the script's working directory); elsewhere nothing is measured.
+ROOT = Path(os.environ.get(_project.IN_PROJECT) or Path.cwd())
+USER_MODULES = {"dataset", "features", "model"}
 
 
 def load_project(*names: str) -> tuple[str, Any, dict[str, ModuleType]]:
-    """The project's package name, its settings and its modules `config`, `aliases` and `names` (dotted
-    paths inside the package, keyed by their last part). The package itself is imported first: that points
-    BentoML at the project's model store, as the CLI does."""
+    """The project's package name, its settings and the machinery's modules `config`, `aliases` and `names`
+    (dotted paths under ml_lifecycle._internal, or one of the user's modules dataset, features and model,
+    keyed by their last part). The package is imported first: that binds the library to the project and
+    points BentoML at its model store, as the CLI does."""
     package = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
     importlib.import_module(package)
     modules = {
-        name.rpartition(".")[2]: importlib.import_module(f"{package}.{name}")
+        name.rpartition(".")[2]: importlib.import_module(
+            f"{package}.{name}" if name in USER_MODULES else f"ml_lifecycle._internal.{name}"
+        )
         for name in ("config", "registry.aliases", *names)
     }
     return package, modules["config"].get_settings(), modules
@@ -44,47 +52,12 @@ def production_tag(settings: Any, aliases: ModuleType) -> str | None:
         return None
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr: stdout's last line is the benchmark's JSON."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
-    return round(a / b, digits) if a is not None and b else None
-
-
-def kill_leftovers(marker: str, run_id: str) -> int:
-    """Stop every process whose environment carries `marker=run_id` (servers, workers and flow runs start
-    sessions of their own, which stopping a process group does not reach); returns how many there were."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get(marker) == run_id:
-                proc.terminate()
-                found.append(proc)
-    _, alive = psutil.wait_procs(found, timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(found)
-
-
-def clean_up(marker: str, run_id: str, work: Path, keep: bool) -> None:
-    """After a run: stop what is left of it, and remove its work folder unless asked to keep it."""
-    leftovers = kill_leftovers(marker, run_id)
-    if leftovers:
-        log(f"stopped {leftovers} leftover process(es)")
-    if keep:
-        log(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def run(main: Callable[[], int]) -> None:
-    """Exit with main's code; an error it raises (RuntimeError: a server that did not start, a tool that
-    is missing) is one line on stderr and exit code 1, never a missed goal."""
+def run(main: Callable[[], int], *, needs_model: bool = False) -> None:
+    """Outside a project: install one (and a production model when `needs_model`) and run this script in it.
+    Inside: exit with main's code; an error it raises (RuntimeError: a server that did not start, a tool
+    that is missing) is one line on stderr and exit code 1, never a missed goal."""
+    if not os.environ.get(_project.IN_PROJECT) and not {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(_project.main(sys.argv[0], sys.argv[1:], needs_model=needs_model))
     try:
         sys.exit(main())
     except RuntimeError as exc:
