@@ -62,6 +62,10 @@ class Project:
             raise SystemExit(f"{' '.join(command)} failed with exit code {result.returncode}")
         return result.stdout
 
+    def with_env(self, **extra: str) -> Project:
+        """The same project with more environment, e.g. settings named after its package."""
+        return Project(self.root, self.package, {**self.env, **extra})
+
     def python(self, *args: str) -> list[str]:
         """`python ...` in the project's virtualenv (already synced: --no-sync)."""
         return [uv(), "run", "--no-sync", "python", *args]
@@ -93,34 +97,45 @@ def project_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
-def install(workdir: Path, *, tasks: bool = False, extra_env: dict[str, str] | None = None) -> Project:
-    """The project in workdir/project: rendered from a clone of HEAD with default answers and `uv sync`ed
-    the first time, reused as it is afterwards. `tasks` runs copier's tasks (its `uv lock`) as for a user."""
+def clone(workdir: Path) -> Path:
+    """A clone of the generator's committed HEAD in workdir/template-src (made once)."""
+    source = workdir / "template-src"
+    if not source.exists():
+        subprocess.run(["git", "clone", "--quiet", str(REPO), str(source)], check=True)
+    return source
+
+
+def render(source: Path, root: Path, env: dict[str, str], *, tasks: bool = False) -> str:
+    """`copier copy --trust --defaults` of `source` into `root`; returns the package name. `tasks` runs
+    copier's tasks (its `uv lock`) as for a user, with plumbum's copy of the environment, which copier uses
+    for them, set to the project's `env` for the duration of the copy."""
+    import plumbum
     from copier import run_copy
 
+    with plumbum.local.env(**{k: v for k, v in env.items() if k not in LEAKY}):
+        for name in LEAKY:
+            plumbum.local.env.pop(name, None)
+        worker = run_copy(
+            str(source),
+            str(root),
+            defaults=True,
+            unsafe=True,
+            vcs_ref="HEAD",
+            quiet=True,
+            skip_tasks=not tasks,
+        )
+    return worker.answers.combined["package_name"]
+
+
+def install(workdir: Path, *, tasks: bool = False, extra_env: dict[str, str] | None = None) -> Project:
+    """The project in workdir/project: rendered from a clone of HEAD with default answers and `uv sync`ed
+    the first time, reused as it is afterwards."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = workdir / "project"
     env = project_env(workdir, extra_env)
     if not (root / ".venv").is_dir():
-        source = workdir / "template-src"
-        if not source.exists():
-            subprocess.run(["git", "clone", "--quiet", str(REPO), str(source)], check=True)
         log(f"rendering {root} ...")
-        import plumbum
-
-        # Copier runs its tasks with plumbum's copy of the environment: give it the project's.
-        with plumbum.local.env(**env):
-            for name in LEAKY:
-                plumbum.local.env.pop(name, None)
-            run_copy(
-                str(source),
-                str(root),
-                defaults=True,
-                unsafe=True,
-                vcs_ref="HEAD",
-                quiet=True,
-                skip_tasks=not tasks,
-            )
+        render(clone(workdir), root, env, tasks=tasks)
         log("uv sync ...")
         Project(root, "", env).check([uv(), "sync", "--quiet"])
     return Project(root, package_of(root), env)
@@ -144,7 +159,7 @@ def main(script: str, argv: list[str], *, needs_model: bool) -> int:
             log(f"training a production model in {project.root} ...")
             trials = ["--n-trials", "3"] if "--quick" in rest else []
             project.check(project.python("-m", project.package, "train", *trials))
-        inside = Project(project.root, project.package, {**project.env, IN_PROJECT: str(project.root)})
+        inside = project.with_env(**{IN_PROJECT: str(project.root)})
         return inside.run(inside.python(str(Path(script).resolve()), *rest), capture=False).returncode
     finally:
         if not known.project_dir:
