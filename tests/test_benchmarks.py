@@ -1,16 +1,16 @@
-"""The generated project's own benchmarks run in a freshly installed project and report what they promise.
+"""The drift (P4, P7) and recovery (P8) benchmarks run from the generator's checkout, in one default
+project the first installs and the second reuses (--project-dir), and report what they promise.
 
-One default project is rendered with its tasks (`uv lock`) and installed with `uv sync`; each benchmark
-runs in its quick mode, which checks the wiring and the verdicts, not the timing goals (those need the
-full sizes: `uv run python benchmarks/<name>.py` in a project).
+Each runs in its quick mode, which checks the wiring and the verdicts, not the timing goals (those need the
+full sizes: `uv run python benchmarks/<name>.py`).
 """
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, Project, explain, install_project
+from test_serving_benchmark import quick_run
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,13 @@ DRIFT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
-    return install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("bench"), prefect_home)
+def project_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
 
 
-def test_drift_benchmark_quick_reports_matching_verdicts(project):
-    result = project.run("uv", "run", "python", "benchmarks/drift.py", "--quick", timeout=900)
-    assert result.returncode == 0, explain(result)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) >= DRIFT_KEYS, explain(result)
+def test_drift_benchmark_quick_reports_matching_verdicts(project_dir):
+    report = quick_run("drift", project_dir)
+    assert set(report) >= DRIFT_KEYS, report
     assert report["verdicts_match"] is True, report
     assert report["verdicts_as_designed"] is True, report
     assert report["seconds_ours"] > 0 and report["seconds_ks"] > 0 and report["peak_rss_ratio"] >= 0
@@ -58,13 +56,11 @@ RECOVERY_KEYS = {
 }
 
 
-def test_recovery_benchmark_quick_reports_the_noise_table(project):
+def test_recovery_benchmark_quick_reports_the_noise_table(project_dir):
     """P8's noise table in its quick mode (one seed, few trials, no demo): the gate and the watch run on
     labels with 0, 10 and 30% wrong, and never roll back or refuse a model better on the true labels."""
-    result = project.run("uv", "run", "python", "benchmarks/recovery.py", "--quick", timeout=1200)
-    assert result.returncode == 0, explain(result)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report) >= RECOVERY_KEYS, explain(result)
+    report = quick_run("recovery", project_dir)
+    assert set(report) >= RECOVERY_KEYS, report
     assert [len(report["noise"][level]) for level in ("0", "10", "30")] == [1, 1, 1], report["noise"]
     assert report["false_rollbacks"] == 0 and report["false_refusals_noise_10"] == 0, report["noise"]
     assert report["recovered_ratio_noise_10"] is not None, report

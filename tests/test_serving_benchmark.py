@@ -1,34 +1,28 @@
-"""The generated project's serving and soak benchmarks run in an installed, trained project and report
-their keys.
+"""The serving (P3) and soak benchmarks run from the generator's checkout, each in the project it installs
+(one default project, trained once, shared through --project-dir), and report their keys; a project's own
+`bench` command reports its model's serving figures with the same code.
 
 Their quick modes check the wiring (servers started and stopped, hey's summary read, the in-process limit
 measured; the soak's log rotations and its monitor run) and that the service answered every request and
 logged every answer; they do not check the P3 timing goals or the soak's memory goal, which need the full
-runs on a quiet machine (`uv run python benchmarks/serving.py`, `benchmarks/soak.py` in a project).
+runs on a quiet machine (`uv run python benchmarks/serving.py`, `benchmarks/soak.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ANSWER_SETS, Project, explain, install_project, require_tool
+from conftest import REPO, Project, explain, package_of, require_tool, run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-KEYS = {
-    "rps",
-    "p50_ms",
-    "p99_ms",
-    "ratio_to_trivial",
-    "ratio_to_fastapi",
-    "ratio_to_batched_limit",
-    "p99_ratio_to_trivial",
-    "non_2xx",
-    "rss_mb_per_worker",
-}
+SERVICE_KEYS = {"rps", "p50_ms", "p99_ms", "non_2xx", "rss_mb_per_worker"}
+RATIOS = {"ratio_to_trivial", "ratio_to_fastapi", "ratio_to_batched_limit", "p99_ratio_to_trivial"}
+KEYS = SERVICE_KEYS | RATIOS
 GOALS = {"ratio_to_trivial", "ratio_to_fastapi", "p99_ratio_to_trivial", "non_2xx"}
 
 
@@ -47,30 +41,36 @@ def processes_under(root: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_home) -> Project:
-    require_tool("hey")  # the HTTP load generator both benchmarks drive
-    project = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("serving-bench"), prefect_home)
-    result = project.cli("train", "--n-trials", "3")
-    assert result.returncode == 0, explain(result)
-    return project
-
-
-def quick_run(project: Project, name: str) -> dict:
-    """`benchmarks/<name>.py --quick` in the project; the JSON object it prints last."""
-    result = project.run("uv", "run", "python", f"benchmarks/{name}.py", "--quick", timeout=900)
+def quick_run(name: str, project_dir: Path, timeout: float = 1500) -> dict:
+    """`python benchmarks/<name>.py --quick --project-dir DIR` in the generator's checkout (with its own
+    interpreter, not `uv run`, as tests/test_generator_benchmarks.py does); the JSON object it prints last."""
+    command = [sys.executable, f"benchmarks/{name}.py", "--quick", "--project-dir", str(project_dir)]
+    result = run(command, cwd=REPO, env=subprocess_env(), timeout=timeout)
     assert result.returncode == 0, explain(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def benchmark(trained) -> tuple[dict, Path]:
-    return quick_run(trained, "serving"), trained.root
+def installed_project(project_dir: Path) -> Project:
+    """The project a benchmark installed under --project-dir, with the environment it ran in."""
+    root = project_dir / "project"
+    return Project(root, package_of(root), subprocess_env(PREFECT_HOME=str(project_dir / "prefect-home")))
 
 
 @pytest.fixture(scope="module")
-def soak(trained) -> tuple[dict, Path]:
-    return quick_run(trained, "soak"), trained.root
+def project_dir(tmp_path_factory) -> Path:
+    require_tool("hey")  # the HTTP load generator the benchmarks and `bench` drive
+    return tmp_path_factory.mktemp("serving-bench")
+
+
+@pytest.fixture(scope="module")
+def benchmark(project_dir) -> tuple[dict, Path]:
+    """The first run renders, installs and trains the project the other runs reuse."""
+    return quick_run("serving", project_dir), project_dir / "project"
+
+
+@pytest.fixture(scope="module")
+def soak(benchmark, project_dir) -> tuple[dict, Path]:
+    return quick_run("soak", project_dir), project_dir / "project"
 
 
 def test_reports_every_key_and_a_verdict_per_goal(benchmark):
@@ -107,3 +107,24 @@ def test_the_soak_logs_every_answer_across_rotations_and_monitors_the_log(soak):
     assert report["monitor_exit_code"] == 0 and report["monitor_rows"] > 0, report
     assert report["rss_mb_start"] > 0 and report["rss_mb_end"] > 0, report
     assert processes_under(root) == []
+
+
+def test_the_projects_bench_command_measures_its_production_model(benchmark, project_dir):
+    """A user's own figures: `python -m <package> bench --quick` serves the production model under load and
+    reports the service's keys only (no comparison servers, so no ratios or goals)."""
+    project = installed_project(project_dir)
+    result = project.cli("bench", "--quick", "--concurrency", "8")
+    assert result.returncode == 0, explain(result)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report.keys() >= SERVICE_KEYS and not report.keys() & RATIOS, report
+    assert set(report["variants"]) == {"service"}, report
+    assert report["rps"] > 0 and report["non_2xx"] == 0, report
+    assert report["model"] == benchmark[0]["model"] and report["load"]["concurrency"] == 8, report
+    assert processes_under(project.root) == []
+
+
+def test_bench_without_a_production_model_says_to_train(benchmark, project_dir, tmp_path):
+    project = installed_project(project_dir)
+    result = project.cli("bench", "--quick", BENTOML_HOME=str(tmp_path / "empty-store"))
+    assert result.returncode == 2, explain(result)
+    assert "needs a production model" in result.stderr and "train" in result.stderr, explain(result)

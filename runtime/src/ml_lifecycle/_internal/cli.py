@@ -1,5 +1,5 @@
 """Command line: `python -m <package> train | serve | monitor | promote | rollback | predict | export-onnx |
-deploy | demo`."""
+deploy | demo | bench`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--stop", action="store_true", help="only stop the server the last deploy started")
     commands.add_parser("demo", help="run the whole lifecycle once on a local Prefect server")
+    bench = commands.add_parser(
+        "bench", help="measure the production model's serving throughput and latency under load (needs hey)"
+    )
+    from .bench.serving import add_arguments as bench_arguments
+
+    bench_arguments(bench)
     return parser
 
 
@@ -186,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             from .local.demo import run_demo
 
             run_demo()
+        elif args.command == "bench":
+            from .bench.serving import bench
+
+            return bench(args)
     except (DataError, LookupError, TrainingBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import clean_up, load_project, log, production_tag, run
-from serving import HOST, free_port, hey, parse_hey, server, summarize
+from ml_lifecycle._internal.bench.serving import HOST, free_port, hey, parse_hey, server, summarize
 
 MARKER = "SOAK_BENCHMARK_RUN"
 RSS_GOAL = 0.05
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    package, settings, modules = load_project("training.validation", "local.processes", "serving.request_log")
+    package, settings, modules = load_project("training.validation", "serving.request_log")
     if production_tag(settings, modules["aliases"]) is None:
         return 2
     run_id, work = uuid.uuid4().hex, Path(tempfile.mkdtemp(prefix="soak-benchmark-"))
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", package, "serve", "--host", HOST, "--port", str(port)]
     report: dict = {}
     try:
-        with server("service", command, env, port, work / "logs", modules["processes"].spawn) as running:
+        with server("service", command, env, port, work / "logs", settings.root) as running:
             url = running.base + "/predict_one"
             with ThreadPoolExecutor(1) as pool:
                 load = pool.submit(hey, url, body, seconds, args.concurrency)
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, needs_model=True)

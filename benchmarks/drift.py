@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import os
 import resource
@@ -50,15 +49,14 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from _common import ROOT, load_project
+from _common import run as run_script
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
 SEED = 20241125
 WARMUP_ROWS = 2000  # above 1,000, so Evidently's default picks the same methods as on the large frames
 QUICK_ROWS = 50_000
@@ -148,9 +146,8 @@ def variant_runner(name: str, threshold: float) -> Any:
     """A function frames -> {column: drifted}, with everything it needs already imported."""
     from scipy import stats
 
-    monitoring = importlib.import_module(f"{PACKAGE}.monitoring.drift")
-    data = importlib.import_module(f"{PACKAGE}.tables")
-    settings = importlib.import_module(f"{PACKAGE}.config").get_settings()
+    _, settings, modules = load_project("monitoring.drift", "tables")
+    monitoring, data = modules["drift"], modules["tables"]
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -200,7 +197,7 @@ def timed(run: Any, reference: pd.DataFrame, current: pd.DataFrame) -> tuple[flo
 
 def child(names: list[str], rows: int, cols: int, repeats: int) -> dict[str, Any]:
     """Run the variants in turn, `repeats` rounds, alternating their order each round (ABBA...)."""
-    settings = importlib.import_module(f"{PACKAGE}.config").get_settings()
+    settings = load_project()[1]
     threshold = settings.monitoring.drift_threshold
     runners = {name: variant_runner(name, threshold) for name in names}
     warm_reference, warm_current, _ = frames(WARMUP_ROWS, cols)
@@ -263,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the children's third-party deprecation noise
-    settings = importlib.import_module(f"{PACKAGE}.config").get_settings()
-    pinned = importlib.import_module(f"{PACKAGE}.monitoring.drift").preset_options(settings.monitoring)
+    _, settings, modules = load_project("monitoring.drift")
+    pinned = modules["drift"].preset_options(settings.monitoring)
     variants = measure(["ours", "ks"], args.rows, args.cols, args.repeats)
     variants |= measure(["evidently_default"], args.rows, args.cols, 1)
     if pinned:
@@ -305,4 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -1,11 +1,11 @@
-"""Benchmark P3: single-row requests to the service, next to plain FastAPI and BentoML's own ceiling.
-
-    uv run python benchmarks/serving.py [--seconds 15] [--concurrency 32] [--quick] [--keep]
+"""Serving throughput and latency of the production model: `python -m <package> bench` (the service alone)
+and, with --compare, benchmark P3 (the generator's benchmarks/serving.py runs it in a project of its own).
 
 Needs `hey`, the HTTP load generator (Debian/Ubuntu: `apt-get install hey`), and a production model
 (`python -m <package> train` promotes one).
 
-Goals P3: ratio_to_trivial >= 0.8, ratio_to_fastapi >= 4, p99_ratio_to_trivial <= 2, non_2xx == 0.
+Goals P3 (with --compare): ratio_to_trivial >= 0.8, ratio_to_fastapi >= 4, p99_ratio_to_trivial <= 2,
+non_2xx == 0.
 
 Every variant gets the same load on loopback: `hey` with --concurrency clients (32) sending one real row
 of the training data, as fast as each gets its answers, for --seconds (15) after an untimed warm-up:
@@ -15,6 +15,7 @@ of the training data, as fast as each gets its answers, for --seconds (15) after
   agrees with scikit-learn (variants.service.runtime says which ran). Its request log goes to a
   temporary folder (not the project's logs/, which the monitor flow reads), and its API key variable is
   removed from its environment.
+With --compare, three more:
 - `fastapi`: FastAPI + uvicorn with the same number of workers, the same production pipeline loaded with
   bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request: what a
   plain hand-written endpoint does.
@@ -22,27 +23,27 @@ of the training data, as fast as each gets its answers, for --seconds (15) after
   a constant without touching the model: what BentoML itself can answer on this machine.
 - `batched_predict`: rows/s of the bare pipeline's predict_proba (predict for regression) in this
   process, on batches of serving.max_batch_size real rows: the batcher's upper limit.
-(The two comparison servers live in benchmarks/serving_apps.py.)
+(The two comparison servers live in serving_apps.py, beside this module.)
 
 Keys: `rps` (2xx answers per second), `p50_ms`, `p99_ms` and `non_2xx` (non-2xx answers plus failed
 connections: an overloaded batcher sheds load with 503s, which are counted here, never hidden) are the
-service's; `ratio_to_trivial`, `ratio_to_fastapi` and `ratio_to_batched_limit` divide its rps by the
-other variants'; `p99_ratio_to_trivial` divides its p99; `rss_mb_per_worker` is the largest resident
-memory of its worker processes after the run (each worker's in variants.service). Latencies are hey's,
-over every answer (non-2xx included). `variants` holds each variant's figures, `goal_met` each goal.
+service's; `rss_mb_per_worker` is the largest resident memory of its worker processes after the run (each
+worker's in variants.service). With --compare, `ratio_to_trivial`, `ratio_to_fastapi` and
+`ratio_to_batched_limit` divide its rps by the other variants'; `p99_ratio_to_trivial` divides its p99;
+`goal_met` holds each goal's verdict (without --compare these keys are absent). Latencies are hey's, over
+every answer (non-2xx included). `variants` holds each variant's figures.
 
 The load generator runs on the same machine as the server, and a shared machine moves these figures
 between runs: `load_average` (1 min, before and after) says how busy it was; compare variants of one run.
 Every process started is stopped (its process group, then any descendant left: BentoML's workers start
 sessions of their own). The last line printed is one JSON object; the exit code is non-zero only on
-errors (hey missing, a server that does not start), never because a goal was missed.
+errors (hey missing, no production model, a server that does not start), never because a goal was missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -55,15 +56,13 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from _common import clean_up, load_project, log, production_tag, ratio, run
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
+# Nothing here reads the project at import time (benchmarks/_common.py imports it before binding one).
 HOST = "127.0.0.1"
 ENDPOINT = "/predict_one"
 GOALS = {
@@ -75,6 +74,46 @@ GOALS = {
 MARKER = "SERVING_BENCHMARK_RUN"  # in every server's environment, so leftovers can be found by it
 BENTOML_WORKER = "_bentoml_impl.worker"
 START_TIMEOUT = 300.0
+APPS = "ml_lifecycle._internal.bench.serving_apps"  # the two comparison servers
+PACKAGE_VARIABLE = "ML_LIFECYCLE_BENCH_PACKAGE"  # tells serving_apps which project to bind
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr: stdout's last line is the JSON report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def kill_leftovers(marker: str, run_id: str) -> int:
+    """Stop every process whose environment carries `marker=run_id` (servers, workers and flow runs start
+    sessions of their own, which stopping a process group does not reach); returns how many there were."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(marker) == run_id:
+                proc.terminate()
+                found.append(proc)
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return len(found)
+
+
+def clean_up(marker: str, run_id: str, work: Path, keep: bool) -> None:
+    """After a run: stop what is left of it, and remove its work folder unless asked to keep it."""
+    leftovers = kill_leftovers(marker, run_id)
+    if leftovers:
+        log(f"stopped {leftovers} leftover process(es)")
+    if keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -185,12 +224,14 @@ def ready(url: str) -> bool:
 
 @contextlib.contextmanager
 def server(
-    name: str, command: list[str], env: dict[str, str], port: int, logs: Path, spawn: Callable
+    name: str, command: list[str], env: dict[str, str], port: int, logs: Path, cwd: Path
 ) -> Iterator[Server]:
-    """Start a server in its own process group (`spawn`: the project's local.processes.spawn); yield once
-    /readyz answers 200; stop it and its workers."""
+    """Start a server in its own process group, in the project's folder `cwd`; yield once /readyz answers
+    200; stop it and its workers."""
+    from ..local.processes import spawn
+
     path = logs / f"{name}.log"
-    process = spawn(command, log=path, env=env, cwd=ROOT)
+    process = spawn(command, log=path, env=env, cwd=cwd)
     running = Server(name, process, path, f"http://{HOST}:{port}")
     seen: dict[int, psutil.Process] = {}
     try:
@@ -272,12 +313,13 @@ def batch_sizes(base: str, package: str) -> dict:
     }
 
 
-def batched_limit(package: str, settings, frame, seconds: float) -> dict:
+def batched_limit(settings, frame, seconds: float) -> dict:
     """rows/s of the bare production pipeline on batches of max_batch_size rows, in this process."""
     import bentoml
 
-    aliases = importlib.import_module(f"{package}.registry.aliases")
-    tables = importlib.import_module(f"{package}.tables")
+    from .. import tables
+    from ..registry import aliases
+
     model = bentoml.models.get(aliases.production_tag(settings))
     pipeline = bentoml.sklearn.load_model(model)
     size = settings.serving.max_batch_size
@@ -311,47 +353,66 @@ def goal_met(report: dict) -> dict[str, bool | None]:
     return met
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `python -m <package> bench`."""
     parser.add_argument("--seconds", type=float, default=15, help="measured load per variant (default 15)")
     parser.add_argument("--warmup", type=float, default=3, help="untimed load before each (default 3)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also plain FastAPI, a trivial BentoML service and the bare pipeline in-process (benchmark P3)",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (3 s per variant, 1 s warm-up)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with the server logs")
-    args = parser.parse_args(argv)
+
+
+def comparison_commands(workers: str) -> dict[str, list[str]]:
+    """The comparison servers of --compare; "{port}" is filled in when each starts."""
+    return {
+        "fastapi": [
+            sys.executable, "-m", "uvicorn", "--factory", f"{APPS}:fastapi_app",
+            "--host", HOST, "--port", "{port}", "--workers", workers,
+        ],
+        "trivial": [
+            sys.executable, "-m", "bentoml", "serve", f"{APPS}:Trivial", "--host", HOST, "--port", "{port}",
+        ],
+    }  # fmt: skip
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Measure the service (and with args.compare the other variants); print the JSON report last."""
     if args.quick:
         args.seconds, args.warmup = 3.0, 1.0
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     if shutil.which("hey") is None:
         log("error: this benchmark needs `hey`, the HTTP load generator: apt-get install hey")
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped on SIGTERM too
 
-    package, settings, modules = load_project("training.validation", "local.processes")
-    validation, serving = modules["validation"], settings.serving
-    tag = production_tag(settings, modules["aliases"])
-    if tag is None:
+    from ..config import ENV_PREFIX, PACKAGE, get_settings
+    from ..registry.aliases import production_tag
+    from ..training.validation import load_dataset
+
+    settings = get_settings()
+    serving = settings.serving
+    try:
+        tag = production_tag(settings)
+    except LookupError as exc:
+        log(f"error: this benchmark needs a production model: {exc}")
         return 2
 
     run_id = uuid.uuid4().hex
     work = Path(tempfile.mkdtemp(prefix="serving-benchmark-"))
     logs = work / "logs"
     logs.mkdir()
-    frame = validation.load_dataset(settings).features
+    frame = load_dataset(settings).features
     body = work / "body.json"
     body.write_text(json.dumps({"row": json.loads(frame.head(1).to_json(orient="records"))[0]}))
 
     env = {k: v for k, v in os.environ.items() if k != serving.api_key_env}
-    env[MARKER] = run_id
-    env[f"{modules['config'].ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
+    env.update({MARKER: run_id, PACKAGE_VARIABLE: PACKAGE})
+    env[f"{ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    workers = str(serving.workers)
     load_before = os.getloadavg()[0]
     log(
         f"model {tag}; workers {serving.workers}, max_batch_size {serving.max_batch_size}, "
@@ -359,68 +420,46 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     variants: dict[str, dict] = {}
+    commands = {"service": [sys.executable, "-m", PACKAGE, "serve", "--host", HOST, "--port", "{port}"]}
     try:
-        log(f"batched_predict: {min(args.seconds, 5):g} s in this process")
-        variants["batched_predict"] = batched_limit(package, settings, frame, min(args.seconds, 5))
-        commands = {
-            "service": [sys.executable, "-m", package, "serve", "--host", HOST, "--port", "{port}"],
-            "fastapi": [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "serving_apps:fastapi_app",
-                "--app-dir",
-                str(BENCH_DIR),
-                "--host",
-                HOST,
-                "--port",
-                "{port}",
-                "--workers",
-                workers,
-            ],  # fmt: skip
-            "trivial": [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "serving_apps:Trivial",
-                "--working-dir",
-                str(BENCH_DIR),
-                "--host",
-                HOST,
-                "--port",
-                "{port}",
-            ],  # fmt: skip
-        }
+        if args.compare:
+            log(f"batched_predict: {min(args.seconds, 5):g} s in this process")
+            variants["batched_predict"] = batched_limit(settings, frame, min(args.seconds, 5))
+            commands |= comparison_commands(str(serving.workers))
         for name, template in commands.items():
             port = free_port()
             command = [part.replace("{port}", str(port)) for part in template]
             log(f"{name}: starting")
-            with server(name, command, env, port, logs, modules["processes"].spawn) as running:
+            with server(name, command, env, port, logs, settings.root) as running:
                 variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
                 if name == "service":
-                    variants[name].update(batch_sizes(running.base, package))
+                    variants[name].update(batch_sizes(running.base, PACKAGE))
     finally:
         clean_up(MARKER, run_id, work, args.keep)
 
-    ours, fastapi, trivial = variants["service"], variants["fastapi"], variants["trivial"]
-    report = {
+    ours = variants["service"]
+    report: dict = {
         "rps": ours["rps"],
         "p50_ms": ours["p50_ms"],
         "p99_ms": ours["p99_ms"],
-        "ratio_to_trivial": ratio(ours["rps"], trivial["rps"]),
-        "ratio_to_fastapi": ratio(ours["rps"], fastapi["rps"]),
-        "ratio_to_batched_limit": ratio(ours["rps"], variants["batched_predict"]["rows_per_s"], 4),
-        "p99_ratio_to_trivial": ratio(ours["p99_ms"], trivial["p99_ms"]),
         "non_2xx": ours["non_2xx"],
         "rss_mb_per_worker": max(ours["rss_mb_workers"], default=None),
     }
-    met = goal_met(report)
+    if args.compare:
+        fastapi, trivial = variants["fastapi"], variants["trivial"]
+        report |= {
+            "ratio_to_trivial": ratio(ours["rps"], trivial["rps"]),
+            "ratio_to_fastapi": ratio(ours["rps"], fastapi["rps"]),
+            "ratio_to_batched_limit": ratio(ours["rps"], variants["batched_predict"]["rows_per_s"], 4),
+            "p99_ratio_to_trivial": ratio(ours["p99_ms"], trivial["p99_ms"]),
+        }
+        met = goal_met(report)
+        report.update(
+            goals={key: f"{op} {target:g}" for key, (op, target) in GOALS.items()},
+            goal_met=met,
+            all_goals_met=all(met.values()),
+        )
     report.update(
-        goals={key: f"{op} {target:g}" for key, (op, target) in GOALS.items()},
-        goal_met=met,
-        all_goals_met=all(met.values()),
         variants=variants,
         model=tag,
         settings={
@@ -434,7 +473,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(report))
     return 0
-
-
-if __name__ == "__main__":
-    run(main)

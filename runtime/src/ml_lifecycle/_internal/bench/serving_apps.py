@@ -1,31 +1,30 @@
-"""The two comparison servers of benchmarks/serving.py; not part of the project's service.
+"""The two comparison servers of `bench --compare` (serving.py beside this module); not the project's service.
 
-- `Trivial` (`bentoml serve serving_apps:Trivial`): a BentoML service with the service's worker count and
-  the same POST /predict_one request and answer types, whose endpoint returns a constant answer without
-  touching the model: BentoML's own ceiling on this machine.
-- `fastapi_app` (`uvicorn --factory serving_apps:fastapi_app --workers N`): a plain FastAPI app holding the
-  production pipeline, predicting each request on its own (no batching).
+- `Trivial` (`bentoml serve ml_lifecycle._internal.bench.serving_apps:Trivial`): a BentoML service with the
+  service's worker count and the same POST /predict_one request and answer types, whose endpoint returns a
+  constant answer without touching the model: BentoML's own ceiling on this machine.
+- `fastapi_app` (`uvicorn --factory ml_lifecycle._internal.bench.serving_apps:fastapi_app --workers N`): a
+  plain FastAPI app holding the production pipeline, predicting each request on its own (no batching).
 
-Both read the project's settings, production alias and feature schema as the service does.
+Both read the project's settings, production alias and feature schema as the service does. The project is
+the package named by ML_LIFECYCLE_BENCH_PACKAGE (set by the bench): importing it binds the library.
 """
 
-import importlib
 import os
-import tomllib
-from pathlib import Path
+from importlib import import_module
 
-import bentoml
-import pandas as pd
-from pydantic import create_model
+import_module(os.environ["ML_LIFECYCLE_BENCH_PACKAGE"])
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = tomllib.loads((ROOT / "settings.toml").read_text())["project"]["package"]
-config, aliases, data, schema = (
-    importlib.import_module(f"{PACKAGE}.{name}")
-    for name in ("config", "registry.aliases", "tables", "serving.request_schema")
-)
+import bentoml  # noqa: E402
+import pandas as pd  # noqa: E402
+from pydantic import create_model  # noqa: E402
 
-SETTINGS = config.get_settings()
+from .. import tables as data  # noqa: E402
+from ..config import get_settings  # noqa: E402
+from ..registry import aliases  # noqa: E402
+from ..serving import request_schema as schema  # noqa: E402
+
+SETTINGS = get_settings()
 MODEL = bentoml.models.get(aliases.production_tag(SETTINGS))
 FEATURE_SCHEMA = MODEL.info.metadata["feature_schema"]
 CLASSIFICATION = MODEL.info.metadata["task_type"] == "classification"

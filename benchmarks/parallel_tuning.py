@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _common import clean_up, load_project, log, ratio, run
+from _common import ROOT, clean_up, load_project, log, ratio, run
 
-ROOT = Path(__file__).resolve().parents[1]
 GOAL = 1.7
 STEPS = 4
 MARKER = "PARALLEL_TUNING_BENCHMARK_RUN"  # in every worker's environment, so leftovers can be found by it
