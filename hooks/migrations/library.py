@@ -65,7 +65,9 @@ def rewrite_imports(path: Path, package: str) -> list[str]:
         if match["sub"] or not names or not all(n.split(" as ")[0] in PUBLIC.get(module, ()) for n in names):
             left.append(f"{match['module']}{match['sub']}")
             return match.group(0)
-        return f"{match['indent']}from {LIBRARY} import {', '.join(sorted(names))}"
+        comment = re.search(r"[ \t]*#[^\n]*$", match["names"])  # the user's note on the line stays
+        names_line = ", ".join(sorted(names))
+        return f"{match['indent']}from {LIBRARY} import {names_line}{comment[0] if comment else ''}"
 
     rewritten = import_pattern(package).sub(public, text)
     plain = re.findall(rf"^[ \t]*import[ \t]+{package}\.({MACHINERY})((?:\.\w+)*)\b", rewritten, re.MULTILINE)
