@@ -36,6 +36,11 @@ PUBLIC: dict[str, set[str]] = {
 MACHINERY = r"atomic_write|config|tables|training|registry|serving|monitoring|local|flows(?=\.)|service(?=\.)"
 FOLDERS = ("training", "registry", "serving", "monitoring", "local", "flows")
 CONFLICT = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
+CONFLICT_BLOCK = re.compile(
+    r"^<<<<<<< before updating\n(?P<ours>.*?)^=======\n(?P<theirs>.*?)^>>>>>>> after updating\n",
+    re.MULTILINE | re.DOTALL,
+)
+REQUIREMENT_LINE = re.compile(r'^[ \t]*"[^"\n]+",?[ \t]*(#.*)?$')
 
 
 def import_pattern(package: str) -> re.Pattern[str]:
@@ -75,6 +80,35 @@ def rewrite_imports(path: Path, package: str) -> list[str]:
     if rewritten != text:
         path.write_text(rewritten)
     return sorted(set(left))
+
+
+def keep_added_dependencies(old: Path) -> list[str]:
+    """The dependency list was the machinery's and is one pin now: a requirement the user added to it makes
+    the update's merge a conflict. Where the user's side of a conflict in pyproject.toml is only requirements,
+    the ones the old template did not have stay, in front of the template's new side. Returns them."""
+    path = Path("pyproject.toml")
+    if not path.is_file() or not (old / "pyproject.toml").is_file():
+        return []
+    text = path.read_text()
+    template_lines = {line.strip() for line in (old / "pyproject.toml").read_text().splitlines()}
+    kept: list[str] = []
+
+    def resolve(block: re.Match[str]) -> str:
+        ours = block["ours"].splitlines(keepends=True)
+        if not all(
+            REQUIREMENT_LINE.match(line) or line.strip().startswith("#") or not line.strip() for line in ours
+        ):
+            return block.group(0)
+        added = [line for line in ours if REQUIREMENT_LINE.match(line) and line.strip() not in template_lines]
+        kept.extend(line.strip().split('"')[1] for line in added)
+        return "".join(added) + block["theirs"]
+
+    resolved = CONFLICT_BLOCK.sub(resolve, text)
+    if resolved != text:
+        path.write_text(resolved)
+        if not CONFLICT.search(resolved):
+            git("reset", "--quiet", "--", str(path))  # no longer unmerged in git's index
+    return kept
 
 
 def library_path(path: str, package: str) -> str:
@@ -159,6 +193,11 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
                     "your own code",
                 )
             )
+    kept = keep_added_dependencies(old)
+    if kept:
+        print(
+            f"Library migration: your dependencies {', '.join(kept)} stay in pyproject.toml, beside the pin."
+        )
     unmerged = git("diff", "--name-only", "--diff-filter=U").stdout.split()
     notes += [Note(path, "conflict markers from the update: resolve them") for path in unmerged]
     return notes
