@@ -9,6 +9,7 @@ a project as a new pin plus `uv lock`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Project, explain, package_of, project_env, subprocess_env
+from conftest import REPO, Project, explain, package_of, project_env, subprocess_env
 from releases import GIT_IDENTITY, Releases, commit, copy_release, git, make_releases, template_git
 from test_adoption import fill_the_fences
 
@@ -434,6 +435,60 @@ def test_the_project_updated_into_the_library_trains(updated_into_library, prefe
         assert done.returncode == 0, f"{' '.join(command)}\n{explain(done)}"
     trained = project.cli("train", "--n-trials", "2")
     assert trained.returncode == 0, explain(trained)
+
+
+# ---- The library migration's edits of the user's files (fast: no copy)
+
+
+@pytest.fixture
+def library_migration(monkeypatch):
+    """hooks/migrations/library.py as a module (Copier runs it as a script beside stage_layout.py)."""
+    monkeypatch.syspath_prepend(str(REPO / "hooks" / "migrations"))
+    return importlib.import_module("library")
+
+
+def test_imports_of_public_names_point_at_the_library_and_the_others_are_named(library_migration, tmp_path):
+    module = tmp_path / "report.py"
+    module.write_text(
+        "from .config import Settings, get_settings as settings_of  # ours\n"
+        "from churn.tables import (\n    read_table,\n    DataError,\n)\n"
+        "from .training.validation import check_frame\n"
+        "from .config import PACKAGE\n"
+        "from .configuration import ours\n"
+        "from .flows import train\n"
+        "\n\ndef load():\n    from .tables import normalize_columns\n"
+    )
+    left = library_migration.rewrite_imports(module, "churn")
+    assert module.read_text() == (
+        "from ml_lifecycle import Settings, get_settings as settings_of  # ours\n"
+        "from ml_lifecycle import DataError, read_table\n"
+        "from .training.validation import check_frame\n"
+        "from .config import PACKAGE\n"
+        "from .configuration import ours\n"
+        "from .flows import train\n"
+        "\n\ndef load():\n    from ml_lifecycle import normalize_columns\n"
+    )
+    assert left == ["config", "training.validation"]
+
+
+def test_dependencies_the_user_added_stay_beside_the_pin(library_migration, tmp_path, monkeypatch):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "pyproject.toml").write_text(
+        'dependencies = [\n  "bentoml>=1.4",\n  "pandas>=2.2,<3",\n]\n'
+    )
+    pin = '  "ml-lifecycle @ git+https://git.example.com/t@0123#subdirectory=runtime",\n'
+    (tmp_path / "pyproject.toml").write_text(
+        "dependencies = [\n<<<<<<< before updating\n"
+        '  "rich>=13",  # ours\n  "bentoml>=1.4",\n  "pandas>=2.3,<3",\n'
+        f"=======\n  # the machinery\n{pin}>>>>>>> after updating\n]\n"
+        "[tool.x]\n<<<<<<< before updating\nkey = 1\n=======\nkey = 2\n>>>>>>> after updating\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert library_migration.keep_added_dependencies(tmp_path / "old") == ["rich>=13", "pandas>=2.3,<3"]
+    assert (tmp_path / "pyproject.toml").read_text() == (
+        f'dependencies = [\n  "rich>=13",  # ours\n  "pandas>=2.3,<3",\n  # the machinery\n{pin}]\n'
+        "[tool.x]\n<<<<<<< before updating\nkey = 1\n=======\nkey = 2\n>>>>>>> after updating\n"
+    )
 
 
 # ---- A fix in the library reaches a project as a new pin plus `uv lock` (slow: one project installed)

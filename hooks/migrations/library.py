@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from stage_layout import Note, committed, files, git, render
+from stage_layout import Note, committed, files, git, render, take_new
 
 SAVED = Path("migration/v2.0.0")
 EARLIER = Path("migration/v1.0.0")  # saved by the stage-layout migration when the update started before 1.0.0
@@ -35,6 +35,12 @@ PUBLIC: dict[str, set[str]] = {
 # The machinery's top-level modules and packages in 1.x (flows and service exist in 2.0 as thin re-exports).
 MACHINERY = r"atomic_write|config|tables|training|registry|serving|monitoring|local|flows(?=\.)|service(?=\.)"
 FOLDERS = ("training", "registry", "serving", "monitoring", "local", "flows")
+# Files in both layouts that the move rewrote whole: a changed one is saved and the new version put in place
+# (a 3-way merge of a 300-line command line into a 10-line call would be one conflict).
+REWRITTEN: dict[str, str] = {
+    "__main__.py": "the command line is the library's now (ml_lifecycle/_internal/cli.py)",
+    "__init__.py": "the package binds itself to the library here (ml_lifecycle.bind); keep that call",
+}
 CONFLICT = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
 CONFLICT_BLOCK = re.compile(
     r"^<<<<<<< before updating\n(?P<ours>.*?)^=======\n(?P<theirs>.*?)^>>>>>>> after updating\n",
@@ -113,8 +119,7 @@ def keep_added_dependencies(old: Path) -> list[str]:
 
 def library_path(path: str, package: str) -> str:
     """Where a machinery module of the project lives in the library."""
-    inside = path.removeprefix(f"src/{package}/")
-    return f"{LIBRARY}/_internal/{'cli.py' if inside == '__main__.py' else inside}"
+    return f"{LIBRARY}/_internal/{path.removeprefix(f'src/{package}/')}"
 
 
 def what_to_do(path: str, package: str, kept: str) -> str:
@@ -140,7 +145,7 @@ def save(path: str, content: str) -> str:
 
 
 def drop_empty_folders(root: Path) -> None:
-    """Folders the machinery left holding only caches: a src/<pkg>/flows/ left behind shadows flows.py."""
+    """Folders the machinery left holding only caches (git does not track them, so Copier leaves them)."""
     for folder in sorted(
         (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
     ):
@@ -161,6 +166,13 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
         if mine is not None and mine != (old / path).read_text():
             notes.append(Note(path, what_to_do(path, package, save(path, mine))))
         Path(path).unlink(missing_ok=True)  # Copier removed it; a second run finds nothing to remove
+    for name, hint in REWRITTEN.items():
+        path = f"src/{package}/{name}"
+        mine = committed(path)
+        if path in old_files & new_files and mine is not None and mine != (old / path).read_text():
+            kept = save(path, mine)
+            take_new(path, new)
+            notes.append(Note(path, f"the new template's version is in place; yours is in {kept}: {hint}"))
     for folder in ("src", "tests"):
         if Path(folder).is_dir():
             drop_empty_folders(Path(folder))
