@@ -1,16 +1,81 @@
-"""After `copier copy`: lock the new project's dependencies and make it a git repository with a first
-commit, so `copier update` has a clean history to work from.
+"""After `copier copy`: check the project's pin on the library, lock the new project's dependencies and make
+it a git repository with a first commit, so `copier update` has a clean history to work from.
 
-Runs in the new project's folder. Neither step may cost the user their new project: Copier deletes the
-folder when a task fails, so a failed step says how to finish it by hand and the task still succeeds.
+Runs in the new project's folder. A pin that can never install (a relative template path, or a commit only
+Copier's own copy of a dirty working tree had) fails the copy with one line saying what to do: Copier then
+deletes the folder it made, and nothing of the user's is lost, whereas a project kept with that pin would
+fail later in `uv sync` with git's "not our ref". The other steps may not cost the user their project: a
+failed `uv lock` or commit says how to finish it by hand and the task still succeeds.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
+
+# The library requirement hooks/render/pin.jinja writes into pyproject.toml: URL up to the last '@', commit.
+PIN = re.compile(r'"ml-lifecycle @ (?P<url>[^"]+)@(?P<commit>[^"@#]*)#subdirectory=runtime"')
+SCP_LIKE = re.compile(r"^[^/:]+:")  # [user@]host:path, as git reads it (git@github.com:org/repo.git)
+
+
+class PinError(Exception):
+    """The project's pin cannot be installed; the message is the one line the user reads."""
+
+
+def answered_source(answers: str) -> str:
+    """The template source as the user typed it (`_src_path` in .copier-answers.yml)."""
+    found = re.search(r"^_src_path: *(.+?) *$", answers, flags=re.MULTILINE)
+    if found is None:
+        raise PinError(".copier-answers.yml records no _src_path: copy the project again with Copier")
+    return found.group(1).strip("'\"")
+
+
+def local_path(source: str) -> Path | None:
+    """The folder of a local template source; None for a remote one. A relative path is refused: the pin
+    must name the same repository wherever `uv sync` runs."""
+    bare = source.removeprefix("git+")
+    if bare.startswith("file://"):
+        return Path("/" + unquote(bare.removeprefix("file://").removeprefix("localhost")).lstrip("/"))
+    if "://" in bare or bare.startswith(("gh:", "gl:")) or SCP_LIKE.match(bare):
+        return None
+    if not bare.startswith("/"):
+        raise PinError(
+            f"The template source {source!r} is a relative path, and the project's pin on the library needs "
+            "an absolute path or a URL: copy again with the template's absolute path (for example "
+            f"$(realpath {source}))"
+        )
+    return Path(bare)
+
+
+def check_pin(project: Path) -> None:
+    """Refuse a pin that can never install, before `uv lock` would fail on it with git's message."""
+    source = answered_source((project / ".copier-answers.yml").read_text())
+    found = PIN.search((project / "pyproject.toml").read_text())
+    if found is None:
+        raise PinError("pyproject.toml has no ml-lifecycle requirement: the template rendered it wrong")
+    folder = local_path(source)
+    if folder is None:
+        return  # a remote repository: Copier cloned it, so the commit is one the remote has
+    commit = found.group("commit")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise PinError(
+            f"The template {folder} is not a git repository, so the project's pin on the library has no "
+            f"commit to name: make {folder} a git repository with its files committed, then copy again"
+        )
+    if shutil.which("git") is None:
+        return  # nothing to check the commit with (Copier found it with git, so this is rare)
+    known = subprocess.run(
+        ["git", "-C", str(folder), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+    )
+    if known.returncode != 0:
+        raise PinError(
+            f"The template {folder} has uncommitted changes, so the project's pin names a commit only "
+            f"Copier's copy had ({commit[:12]}): commit your changes in {folder}, then copy again"
+        )
 
 
 def say(message: str) -> None:
@@ -51,6 +116,11 @@ def first_commit() -> None:
 
 
 def main() -> int:
+    try:
+        check_pin(Path.cwd())
+    except PinError as refused:
+        say(str(refused))
+        return 1
     lock()
     first_commit()
     return 0

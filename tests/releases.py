@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The two releases before this one, by commit (see CHANGELOG.md).
 FLAT_LAYOUT_COMMIT = "9b5064d"  # v0.9.0: the last flat package (model.py, data.py, registry.py, ...)
 STAGE_LAYOUT_COMMIT = "1ec387f"  # v1.0.0: training/, registry/, serving/, monitoring/, local/
+LAST_COPY_COMMIT = (
+    "dbd2843"  # v1.1.0: the machinery still copied into every project (2.0.0 made it a library)
+)
 FALLBACK_CURRENT = "v1.1.0"
 
 # Commits in the throwaway repository need an author; never the user's own configuration.
@@ -30,13 +33,14 @@ IDENTITY = ["-c", "user.name=Template Release", "-c", "user.email=release@exampl
 
 @dataclass(frozen=True)
 class Releases:
-    """A clone of the template with its release tags: copy from `previous` or `flat_layout`, update to
-    `current` (the working tree)."""
+    """A clone of the template with its release tags: copy from `previous`, `flat_layout` or
+    `copied_machinery`, update to `current` (the working tree)."""
 
     path: Path
     current: str
     previous: str = "v1.0.0"
     flat_layout: str = "v0.9.0"
+    copied_machinery: str = "v1.1.0"
 
 
 def newest_version(changelog: Path) -> str:
@@ -57,7 +61,7 @@ def template_git(*args: str, cwd: Path) -> str:
 
 
 def make_releases(dest: Path) -> Releases:
-    """Clone the checkout into `dest`, commit its working tree on top and tag v0.9.0, v1.0.0 and the
+    """Clone the checkout into `dest`, commit its working tree on top and tag v0.9.0, v1.0.0, v1.1.0 and the
     newest version of CHANGELOG.md (the working tree). Takes about a second."""
     subprocess.run(
         ["git", "clone", "--quiet", "--no-tags", "--no-checkout", str(REPO), str(dest)], check=True
@@ -70,7 +74,12 @@ def make_releases(dest: Path) -> Releases:
     )
     template_git("checkout", "--quiet", "--force", "HEAD", cwd=dest)
     current = newest_version(dest / "CHANGELOG.md")
-    tags = {"v0.9.0": FLAT_LAYOUT_COMMIT, "v1.0.0": STAGE_LAYOUT_COMMIT, current: "HEAD"}
+    tags = {
+        "v0.9.0": FLAT_LAYOUT_COMMIT,
+        "v1.0.0": STAGE_LAYOUT_COMMIT,
+        "v1.1.0": LAST_COPY_COMMIT,
+        current: "HEAD",
+    }
     for tag, ref in tags.items():
         if subprocess.run(["git", "cat-file", "-e", f"{ref}^{{commit}}"], cwd=dest).returncode != 0:
             raise RuntimeError(

@@ -1,12 +1,15 @@
 """`copier update` from earlier releases, as a user runs it on a project they have made their own.
 
-Releases are tags in a throwaway clone (tests/releases.py): v0.9.0 (flat layout), v1.0.0 (stage layout) and
-the working tree as the newest. Two projects are installed (slow): one updated within the stage layout with a
-changed answer, one across the layout change, where the migration must keep the user's edits.
+Releases are tags in a throwaway clone (tests/releases.py): v0.9.0 (flat layout), v1.0.0 (stage layout),
+v1.1.0 (the last with the machinery copied into the project) and the working tree as the newest. Projects are
+updated within a major version with a changed answer, across the layout change and across the move of the
+machinery into the library, where the migrations must keep the user's edits; and a fix in the library reaches
+a project as a new pin plus `uv lock`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -16,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Project, explain, package_of, project_env, subprocess_env
-from releases import GIT_IDENTITY, commit, copy_release, git
+from conftest import REPO, Project, explain, package_of, project_env, subprocess_env
+from releases import GIT_IDENTITY, Releases, commit, copy_release, git, make_releases, template_git
 from test_adoption import fill_the_fences
 
 # The generator's own Copier command line, run the way a user runs it (messages on the terminal).
@@ -294,7 +297,7 @@ def test_the_migration_says_where_each_edited_module_goes_and_keeps_its_code(upd
         assert line in notes
         assert users_code in (updated.root / saved).read_text()
     [imports] = [line for line in notes.splitlines() if line.startswith(f"- {pkg}/{USER_MODULE[0]}:")]
-    assert "data -> dataset.py" in imports and "registry -> registry/store.py" in imports, imports
+    assert "data -> dataset.py" in imports and "registry -> ml_lifecycle (the library" in imports, imports
     assert len(re.findall(r"^- ", notes, re.M)) == 4, notes  # only the files the user changed or wrote
 
 
@@ -350,3 +353,185 @@ def test_updating_a_folder_this_template_did_not_generate_is_refused(releases, t
         result.stderr
     )
     assert project_files(root) == {"README.md"}
+
+
+# ---- Across the move into the library: v1.1.0 -> newest, the migration keeps the user's edits (slow)
+
+# The user's loader also raises the template's error type, imported from the machinery the way 1.x allowed.
+USER_CHECK = (
+    "    from .tables import DataError  # the template's error for data that cannot be used\n\n"
+    "    if frame.empty:\n"
+    '        raise DataError("our loader found no rows")\n'
+)
+USER_DATASET_1X = USER_DATASET.replace("    # Our team never", USER_CHECK + "    # Our team never", 1)
+MACHINERY_EDIT = (
+    "training/tuning.py",
+    "FINISHED = (",
+    "# Our team: pruned trials count as finished.\nFINISHED = (",
+)
+
+
+@pytest.fixture(scope="module")
+def updated_into_library(releases, tmp_path_factory) -> Updated:
+    home = tmp_path_factory.mktemp("update-library")
+    root = copy_release(releases, releases.copied_machinery, home / "project", run_tasks=True)
+    commit(root, "project from the template")
+    package = root / "src" / package_of(root)
+    fill_the_fences(package, USER_DATASET_1X, USER_FEATURE)
+    module, before, after = MACHINERY_EDIT
+    edit(package / module, lambda t: t.replace(before, after, 1))
+    commit(root, "our data, feature, model family, and a tweak of the tuning")
+    result = update(root, releases.current)
+    assert result.returncode == 0, explain(result)
+    fresh = copy_release(releases, releases.current, home / "fresh")
+    return Updated(root, result, fresh)
+
+
+@pytest.mark.slow
+def test_the_library_migration_leaves_the_thin_package_with_the_users_code(updated_into_library):
+    updated = updated_into_library
+    package = f"src/{updated.package.name}/"
+    ours = {p for p in project_files(updated.root) if p.startswith(package)}
+    assert ours == {p for p in project_files(updated.fresh) if p.startswith(package)}
+    assert not [p for p in (updated.package).iterdir() if p.is_dir() and p.name != "__pycache__"]
+    dataset = (updated.package / "dataset.py").read_text()
+    assert "from ml_lifecycle import Settings, normalize_columns, read_table\n" in dataset
+    assert "    from ml_lifecycle import DataError  # the template's error" in dataset
+    assert 'raise DataError("our loader found no rows")' in dataset and "worst_fractal_dimension" in dataset
+    assert not re.search(r"from \.(config|tables) ", dataset), dataset
+    assert USER_FEATURE in (updated.package / "features.py").read_text()
+    assert '"extra_trees": ModelFamily(' in (updated.package / "model.py").read_text()
+    assert conflicts_left(updated.root) == []
+
+
+@pytest.mark.slow
+def test_the_changed_machinery_module_is_saved_and_named_and_the_untouched_ones_are_gone(
+    updated_into_library, releases
+):
+    updated = updated_into_library
+    module, _, changed = MACHINERY_EDIT
+    path = f"src/{updated.package.name}/{module}"
+    saved = f"migration/v2.0.0/{path}.txt"
+    assert changed in (updated.root / saved).read_text()
+    assert f"Library migration ({releases.copied_machinery} -> {releases.current})" in updated.said
+    notes = (updated.root / "MIGRATING.md").read_text()
+    [line] = [line for line in notes.splitlines() if line.startswith("- ")]  # the one file the user changed
+    assert (
+        line.startswith(f"- {path}: your version is in {saved}")
+        and f"ml_lifecycle/_internal/{module}" in line
+    )
+    assert line in updated.said
+    assert sorted(p for p in project_files(updated.root) if p.startswith("migration/")) == [saved]
+    tests = {p for p in project_files(updated.root) if p.startswith("tests/")}
+    assert tests == {p for p in project_files(updated.fresh) if p.startswith("tests/")}
+
+
+@pytest.mark.slow
+def test_the_project_updated_into_the_library_trains(updated_into_library, prefect_home):
+    root = updated_into_library.root
+    project = Project(root, package_of(root), project_env("3.11", prefect_home, root.parent / "bentoml"))
+    for command in (["uv", "lock"], ["uv", "sync"]):
+        done = project.run(*command)
+        assert done.returncode == 0, f"{' '.join(command)}\n{explain(done)}"
+    trained = project.cli("train", "--n-trials", "2")
+    assert trained.returncode == 0, explain(trained)
+
+
+# ---- The library migration's edits of the user's files (fast: no copy)
+
+
+@pytest.fixture
+def library_migration(monkeypatch):
+    """hooks/migrations/library.py as a module (Copier runs it as a script beside stage_layout.py)."""
+    monkeypatch.syspath_prepend(str(REPO / "hooks" / "migrations"))
+    return importlib.import_module("library")
+
+
+def test_imports_of_public_names_point_at_the_library_and_the_others_are_named(library_migration, tmp_path):
+    module = tmp_path / "report.py"
+    module.write_text(
+        "from .config import Settings, get_settings as settings_of  # ours\n"
+        "from churn.tables import (\n    read_table,\n    DataError,\n)\n"
+        "from .training.validation import check_frame\n"
+        "from .config import PACKAGE\n"
+        "from .configuration import ours\n"
+        "from .flows import train\n"
+        "\n\ndef load():\n    from .tables import normalize_columns\n"
+    )
+    left = library_migration.rewrite_imports(module, "churn")
+    assert module.read_text() == (
+        "from ml_lifecycle import Settings, get_settings as settings_of  # ours\n"
+        "from ml_lifecycle import DataError, read_table\n"
+        "from .training.validation import check_frame\n"
+        "from .config import PACKAGE\n"
+        "from .configuration import ours\n"
+        "from .flows import train\n"
+        "\n\ndef load():\n    from ml_lifecycle import normalize_columns\n"
+    )
+    assert left == ["config", "training.validation"]
+
+
+def test_dependencies_the_user_added_stay_beside_the_pin(library_migration, tmp_path, monkeypatch):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "pyproject.toml").write_text(
+        'dependencies = [\n  "bentoml>=1.4",\n  "pandas>=2.2,<3",\n]\n'
+    )
+    pin = '  "ml-lifecycle @ git+https://git.example.com/t@0123#subdirectory=runtime",\n'
+    (tmp_path / "pyproject.toml").write_text(
+        "dependencies = [\n<<<<<<< before updating\n"
+        '  "rich>=13",  # ours\n  "bentoml>=1.4",\n  "pandas>=2.3,<3",\n'
+        f"=======\n  # the machinery\n{pin}>>>>>>> after updating\n]\n"
+        "[tool.x]\n<<<<<<< before updating\nkey = 1\n=======\nkey = 2\n>>>>>>> after updating\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert library_migration.keep_added_dependencies(tmp_path / "old") == ["rich>=13", "pandas>=2.3,<3"]
+    assert (tmp_path / "pyproject.toml").read_text() == (
+        f'dependencies = [\n  "rich>=13",  # ours\n  "pandas>=2.3,<3",\n  # the machinery\n{pin}]\n'
+        "[tool.x]\n<<<<<<< before updating\nkey = 1\n=======\nkey = 2\n>>>>>>> after updating\n"
+    )
+
+
+# ---- A fix in the library reaches a project as a new pin plus `uv lock` (slow: one project installed)
+
+FIX_MODULE = "runtime/src/ml_lifecycle/pin_probe.py"
+FIX_CODE = 'def fixed() -> str:\n    """A fix made after the project was copied."""\n    return "fixed"\n'
+SEES_THE_FIX = "from ml_lifecycle.pin_probe import fixed; print(fixed())"
+PIN = re.compile(
+    r"ml-lifecycle @ git\+file://localhost(?P<path>/\S+)@(?P<commit>[0-9a-f]{40})#subdirectory=runtime"
+)
+
+
+def pinned(project: Path) -> re.Match[str]:
+    found = PIN.search((project / "pyproject.toml").read_text())
+    assert found, "pyproject.toml has no ml-lifecycle pin"
+    return found
+
+
+@pytest.mark.slow
+def test_a_fix_in_the_library_reaches_the_project_through_its_pin_and_uv_lock(tmp_path, prefect_home):
+    template = make_releases(tmp_path / "template").path
+    copied_from = template_git("rev-parse", "HEAD", cwd=template).strip()
+    root = copy_release(Releases(template, "HEAD"), "HEAD", tmp_path / "project", run_tasks=True)
+    assert (root / "uv.lock").is_file(), "the copy task locks the project"
+    commit(root, "project from the template")
+    assert (pinned(root)["path"], pinned(root)["commit"]) == (str(template), copied_from)
+    project = installed(root, prefect_home)
+    before = project.run("uv", "run", "python", "-c", SEES_THE_FIX)
+    assert before.returncode != 0 and "No module named 'ml_lifecycle.pin_probe'" in before.stderr
+
+    (template / FIX_MODULE).write_text(FIX_CODE)
+    template_git("add", FIX_MODULE, cwd=template)
+    template_git("commit", "--quiet", "-m", "ml_lifecycle: the fix", cwd=template)
+    fixed_at = template_git("rev-parse", "HEAD", cwd=template).strip()
+
+    result = update(root, "HEAD")
+    assert result.returncode == 0, explain(result)
+    assert pinned(root)["commit"] == fixed_at
+    stale = project.run("uv", "sync", "--locked")
+    assert stale.returncode != 0, "uv.lock still names the old commit: `uv lock` is the step that moves it"
+    for command in (["uv", "lock"], ["uv", "sync", "--locked"]):
+        done = project.run(*command)
+        assert done.returncode == 0, f"{' '.join(command)}\n{explain(done)}"
+    assert fixed_at in (root / "uv.lock").read_text()
+    after = project.run("uv", "run", "python", "-c", SEES_THE_FIX)
+    assert after.returncode == 0 and after.stdout.strip() == "fixed", explain(after)

@@ -129,8 +129,13 @@ def destination(old_path: str, package: str, new_files: set[str]) -> str:
         return "move its tests beside the module they test (tests/ mirrors the package)"
     if stem in SPLIT:
         return f"move {SPLIT[stem]} (all in src/{package}/)"
-    if stem in MOVED:
+    if stem in MOVED and f"src/{package}/{MOVED[stem]}" in new_files:
         return f"this module is now src/{package}/{MOVED[stem]}: move your change there"
+    if stem in MOVED:  # an update past 2.0.0, where the machinery is the library's
+        return (
+            f"this module is in the ml-lifecycle library now (ml_lifecycle/_internal/{MOVED[stem]}): keep "
+            "your change in dataset.py, features.py or model.py, or in a module of your own"
+        )
     return "this file left the template: keep what you need elsewhere"
 
 
@@ -148,8 +153,15 @@ def take_new(path: str, new: Path) -> None:
     git("reset", "--quiet", "--", path)
 
 
-def stale_imports(package: str, own_files: Iterable[str]) -> list[Note]:
+def stale_imports(package: str, own_files: Iterable[str], new_files: set[str]) -> list[Note]:
     """The user's own modules that import a module that moved (they fail at import until changed)."""
+
+    def moved_to(name: str) -> str:
+        if name in SPLIT:
+            return SPLIT_IMPORTS[name]
+        in_project = f"src/{package}/{MOVED[name]}" in new_files
+        return MOVED[name] if in_project else f"ml_lifecycle (the library, {MOVED[name]})"
+
     names = "|".join(sorted({*MOVED, *SPLIT}, key=len, reverse=True))
     pattern = re.compile(rf"^\s*(?:from|import)\s+(?:\.|{package}\.)({names})\b", re.MULTILINE)
     notes = []
@@ -157,7 +169,7 @@ def stale_imports(package: str, own_files: Iterable[str]) -> list[Note]:
         content = Path(path).read_text() if path.endswith(".py") and Path(path).is_file() else ""
         moved = sorted(set(pattern.findall(content)))
         if moved:
-            where = ", ".join(f"{name} -> {MOVED.get(name) or SPLIT_IMPORTS[name]}" for name in moved)
+            where = ", ".join(f"{name} -> {moved_to(name)}" for name in moved)
             notes.append(Note(path, f"imports modules that moved ({where}): change the imports"))
     return notes
 
@@ -184,7 +196,7 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
         notes.append(Note(path, text))
     tracked = git("ls-tree", "-r", "--name-only", "HEAD").stdout.split()
     own = [p for p in tracked if p.startswith(("src/", "tests/")) and p not in old_files | new_files]
-    notes += stale_imports(package, own)
+    notes += stale_imports(package, own, new_files)
     unmerged = git("diff", "--name-only", "--diff-filter=U").stdout.split()
     notes += [Note(path, "conflict markers from the update: resolve them") for path in unmerged]
     return notes
