@@ -2,7 +2,7 @@
 
 Return the feature columns and the target column (`data.target_column` in settings.toml) as one pandas
 DataFrame. Column names are turned into snake_case afterwards and the table is checked before anything is
-trained (training/validation.py). Every column you return besides the target is a raw feature the service
+trained (by the ml-lifecycle library). Every column you return besides the target is a raw feature the service
 asks for in each request: compute derived features in features.py instead, so serving computes them too.
 """
 

@@ -4,7 +4,7 @@ One table, MODEL_FAMILIES: a family is a name, how to build its estimator for ea
 (classification and/or regression) from the parameters Optuna chose and the seed, and the ranges Optuna
 searches. Select a family with `tuning.model_family` in settings.toml; the settings refuse a name that is
 not in the table. Imputation, encoding and your features.py steps are put in front of the estimator by
-training/pipeline.py, so a family only names the estimator.
+the ml-lifecycle library, so a family only names the estimator.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     # ---- YOUR CODE ENDS HERE ----
 }
 
-# The metric each task is tuned and judged on, by name: one of training/metrics.py's METRICS (classification:
+# The metric each task is tuned and judged on, by name: one the ml-lifecycle library knows (classification:
 # roc_auc, accuracy, f1_macro; regression: rmse, mae, r2). Each metric knows whether bigger is better; the
 # tuning, the promotion gate, the monitor and the watch after rollout all use it. An unknown name is refused
 # when the settings load.
