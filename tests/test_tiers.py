@@ -33,7 +33,7 @@ def pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def suite(tmp_path) -> Path:
-    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "conftest.py")
+    shutil.copy(REPO / "conftest.py", tmp_path / "conftest.py")
     for name, text in TESTS.items():
         (tmp_path / name).write_text(text)
     return tmp_path

@@ -11,10 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
-
-from {{ package_name }}.__main__ import keep_prefect_state_in_the_project, main
-from {{ package_name }}.config import (
+from ml_lifecycle._internal.cli import keep_prefect_state_in_the_project, main
+from ml_lifecycle._internal.config import (
     ENV_PREFIX,
     SETTINGS_FILE,
     Settings,
@@ -22,10 +20,14 @@ from {{ package_name }}.config import (
     get_settings,
     unknown_keys,
 )
-from {{ package_name }}.registry.aliases import alias_file
-from {{ package_name }}.training.lock import lock_file
+from ml_lifecycle._internal.project import bound
+from ml_lifecycle._internal.registry.aliases import alias_file
+from ml_lifecycle._internal.training.lock import lock_file
+from pydantic import BaseModel
 
-SOURCE = Path(__file__).resolve().parents[1] / "src" / "{{ package_name }}"
+# The code that reads the settings: the library's, and the project's own package (the user's three files).
+LIBRARY = Path(__file__).resolve().parents[1] / "src" / "ml_lifecycle"
+SOURCES = [LIBRARY, bound().directory]
 FILE = tomllib.loads(SETTINGS_FILE.read_text())
 KEYS = [(section, key) for section, values in FILE.items() for key in values]
 
@@ -37,7 +39,8 @@ def section_model(section: str) -> type[BaseModel]:
 
 
 def code_outside_config() -> str:
-    return "\n".join(p.read_text() for p in SOURCE.rglob("*.py") if p.name != "config.py")
+    files = [p for source in SOURCES for p in source.rglob("*.py")]
+    return "\n".join(p.read_text() for p in files if p != LIBRARY / "_internal" / "config.py")
 
 
 @pytest.mark.parametrize(("section", "key"), KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
@@ -54,7 +57,7 @@ def test_every_setting_is_in_the_file(section):
 
 
 def test_every_environment_variable_the_project_reads_is_in_env_example(settings):
-    code = code_outside_config() + (SOURCE / "config.py").read_text()
+    code = code_outside_config() + (LIBRARY / "_internal" / "config.py").read_text()
     read = set(re.findall(r'os\.environ(?:\.get\(|\[)"([A-Z][A-Z0-9_]*)"', code))
     read |= {ENV_PREFIX + name for name in re.findall(r'f"\{ENV_PREFIX\}([A-Z_]+)"', code)}
     read |= {settings.serving.api_key_env, settings.alerts.webhook_env, "PREFECT_API_URL"}
@@ -248,7 +251,7 @@ def test_every_process_that_imports_the_package_uses_the_projects_store(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "BENTOML_HOME"}
     env.update({"HOME": str(home), f"{ENV_PREFIX}SETTINGS_FILE": str(project / "settings.toml")})
     script = (
-        "import os, {{ package_name }}; "
+        "import os, my_ml_project; "
         "from bentoml._internal.configuration.containers import BentoMLContainer as C; "
         "print(os.environ['BENTOML_HOME']); print(C.bentoml_home.get())"
     )
@@ -263,7 +266,7 @@ def test_a_bare_bentoml_command_that_opened_another_store_is_stopped_naming_both
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "BENTOML_HOME"}
     script = (
         "from bentoml._internal.configuration.containers import BentoMLContainer as C; "
-        "C.bentoml_home.get(); import {{ package_name }}"
+        "C.bentoml_home.get(); import my_ml_project"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True

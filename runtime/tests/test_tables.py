@@ -1,9 +1,9 @@
 """Tables as every stage reads them: CSV or Parquet, the feature schema, and the content hash."""
 
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.tables import DataError, data_hash, feature_schema, read_table
 
-from {{ package_name }}.tables import DataError, data_hash, feature_schema, read_table
+from .conftest import make_frame
 
 
 def test_schema_records_numbers_categories_and_missing_values(task_type):

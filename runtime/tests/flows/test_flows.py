@@ -5,18 +5,18 @@ from datetime import UTC, datetime, timedelta
 import bentoml
 import pandas as pd
 import pytest
-from conftest import make_frame, use_training_file
+from ml_lifecycle._internal.config import get_settings
+from ml_lifecycle._internal.flows import monitor as monitor_flow
+from ml_lifecycle._internal.flows.monitor import SignalLost, monitor
+from ml_lifecycle._internal.flows.train import train
+from ml_lifecycle._internal.registry.store import load
+from ml_lifecycle._internal.serving.request_log import RequestLog
+from ml_lifecycle._internal.tables import DataError
+from ml_lifecycle._internal.training.metrics import primary_metric
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-from {{ package_name }}.config import get_settings
-from {{ package_name }}.flows import monitor as monitor_flow
-from {{ package_name }}.flows.monitor import SignalLost, monitor
-from {{ package_name }}.flows.train import train
-from {{ package_name }}.registry.store import load
-from {{ package_name }}.serving.request_log import RequestLog
-from {{ package_name }}.tables import DataError
-from {{ package_name }}.training.metrics import primary_metric
+from ..conftest import make_frame, use_training_file
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -90,7 +90,7 @@ def test_an_event_the_websocket_drops_is_sent_over_the_rest_api_and_confirmed(
 ):
     dropped = drop_websocket_events(monkeypatch)
     # The first try waits this long for the dropped event before the REST API sends it (20 s by default).
-    monkeypatch.setenv("{{ package_name | upper }}_MONITORING__EVENT_TIMEOUT_SECONDS", "6")
+    monkeypatch.setenv("MY_ML_PROJECT_MONITORING__EVENT_TIMEOUT_SECONDS", "6")
     get_settings.cache_clear()
     since = datetime.now(UTC)
     verdict = monitor(current_path=shifted_batch(tmp_path, task_type))
@@ -103,7 +103,7 @@ def test_an_event_that_never_arrives_fails_the_run_saying_the_retrain_signal_was
 ):
     drop_websocket_events(monkeypatch)
     monkeypatch.setattr(monitor_flow, "post_event", lambda event: None)  # the REST API drops it too
-    prefix = "{{ package_name | upper }}_MONITORING__"
+    prefix = "MY_ML_PROJECT_MONITORING__"
     monkeypatch.setenv(prefix + "EVENT_TIMEOUT_SECONDS", "1")
     monkeypatch.setenv(prefix + "EVENT_RETRIES", "1")
     get_settings.cache_clear()
@@ -159,7 +159,7 @@ def serve_rows(model_tag: str, batch: pd.DataFrame, prefix: str) -> list[str]:
 @pytest.fixture
 def request_log(trained, tmp_path, monkeypatch):
     """The served model's request log in a scratch folder; `monitor()` reads its window by default."""
-    monkeypatch.setenv("{{ package_name | upper }}_SERVING__REQUEST_LOG_PATH", str(tmp_path / "requests.jsonl"))
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(tmp_path / "requests.jsonl"))
     get_settings.cache_clear()
     return trained
 
@@ -242,7 +242,7 @@ def test_labels_worse_than_the_threshold_ask_for_retraining(request_log, task_ty
     pd.DataFrame({"request_id": ids, "row": 0, "label": wrong}).to_csv(tmp_path / "labels.csv", index=False)
     with (tmp_path / "labels.csv").open("a") as labels:  # bad rows: skipped and counted, the verdict stands
         labels.write(f"{ids[0]},,1\n{ids[1]},first,1\n{ids[2]},1e30,1\n")
-    prefix = "{{ package_name | upper }}_MONITORING__"
+    prefix = "MY_ML_PROJECT_MONITORING__"
     monkeypatch.setenv(prefix + "LABELS_PATH", str(tmp_path / "labels.csv"))
     monkeypatch.setenv(prefix + "PERFORMANCE_THRESHOLD", "0.9" if task_type == "classification" else "10")
     get_settings.cache_clear()
@@ -261,7 +261,7 @@ def test_labels_worse_than_the_threshold_ask_for_retraining(request_log, task_ty
 
 def label_served_rows(tmp_path, monkeypatch, ids: list[str], truth: pd.Series) -> None:
     pd.DataFrame({"request_id": ids, "label": truth.to_numpy()}).to_csv(tmp_path / "labels.csv", index=False)
-    monkeypatch.setenv("{{ package_name | upper }}_MONITORING__LABELS_PATH", str(tmp_path / "labels.csv"))
+    monkeypatch.setenv("MY_ML_PROJECT_MONITORING__LABELS_PATH", str(tmp_path / "labels.csv"))
     get_settings.cache_clear()
 
 

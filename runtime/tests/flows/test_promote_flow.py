@@ -3,12 +3,12 @@
 from typing import Any
 
 import pytest
-from conftest import make_frame, use_training_file
+from ml_lifecycle._internal.flows.promote import promote_model
+from ml_lifecycle._internal.flows.train import train
+from ml_lifecycle._internal.registry import aliases
 from prefect.artifacts import Artifact
 
-from {{ package_name }}.flows.promote import promote_model
-from {{ package_name }}.flows.train import train
-from {{ package_name }}.registry import aliases
+from ..conftest import make_frame, use_training_file
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -3,11 +3,10 @@ spreads one (the generator's tests run two workers on a real pool against Postgr
 
 import optuna
 import pytest
+from ml_lifecycle._internal.config import ENV_PREFIX, get_settings
+from ml_lifecycle._internal.flows.train import prepare, train
+from ml_lifecycle._internal.flows.tune import WorkersUnavailable, tune
 from prefect import flow
-
-from {{ package_name }}.config import ENV_PREFIX, get_settings
-from {{ package_name }}.flows.train import prepare, train
-from {{ package_name }}.flows.tune import WorkersUnavailable, tune
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -1,10 +1,9 @@
 """The demo's traffic reaches a service that has an API key: it sends the key the service reads."""
 
 import pytest
+from ml_lifecycle._internal.local.demo_traffic import service_client
 
-from {{ package_name }}.local.demo_traffic import service_client
-
-KEY_ENV = "{{ package_name | upper }}_API_KEY"
+KEY_ENV = "MY_ML_PROJECT_API_KEY"
 
 
 def test_the_demos_client_sends_the_services_own_key(monkeypatch, settings):

@@ -9,11 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prefect import flow
-from prefect.blocks.system import Secret
-
-from {{ package_name }}.config import ENV_PREFIX, get_settings
-from {{ package_name }}.monitoring.alerts import (
+from ml_lifecycle._internal.config import ENV_PREFIX, get_settings
+from ml_lifecycle._internal.monitoring.alerts import (
     AlertConfigError,
     alert_body,
     alert_kind,
@@ -21,13 +18,15 @@ from {{ package_name }}.monitoring.alerts import (
     notify,
     webhook_url,
 )
+from prefect import flow
+from prefect.blocks.system import Secret
 
 # The part of a Slack webhook URL that is the credential; it must never show up anywhere but the request.
 SECRET = "s3cr3tT0kenXYZ"
 SECRET_PATH = f"/services/T0TEAM/B0HOOK/{SECRET}"
 
 VERDICT = {
-    "model_version": "{{ package_name }}:abc123",
+    "model_version": "my_ml_project:abc123",
     "source": "requests window 2026-11-25T10:00Z..2026-11-26T10:00Z",
     "n_current": 1234,
     "drift_share": 0.4,

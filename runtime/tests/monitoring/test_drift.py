@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
-from conftest import make_frame
-
-from {{ package_name }}.config import MonitoringSettings
-from {{ package_name }}.monitoring.drift import (
+from ml_lifecycle._internal.config import MonitoringSettings
+from ml_lifecycle._internal.monitoring.drift import (
     compute_drift,
     markdown_summary,
     prepare_current,
     sample_rows,
 )
-from {{ package_name }}.tables import DataError, conform, feature_schema
+from ml_lifecycle._internal.tables import DataError, conform, feature_schema
+
+from ..conftest import make_frame
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from ml_lifecycle._internal.config import PACKAGE
+from ml_lifecycle._internal.monitoring.pushgateway import PUSHED_METRICS, push_verdict
 from prometheus_client.parser import text_string_to_metric_families
 
-from {{ package_name }}.config import PACKAGE
-from {{ package_name }}.monitoring.pushgateway import PUSHED_METRICS, push_verdict
-
-VERSION = "{{ package_name }}:abc123"
+VERSION = "my_ml_project:abc123"
 VERDICT = {
     "model_version": VERSION,
     "source": "requests window 2026-11-25T10:00Z..",

@@ -8,21 +8,21 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.config import PACKAGE, get_settings
+from ml_lifecycle._internal.monitoring import rollout_watch
+from ml_lifecycle._internal.monitoring.rollout_watch import Served
+from ml_lifecycle._internal.monitoring.served_traffic import Window
+from ml_lifecycle._internal.registry import aliases, store
+from ml_lifecycle._internal.serving.request_log import RequestLog
+from ml_lifecycle._internal.tables import feature_schema
+from ml_lifecycle._internal.training.metrics import primary_metric
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from {{ package_name }}.config import PACKAGE, get_settings
-from {{ package_name }}.monitoring import rollout_watch
-from {{ package_name }}.monitoring.rollout_watch import Served
-from {{ package_name }}.monitoring.served_traffic import Window
-from {{ package_name }}.registry import aliases, store
-from {{ package_name }}.serving.request_log import RequestLog
-from {{ package_name }}.tables import feature_schema
-from {{ package_name }}.training.metrics import primary_metric
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
-OLD, NEW = "{{ package_name }}:old", "{{ package_name }}:new"
+OLD, NEW = "my_ml_project:old", "my_ml_project:new"
 
 
 def record(promoted_hours_ago: float = 1.0) -> aliases.AliasRecord:
@@ -251,7 +251,7 @@ def test_metrics_text_is_parsed_per_version_with_the_right_p99():
 def watched_project(tmp_path, monkeypatch, settings):
     """A model store, request log and labels of its own, NEW promoted an hour ago over OLD, and a service
     URL where nothing listens."""
-    prefix = "{{ package_name | upper }}"
+    prefix = "MY_ML_PROJECT"
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     monkeypatch.setenv(f"{prefix}_SERVING__REQUEST_LOG_PATH", str(tmp_path / "requests.jsonl"))
     monkeypatch.setenv(f"{prefix}_MONITORING__LABELS_PATH", str(tmp_path / "labels.csv"))
@@ -379,7 +379,7 @@ def test_a_clearly_worse_model_is_rolled_back_under_30_percent_label_noise(watch
 
 def test_r2_judges_a_better_regression_model_better(task_type):
     """r2 (bigger is better), named in model.py: a live model that fits the rows better stays."""
-    from {{ package_name }}.training.metrics import METRICS
+    from ml_lifecycle._internal.training.metrics import METRICS
 
     good, bad = fitted("regression"), fitted("regression", inverted=True)
     rows = logged(good, make_frame("regression", rows=80, seed=8), NEW, "new-")
@@ -401,7 +401,7 @@ def test_the_watch_outside_its_period_says_why(watched_project):
 
 
 def test_a_rollback_that_cannot_happen_is_reported_not_raised(watched_project):
-    from {{ package_name }}.flows.monitor import roll_back
+    from ml_lifecycle._internal.flows.monitor import roll_back
 
     watched = {"live": NEW, "previous": OLD, "reason": "automatic: test"}
     gone = roll_back(watched_project, watched)  # OLD is not in the model store
@@ -419,7 +419,7 @@ def test_two_monitors_rolling_back_at_once_one_acts_the_other_says_it_is_done(wa
     finds it done (no "rollback failed", so no false alert)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from {{ package_name }}.flows.monitor import roll_back
+    from ml_lifecycle._internal.flows.monitor import roll_back
 
     previous_tag, _ = saved_previous(watched_project, task_type)
     watched = {"live": NEW, "previous": previous_tag, "reason": "automatic: test"}

@@ -7,11 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-
-from {{ package_name }}.monitoring import labels as label_table
-from {{ package_name }}.monitoring.served_traffic import performance, read_labels, read_window
-from {{ package_name }}.serving.request_log import RequestLog, worker_path
-from {{ package_name }}.tables import DataError
+from ml_lifecycle._internal.monitoring import labels as label_table
+from ml_lifecycle._internal.monitoring.served_traffic import performance, read_labels, read_window
+from ml_lifecycle._internal.serving.request_log import RequestLog, worker_path
+from ml_lifecycle._internal.tables import DataError
 
 NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
 
@@ -314,9 +313,8 @@ def test_labels_read_while_a_writer_appends_never_crash_and_every_line_is_read(t
 def test_r2_chosen_in_model_py_is_what_the_monitor_computes(tmp_path, monkeypatch):
     """model.py may name r2 (bigger is better): the value is r2, not RMSE under r2's name, and a model
     that explains the target well is not below an r2 threshold."""
+    from my_ml_project import model
     from sklearn.metrics import r2_score
-
-    from {{ package_name }} import model
 
     monkeypatch.setitem(model.PRIMARY_METRIC, "regression", "r2")
     log = tmp_path / "requests.jsonl"

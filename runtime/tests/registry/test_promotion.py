@@ -6,13 +6,13 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.local import demo_traffic
+from ml_lifecycle._internal.registry import aliases, promotion, store
+from ml_lifecycle._internal.tables import data_hash, feature_schema
+from ml_lifecycle._internal.training.metrics import METRICS
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from {{ package_name }}.local import demo_traffic
-from {{ package_name }}.registry import aliases, promotion, store
-from {{ package_name }}.tables import data_hash, feature_schema
-from {{ package_name }}.training.metrics import METRICS
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 import bentoml
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.config import Settings
+from ml_lifecycle._internal.registry import aliases, retention, store
+from ml_lifecycle._internal.tables import data_hash, feature_schema
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from {{ package_name }}.config import Settings
-from {{ package_name }}.registry import aliases, retention, store
-from {{ package_name }}.tables import data_hash, feature_schema
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 PARAMS = {"n_estimators": 5, "max_depth": 3, "min_samples_leaf": 2, "max_features": 0.8}
 

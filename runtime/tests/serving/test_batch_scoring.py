@@ -4,12 +4,12 @@ import os
 
 import pandas as pd
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.registry import aliases, store
+from ml_lifecycle._internal.serving import batch_scoring
+from ml_lifecycle._internal.tables import DataError, data_hash, feature_schema
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from {{ package_name }}.registry import aliases, store
-from {{ package_name }}.serving import batch_scoring
-from {{ package_name }}.tables import DataError, data_hash, feature_schema
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 PARAMS = {"n_estimators": 20, "max_depth": 5, "min_samples_leaf": 2, "max_features": 0.8}
 
@@ -118,7 +118,7 @@ def test_without_a_production_model_nothing_is_written(csv_settings, batch, tmp_
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_predict_flow_scores_a_file(csv_settings, production, batch, tmp_path):
-    from {{ package_name }}.flows.predict import predict
+    from ml_lifecycle._internal.flows.predict import predict
 
     source = tmp_path / "in.csv"
     batch.to_csv(source, index=False)

@@ -4,8 +4,7 @@ import asyncio
 
 import pytest
 from bentoml.exceptions import ServiceUnavailable
-
-from {{ package_name }}.serving.batching import Batcher
+from ml_lifecycle._internal.serving.batching import Batcher
 
 
 def run_concurrently(batcher: Batcher, requests: list[list[int]]) -> list[list[int]]:

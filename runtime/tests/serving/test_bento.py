@@ -11,10 +11,9 @@ import sys
 import textwrap
 
 import pytest
-
-from {{ package_name }}.config import get_settings
-from {{ package_name }}.registry import aliases
-from {{ package_name }}.serving import bento
+from ml_lifecycle._internal.config import get_settings
+from ml_lifecycle._internal.registry import aliases
+from ml_lifecycle._internal.serving import bento
 
 STAND_IN = textwrap.dedent(
     """
@@ -49,9 +48,9 @@ def local(tmp_path, monkeypatch):
     script.write_text(f"#!{sys.executable}\n{STAND_IN}")
     script.chmod(0o755)
     monkeypatch.setattr(bento, "venv_command", lambda name: str(script))
-    monkeypatch.setenv("{{ package_name | upper }}_DEPLOY__STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("{{ package_name | upper }}_DEPLOY__READY_TIMEOUT_SECONDS", "20")
-    monkeypatch.setenv("{{ package_name | upper }}_SERVING__PORT", str(free_port()))
+    monkeypatch.setenv("MY_ML_PROJECT_DEPLOY__STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MY_ML_PROJECT_DEPLOY__READY_TIMEOUT_SECONDS", "20")
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__PORT", str(free_port()))
     get_settings.cache_clear()
     local = get_settings()
     aliases.alias_file(local).unlink(missing_ok=True)

@@ -7,11 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-from {{ package_name }}.serving.http_guard import (
+from ml_lifecycle._internal.serving.http_guard import (
     OTHER_ENDPOINT,
     RequestGuard,
     api_key_from,
@@ -19,8 +15,11 @@ from {{ package_name }}.serving.http_guard import (
     key_from_secret_block,
     readable,
 )
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-KEY_ENV = "{{ package_name | upper }}_TEST_API_KEY"
+KEY_ENV = "MY_ML_PROJECT_TEST_API_KEY"
 
 
 async def echo(request):
@@ -123,7 +122,7 @@ def test_no_variable_or_no_name_means_no_key(monkeypatch):
 
 
 def test_the_log_says_whether_the_key_is_on_and_never_shows_it(monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="{{ package_name }}")
+    caplog.set_level(logging.INFO, logger="ml_lifecycle")  # as the service sets it
     monkeypatch.setenv(KEY_ENV, "s3cret")
     RequestGuard(None, protected=["/predict"], api_key_env=KEY_ENV)
     monkeypatch.delenv(KEY_ENV)

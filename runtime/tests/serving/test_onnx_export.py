@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.registry import aliases, store
+from ml_lifecycle._internal.serving import onnx_export
+from ml_lifecycle._internal.tables import data_hash, feature_schema
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from {{ package_name }}.registry import aliases, store
-from {{ package_name }}.serving import onnx_export
-from {{ package_name }}.tables import data_hash, feature_schema
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 FAMILIES = ["random_forest", "gradient_boosting", "linear"]
 TOLERANCE = 1e-4

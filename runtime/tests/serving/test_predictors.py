@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 import pytest
-from test_onnx_export import FAMILIES, Clip, fitted, new_rows
+from ml_lifecycle._internal.serving import predictors
 
-from {{ package_name }}.serving import predictors
+from .test_onnx_export import FAMILIES, Clip, fitted, new_rows
 
 
 def request_rows(frame: pd.DataFrame) -> list[dict]:

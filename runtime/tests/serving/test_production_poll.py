@@ -7,12 +7,11 @@ import logging
 
 import bentoml
 import pytest
+from ml_lifecycle._internal.registry import aliases
+from ml_lifecycle._internal.serving.production_poll import ProductionPoll
 from sklearn.dummy import DummyClassifier
 
-from {{ package_name }}.registry import aliases
-from {{ package_name }}.serving.production_poll import ProductionPoll
-
-POLL_LOGGER = "{{ package_name }}.serving.production_poll"
+POLL_LOGGER = "ml_lifecycle._internal.serving.production_poll"
 
 
 class Level:

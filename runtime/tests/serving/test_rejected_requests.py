@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 from bentoml._internal.server.http_app import log_exception
 from bentoml.exceptions import InvalidArgument
+from ml_lifecycle._internal.serving.rejected_requests import install
 from pydantic import BaseModel, ValidationError
-
-from {{ package_name }}.serving.rejected_requests import install
 
 SECRET = "Jane Doe, 12 Main Street"
 

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
+from ml_lifecycle._internal.serving import request_deadline
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-
-from {{ package_name }}.serving import request_deadline
 
 DEADLINE = 0.5
 

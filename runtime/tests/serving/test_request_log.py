@@ -12,8 +12,7 @@ import time
 from datetime import datetime
 
 import pytest
-
-from {{ package_name }}.serving.request_log import (
+from ml_lifecycle._internal.serving.request_log import (
     DROPPED,
     ReadReport,
     RequestLog,
@@ -180,7 +179,7 @@ def test_a_log_that_cannot_be_written_says_why_once_counts_by_cause_and_recovers
     path = tmp_path / "logs" / "requests.jsonl"
     path.mkdir(parents=True)  # the file's place is taken: it cannot be written, whoever runs the test
     tally = Tally()
-    with caplog.at_level(logging.INFO, logger="{{ package_name }}.serving.request_log"):
+    with caplog.at_level(logging.INFO, logger="ml_lifecycle._internal.serving.request_log"):
         sink = RequestLog(path, dropped=tally)
         assert str(path) in sink.problem() and "IsADirectoryError" in sink.problem()
         for i in range(20):  # one request after the other
@@ -204,12 +203,12 @@ def test_a_log_that_cannot_be_written_says_why_once_counts_by_cause_and_recovers
 def test_a_write_failure_that_goes_on_is_logged_again_with_the_records_lost_meanwhile(
     tmp_path, caplog, monkeypatch
 ):
-    from {{ package_name }}.serving import request_log
+    from ml_lifecycle._internal.serving import request_log
 
     monkeypatch.setattr(request_log, "REPEAT_SECONDS", 0.0)  # every failure is "a while later"
     path = tmp_path / "requests.jsonl"
     path.mkdir()
-    with caplog.at_level(logging.ERROR, logger="{{ package_name }}.serving.request_log"):
+    with caplog.at_level(logging.ERROR, logger="ml_lifecycle._internal.serving.request_log"):
         sink = RequestLog(path, dropped=Tally())
         for size in (2, 3):
             sink.submit([record(i) for i in range(size)])
@@ -245,7 +244,7 @@ def test_a_full_buffer_drops_records_and_counts_them_without_waiting(tmp_path):
 def test_drops_are_counted_in_the_prometheus_counter_by_default(tmp_path):
     from prometheus_client import REGISTRY
 
-    name = "{{ package_name }}_request_log_dropped_total"
+    name = "my_ml_project_request_log_dropped_total"
     before = REGISTRY.get_sample_value(name, {"cause": "buffer_full"}) or 0
     sink = RequestLog(tmp_path / "requests.jsonl")
     sink._queue.put_nowait = _always_full  # a buffer that is always full
@@ -297,7 +296,7 @@ def test_unusual_values_do_not_stop_the_writer(tmp_path, value):
 def test_a_rotation_while_the_log_is_being_read_loses_and_repeats_no_record(tmp_path, monkeypatch):
     """The monitor lists the files, the service rotates, the monitor opens them: under load a monitor run
     failed on the live file gone (or would read a renamed file twice). The files are read as one snapshot."""
-    from {{ package_name }}.serving import request_log
+    from ml_lifecycle._internal.serving import request_log
 
     path = tmp_path / "requests.jsonl"
     sink = RequestLog(path, max_bytes=2_000, backups=50)

@@ -4,13 +4,13 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.config import get_settings
+from ml_lifecycle._internal.serving.request_schema import row_model
+from ml_lifecycle._internal.tables import conform, feature_schema
+from ml_lifecycle._internal.training.pipeline import build_pipeline
 from pydantic import ValidationError
 
-from {{ package_name }}.config import get_settings
-from {{ package_name }}.serving.request_schema import row_model
-from {{ package_name }}.tables import conform, feature_schema
-from {{ package_name }}.training.pipeline import build_pipeline
+from ..conftest import make_frame
 
 PARAMS = {"n_estimators": 20, "max_depth": 5, "min_samples_leaf": 2, "max_features": 0.8}
 
@@ -47,7 +47,7 @@ def test_a_column_with_few_categories_lists_them_and_refuses_others(task_type):
 
 
 def test_the_limit_is_a_setting(monkeypatch, task_type):
-    monkeypatch.setenv("{{ package_name | upper }}_SERVING__MAX_ENUM_CATEGORIES", "2")
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__MAX_ENUM_CATEGORIES", "2")
     get_settings.cache_clear()
     try:
         model = row_model(feature_schema(make_frame(task_type).drop(columns=["label"])))

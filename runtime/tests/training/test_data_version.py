@@ -1,8 +1,7 @@
 """The DVC version a model records: read from the pointer file `dvc add` writes, checked against the data."""
 
 import pytest
-
-from {{ package_name }}.training.data_version import dvc_version, md5_of
+from ml_lifecycle._internal.training.data_version import dvc_version, md5_of
 
 
 def track(data, content: str) -> None:

@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from conftest import log_traffic, make_frame
+from ml_lifecycle._internal.config import get_settings
+from ml_lifecycle._internal.monitoring import labels as label_table
+from ml_lifecycle._internal.training import feedback
 
-from {{ package_name }}.config import get_settings
-from {{ package_name }}.monitoring import labels as label_table
-from {{ package_name }}.training import feedback
+from ..conftest import log_traffic, make_frame
 
 NOW = datetime.now(UTC)
 
@@ -21,8 +21,8 @@ def traffic(tmp_path, monkeypatch, task_type):
     log = tmp_path / "requests.jsonl"
     ids = log_traffic(log, frame.drop(columns=["label"]), "r", NOW - timedelta(minutes=100), seconds_apart=60)
     labels = tmp_path / "labels.csv"
-    monkeypatch.setenv("{{ package_name | upper }}_SERVING__REQUEST_LOG_PATH", str(log))
-    monkeypatch.setenv("{{ package_name | upper }}_MONITORING__LABELS_PATH", str(labels))
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(log))
+    monkeypatch.setenv("MY_ML_PROJECT_MONITORING__LABELS_PATH", str(labels))
     get_settings.cache_clear()
     yield get_settings(), frame, ids, labels
     get_settings.cache_clear()
@@ -101,8 +101,8 @@ def test_request_ids_that_look_like_numbers_match_their_requests(tmp_path, monke
     log_traffic(log, frame.drop(columns=["label"]), "", NOW - timedelta(minutes=100), 60, ids=numbers)
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"request_id": numbers, "label": frame["label"]}).to_csv(labels, index=False)
-    monkeypatch.setenv("{{ package_name | upper }}_SERVING__REQUEST_LOG_PATH", str(log))
-    monkeypatch.setenv("{{ package_name | upper }}_MONITORING__LABELS_PATH", str(labels))
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(log))
+    monkeypatch.setenv("MY_ML_PROJECT_MONITORING__LABELS_PATH", str(labels))
     get_settings.cache_clear()
     found = feedback.load(get_settings(), configured(task_type), "label", now=NOW)
     assert found.skipped == {}
@@ -121,7 +121,7 @@ def test_too_few_labelled_rows_train_the_configured_data_alone(traffic, task_typ
 def test_labels_older_than_the_window_are_not_used(traffic, task_type, monkeypatch):
     settings, frame, ids, labels = traffic
     pd.DataFrame({"request_id": ids, "label": frame["label"]}).to_csv(labels, index=False)
-    monkeypatch.setenv("{{ package_name | upper }}_FEEDBACK__WINDOW_HOURS", "0.25")
+    monkeypatch.setenv("MY_ML_PROJECT_FEEDBACK__WINDOW_HOURS", "0.25")
     get_settings.cache_clear()
     found = feedback.load(get_settings(), configured(task_type), "label", now=NOW)
     assert not found.used

@@ -5,8 +5,7 @@ import sys
 import threading
 
 import pytest
-
-from {{ package_name }}.training import lock
+from ml_lifecycle._internal.training import lock
 
 
 def test_a_second_run_waits_for_the_first_and_says_for_whom(settings):
@@ -45,8 +44,8 @@ def test_a_run_that_waits_too_long_fails_naming_the_holder_and_the_setting(setti
 def test_a_killed_run_leaves_no_stale_lock(settings):
     """The kernel releases the lock of a process that dies, even by SIGKILL."""
     script = (
-        "import os, signal; from {{ package_name }}.config import get_settings;"
-        "from {{ package_name }}.training import lock\n"
+        "import os, signal, my_ml_project; from ml_lifecycle._internal.config import get_settings;"
+        "from ml_lifecycle._internal.training import lock\n"
         "with lock.exclusive(get_settings()):\n    os.kill(os.getpid(), signal.SIGKILL)"
     )
     killed = subprocess.run([sys.executable, "-c", script], timeout=120, check=False)
@@ -58,8 +57,8 @@ def test_a_killed_run_leaves_no_stale_lock(settings):
 
 
 def test_the_command_line_says_a_busy_lock_in_one_line_and_exits_2(monkeypatch, capsys):
-    from {{ package_name }}.__main__ import main
-    from {{ package_name }}.flows import train as train_flow
+    from ml_lifecycle._internal.cli import main
+    from ml_lifecycle._internal.flows import train as train_flow
 
     def busy(**_: object) -> str:
         raise lock.TrainingBusy("another training run holds the lock; raise tuning.lock_wait_seconds")

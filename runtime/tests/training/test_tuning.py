@@ -2,10 +2,8 @@ import dataclasses
 
 import optuna
 import pytest
-from conftest import make_frame
-
-from {{ package_name }}.tables import data_hash, feature_schema
-from {{ package_name }}.training.tuning import (
+from ml_lifecycle._internal.tables import data_hash, feature_schema
+from ml_lifecycle._internal.training.tuning import (
     claimed_trials,
     fail_stale_trials,
     finished_trials,
@@ -17,6 +15,8 @@ from {{ package_name }}.training.tuning import (
     run_shared_trials,
     run_trials,
 )
+
+from ..conftest import make_frame
 
 
 def _study_and_objective(settings, frame):

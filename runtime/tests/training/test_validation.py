@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import make_frame
+from ml_lifecycle._internal.tables import DataError
+from ml_lifecycle._internal.training.holdout import split
+from ml_lifecycle._internal.training.validation import load_dataset, min_class_rows, validate
+from my_ml_project import dataset
 
-from {{ package_name }} import dataset
-from {{ package_name }}.tables import DataError
-from {{ package_name }}.training.holdout import split
-from {{ package_name }}.training.validation import load_dataset, min_class_rows, validate
+from ..conftest import make_frame
 
 
 def test_the_loaded_table_becomes_features_and_a_target(csv_settings):
