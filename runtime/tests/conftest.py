@@ -25,15 +25,6 @@ _SCRATCH = Path(tempfile.mkdtemp(prefix="ml-lifecycle-tests-"))
 # Removed when the run ends: one scratch folder per run would otherwise pile up in the temp folder.
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
-# Process-wide, as BentoML and Prefect read them once: set before either is imported.
-os.environ.update(
-    {
-        "BENTOML_HOME": str(_SCRATCH / "bentoml"),
-        "PREFECT_HOME": str(_SCRATCH / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-)
-
 
 def _render_default_project(dst: Path) -> Path:
     """`copier copy --trust --defaults` of this repository's working tree (uncommitted changes included);
@@ -57,17 +48,21 @@ PROJECT = _render_default_project(_SCRATCH / "project")
 PROJECT_SRC = PROJECT / "src"
 sys.path.insert(0, str(PROJECT_SRC))
 
-# The project's settings a test run changes, as <PACKAGE>_<SECTION>__<KEY> variables: set for each of this
-# suite's tests only (fixture below) and while the modules are imported, never for the generator's tests
-# in the same session, whose rendered projects are named my_ml_project too.
-SCRATCH_SETTINGS = {
+# A throwaway model store, Prefect home, study database and reports folder, and a short tuning, as variables:
+# set while the modules are imported (BentoML and Prefect read theirs when first imported) and for each of
+# this suite's tests (fixtures below), never for the generator's tests in the same session, whose rendered
+# projects are named my_ml_project too and run with the user's environment.
+SCRATCH_ENV = {
+    "BENTOML_HOME": str(_SCRATCH / "bentoml"),
+    "PREFECT_HOME": str(_SCRATCH / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     f"{PACKAGE.upper()}_TUNING__STORAGE": f"sqlite:///{_SCRATCH / 'studies.db'}",
     f"{PACKAGE.upper()}_TUNING__N_TRIALS": "3",
     f"{PACKAGE.upper()}_TUNING__CV_FOLDS": "2",
     f"{PACKAGE.upper()}_MONITORING__REPORTS_DIR": str(_SCRATCH / "reports"),
 }
-_OUTSIDE = {name: os.environ.get(name) for name in SCRATCH_SETTINGS}
-os.environ.update(SCRATCH_SETTINGS)
+_OUTSIDE = {name: os.environ.get(name) for name in SCRATCH_ENV}
+os.environ.update(SCRATCH_ENV)
 
 # Prefect sets up its logging (a console handler on the sys.stderr of that moment) when prefect.main is first
 # imported: here, and not inside a test that captures stderr with capsys, whose stream is closed after that
@@ -83,8 +78,8 @@ from ml_lifecycle._internal.tables import read_table  # noqa: E402
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The modules are imported: the scratch settings leave the process's environment (the fixture below
-    sets them again for each of this suite's tests)."""
+    """The modules are imported: the scratch variables leave the process's environment (the fixtures below
+    set them again for this suite's tests)."""
     for name, value in _OUTSIDE.items():
         if value is None:
             os.environ.pop(name, None)
@@ -92,14 +87,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             os.environ[name] = value
 
 
-@pytest.fixture(autouse=True)
-def scratch_settings(monkeypatch):
-    """The scratch settings, and the rendered project on PYTHONPATH, so a test's `python -c "import
+def scratch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scratch variables, and the rendered project on PYTHONPATH, so a test's `python -c "import
     my_ml_project"` in the root environment's interpreter finds the project this suite serves."""
-    for name, value in SCRATCH_SETTINGS.items():
+    for name, value in SCRATCH_ENV.items():
         monkeypatch.setenv(name, value)
     paths = [str(PROJECT_SRC), os.environ.get("PYTHONPATH")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
+
+
+@pytest.fixture(autouse=True)
+def scratch_environment(monkeypatch):
+    scratch_env(monkeypatch)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -162,8 +161,10 @@ def prefect_server():
     """One Prefect test server for the whole session: it takes about 20 s to start on two cores."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+    with pytest.MonkeyPatch.context() as monkeypatch:  # set up before any test's own scratch variables
+        scratch_env(monkeypatch)
+        with prefect_test_harness(server_startup_timeout=90):
+            yield
 
 
 def log_traffic(
