@@ -1,0 +1,198 @@
+"""The library's suite runs against the template's default project, rendered once per session into a scratch
+folder: the library serves a project, and its settings file, state folder and the user's three files are
+that project's. Every test runs against a throwaway model store, study database, reports folder and Prefect
+home, so the suite touches neither a project's own `.state/` nor your home directory."""
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import copier
+import numpy as np
+import pandas as pd
+import pytest
+from copier.errors import DirtyLocalWarning
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "my_ml_project"  # the default project's package, bound below
+
+_SCRATCH = Path(tempfile.mkdtemp(prefix="ml-lifecycle-tests-"))
+# Removed when the run ends: one scratch folder per run would otherwise pile up in the temp folder.
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+
+
+def _render_default_project(dst: Path) -> Path:
+    """`copier copy --trust --defaults` of this repository's working tree (uncommitted changes included);
+    no tasks, so nothing is installed: the library is the root environment's own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DirtyLocalWarning)
+        copier.run_copy(
+            str(REPO),
+            str(dst),
+            data={"project_name": "My ML Project"},
+            defaults=True,
+            unsafe=True,
+            vcs_ref="HEAD",
+            quiet=True,
+            skip_tasks=True,
+        )
+    return dst
+
+
+PROJECT = _render_default_project(_SCRATCH / "project")
+PROJECT_SRC = PROJECT / "src"
+sys.path.insert(0, str(PROJECT_SRC))
+
+# A throwaway model store, Prefect home, study database and reports folder, and a short tuning, as variables:
+# set while the modules are imported (BentoML and Prefect read theirs when first imported) and for each of
+# this suite's tests (fixtures below), never for the generator's tests in the same session, whose rendered
+# projects are named my_ml_project too and run with the user's environment.
+SCRATCH_ENV = {
+    "BENTOML_HOME": str(_SCRATCH / "bentoml"),
+    "PREFECT_HOME": str(_SCRATCH / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    f"{PACKAGE.upper()}_TUNING__STORAGE": f"sqlite:///{_SCRATCH / 'studies.db'}",
+    f"{PACKAGE.upper()}_TUNING__N_TRIALS": "3",
+    f"{PACKAGE.upper()}_TUNING__CV_FOLDS": "2",
+    f"{PACKAGE.upper()}_MONITORING__REPORTS_DIR": str(_SCRATCH / "reports"),
+}
+_OUTSIDE = {name: os.environ.get(name) for name in SCRATCH_ENV}
+os.environ.update(SCRATCH_ENV)
+
+# Prefect sets up its logging (a console handler on the sys.stderr of that moment) when prefect.main is first
+# imported: here, and not inside a test that captures stderr with capsys, whose stream is closed after that
+# test and would make every later Prefect log line fail.
+import prefect.main  # noqa: E402, F401
+
+# Importing the project binds the library to it: before any ml_lifecycle._internal module is imported.
+from my_ml_project import dataset, features  # noqa: E402
+
+# isort: split
+from ml_lifecycle._internal.config import get_settings  # noqa: E402
+from ml_lifecycle._internal.tables import read_table  # noqa: E402
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The modules are imported: the scratch variables leave the process's environment (the fixtures below
+    set them again for this suite's tests)."""
+    for name, value in _OUTSIDE.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def scratch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scratch variables, and the rendered project on PYTHONPATH, so a test's `python -c "import
+    my_ml_project"` in the root environment's interpreter finds the project this suite serves."""
+    for name, value in SCRATCH_ENV.items():
+        monkeypatch.setenv(name, value)
+    paths = [str(PROJECT_SRC), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
+
+
+@pytest.fixture(autouse=True)
+def scratch_environment(monkeypatch):
+    scratch_env(monkeypatch)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def make_frame(task_type: str, rows: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Mixed data a user might bring: numbers, a text category, missing values in both."""
+    rng = np.random.default_rng(seed)
+    size = rng.normal(size=rows)
+    weight = rng.normal(size=rows)
+    color = rng.choice(["red", "green", "blue"], size=rows)
+    signal = 2 * size + (color == "red") + rng.normal(scale=0.3, size=rows)
+    frame = pd.DataFrame({"size": size, "weight": weight, "color": color})
+    frame.loc[rng.random(rows) < 0.1, "weight"] = np.nan
+    frame.loc[rng.random(rows) < 0.05, "color"] = np.nan  # as pandas reads a gap in a file
+    frame["label"] = (signal > 0).astype(int) if task_type == "classification" else signal
+    return frame
+
+
+@pytest.fixture(autouse=True)
+def without_your_feature_steps(monkeypatch):
+    """The library's tests run on small frames of their own that the project's features.py steps know
+    nothing of."""
+    monkeypatch.setattr(features, "feature_steps", list)
+
+
+@pytest.fixture
+def settings():
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def task_type() -> str:
+    return get_settings().data.task_type
+
+
+def use_training_file(monkeypatch, path: Path, target: str = "label"):
+    """Train on `path` for one test, whatever the project's dataset.py loads: the library is tested on known
+    data."""
+    monkeypatch.setenv(f"{PACKAGE.upper()}_DATA__PATH", str(path))
+    monkeypatch.setenv(f"{PACKAGE.upper()}_DATA__TARGET_COLUMN", target)
+    monkeypatch.setattr(dataset, "load_frame", lambda settings: read_table(settings.data_path))
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture
+def csv_settings(tmp_path, monkeypatch, task_type):
+    """The settings, with a CSV of mixed data (column `label` to predict) as the training data."""
+    path = tmp_path / "train.csv"
+    make_frame(task_type).to_csv(path, index=False)
+    yield use_training_file(monkeypatch, path)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session: it takes about 20 s to start on two cores."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with pytest.MonkeyPatch.context() as monkeypatch:  # set up before any test's own scratch variables
+        scratch_env(monkeypatch)
+        with prefect_test_harness(server_startup_timeout=90):
+            yield
+
+
+def log_traffic(
+    path: Path,
+    frame: pd.DataFrame,
+    prefix: str,
+    start: datetime,
+    seconds_apart: float = 1,
+    ids: list[str] | None = None,
+) -> list[str]:
+    """Write `frame`'s rows to a request log as served one by one from `start` on, as the service logs them
+    (features as sent, a missing value as null); returns their request ids (`ids`, or prefix-0, ...)."""
+    from ml_lifecycle._internal.serving.request_log import RequestLog
+
+    ids = ids or [f"{prefix}-{i}" for i in range(len(frame))]
+    sink = RequestLog(path)
+    sink.submit(
+        {
+            "request_id": request_id,
+            "time": (start + timedelta(seconds=i * seconds_apart)).isoformat(),
+            "endpoint": "/predict_one",
+            "model_version": "model:v1",
+            "row": 0,
+            "features": {k: (None if pd.isna(v) else v) for k, v in row.items()},
+            "prediction": 0,
+            "probabilities": None,
+        }
+        for i, (request_id, (_, row)) in enumerate(zip(ids, frame.iterrows(), strict=True))
+    )
+    sink.close()
+    return ids
