@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from ml_lifecycle._internal.project import bound
+from ml_lifecycle._internal.registry import aliases
+
+from ..registry.test_promotion import register
 
 NOT_AT_SERVE = (
     "optuna",
@@ -19,7 +23,18 @@ NOT_AT_SERVE = (
 )
 
 
-def test_the_service_module_imports_no_training_monitoring_or_demo_code():
+@pytest.fixture
+def production(csv_settings, task_type):
+    """A production model in the suite's store: the service reads its schema when it is imported."""
+    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    tag = register(csv_settings, task_type)
+    with aliases.locked(csv_settings) as record:
+        record.history.append(aliases.entry(tag, "test"))
+    yield tag
+    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+
+
+def test_the_service_module_imports_no_training_monitoring_or_demo_code(production):
     project = bound()
     script = f"import json, sys; import {project.package}.service; print(json.dumps(sorted(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(project.directory.parent)}
