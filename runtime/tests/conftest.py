@@ -126,6 +126,15 @@ def without_your_feature_steps(monkeypatch):
 
 
 @pytest.fixture
+def ratio_step(monkeypatch):
+    """features.py's worked example switched on, as a user does by uncommenting its line in
+    feature_steps(): size_per_weight, derived from the frames' size and weight."""
+    monkeypatch.setattr(
+        features, "feature_steps", lambda: [("size_per_weight", features.Ratio("size", "weight"))]
+    )
+
+
+@pytest.fixture
 def settings():
     get_settings.cache_clear()
     yield get_settings()

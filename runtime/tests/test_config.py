@@ -151,6 +151,16 @@ def test_a_bad_value_is_one_line_naming_the_key_the_value_and_its_source(monkeyp
     ]
 
 
+def test_a_model_family_missing_from_the_table_is_refused_naming_model_py(monkeypatch, settings):
+    """The family is checked when the settings load, against model.py's own table for the task."""
+    monkeypatch.setenv(f"{ENV_PREFIX}TUNING__MODEL_FAMILY", "no_such_family")
+    get_settings.cache_clear()
+    with pytest.raises(
+        SettingsError, match=r"tuning.model_family.*'no_such_family'.*model.py's MODEL_FAMILIES"
+    ):
+        get_settings()
+
+
 def test_a_request_log_kept_shorter_than_the_monitors_window_is_refused(monkeypatch, settings):
     monkeypatch.setenv(f"{ENV_PREFIX}MONITORING__WINDOW_HOURS", "48")
     get_settings.cache_clear()

@@ -1,6 +1,7 @@
 """The service's runtime: ONNX Runtime when it agrees with scikit-learn, scikit-learn otherwise."""
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -36,3 +37,17 @@ def test_a_pipeline_onnx_cannot_convert_is_served_by_scikit_learn_or_refused(tas
     with pytest.raises(RuntimeError, match="serving.runtime is 'onnx'.*clip"):
         predictors.choose(model, "onnx", tolerance=1e-4)
     assert predictors.choose(model, "sklearn", tolerance=1e-4).name == "sklearn"
+
+
+def test_a_feature_step_onnx_cannot_convert_is_served_by_scikit_learn_saying_why(
+    ratio_step, task_type, tmp_path, caplog
+):
+    """features.py's steps are the user's own classes: no ONNX converter knows them, and the log names the
+    step and its class so the user sees why the service is slower."""
+    model = fitted("random_forest", task_type, tmp_path)
+    caplog.set_level(logging.WARNING)
+    runtime = predictors.choose(model, "auto", tolerance=1e-4)
+    assert runtime.name == "sklearn"
+    assert "size_per_weight" in caplog.text and "Ratio" in caplog.text
+    rows = request_rows(new_rows(task_type))
+    assert len(runtime.predict(rows)[0]) == len(rows)

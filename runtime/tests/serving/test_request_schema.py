@@ -54,3 +54,28 @@ def test_the_limit_is_a_setting(monkeypatch, task_type):
     finally:
         get_settings.cache_clear()
     assert model(size=0.1, color="purple").color == "purple"
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"weight": 1.0, "color": "red"}, "size"),
+        ({"size": "big", "weight": 1.0, "color": "red"}, "size"),
+        ({"size": 1.0, "weight": 1.0, "color": "purple"}, "color"),
+        ({"size": 1.0, "weight": 1.0, "color": "red", "height": 3}, "height"),
+    ],
+)
+def test_request_rows_that_do_not_fit_the_model_name_the_field(row, field, task_type):
+    """A column left out that never had gaps, text for a number, an unseen category, a column the model
+    does not know: each error names the field, so the caller knows what to fix."""
+    model = row_model(feature_schema(make_frame(task_type).drop(columns=["label"])))
+    with pytest.raises(ValidationError) as error:
+        model(**row)
+    assert field in {str(part) for err in error.value.errors() for part in err["loc"]}
+
+
+def test_nullable_columns_may_be_left_out(task_type):
+    """weight and color had gaps in training: a request may leave them out, and they arrive as missing."""
+    model = row_model(feature_schema(make_frame(task_type).drop(columns=["label"])))
+    row = model(size=1.0)
+    assert row.weight is None and row.color is None

@@ -7,7 +7,7 @@ from ml_lifecycle._internal.training.holdout import split
 from ml_lifecycle._internal.training.validation import load_dataset, min_class_rows, validate
 from my_ml_project import dataset
 
-from ..conftest import make_frame
+from ..conftest import make_frame, use_training_file
 
 
 def test_the_loaded_table_becomes_features_and_a_target(csv_settings):
@@ -15,6 +15,20 @@ def test_the_loaded_table_becomes_features_and_a_target(csv_settings):
     assert dataset.target == "label"
     assert dataset.source == str(csv_settings.data_path)
     assert list(dataset.features.columns) == ["size", "weight", "color"]
+
+
+def test_column_names_as_a_file_writes_them_become_snake_case_the_target_setting_too(
+    tmp_path, monkeypatch, task_type
+):
+    """Request fields and metric labels need identifiers: the columns and data.target_column are normalised
+    alike, so a target written as the file writes it is still found."""
+    path = tmp_path / "train.csv"
+    make_frame(task_type).rename(columns={"weight": "Weight (kg)", "label": "Label"}).to_csv(
+        path, index=False
+    )
+    loaded = load_dataset(use_training_file(monkeypatch, path, target="Label"))
+    assert loaded.target == "label"
+    assert list(loaded.features.columns) == ["size", "weight_kg", "color"]
 
 
 def test_a_missing_target_column_is_named(task_type):
