@@ -74,7 +74,9 @@ from my_ml_project import dataset, features  # noqa: E402
 
 # isort: split
 from ml_lifecycle._internal.config import get_settings  # noqa: E402
-from ml_lifecycle._internal.tables import read_table  # noqa: E402
+from ml_lifecycle._internal.registry import aliases, store  # noqa: E402
+from ml_lifecycle._internal.tables import data_hash, feature_schema, read_table  # noqa: E402
+from ml_lifecycle._internal.training.pipeline import build_pipeline  # noqa: E402
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -205,3 +207,38 @@ def log_traffic(
     )
     sink.close()
     return ids
+
+
+def register(
+    settings,
+    task_type: str,
+    *,
+    scrambled: bool = False,
+    depth: int = 6,
+    drop: tuple[str, ...] = (),
+    frame: pd.DataFrame | None = None,
+) -> str:
+    """Fit and register a candidate on `frame` (by default the world as it was); `scrambled` trains on
+    shuffled labels, so it is clearly worse; `drop` leaves columns out, as when the data changed shape."""
+    frame = (make_frame(task_type, seed=3) if frame is None else frame).drop(columns=list(drop))
+    features, labels = frame.drop(columns=["label"]), frame["label"]
+    if scrambled:
+        labels = labels.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    schema = feature_schema(features)
+    params = {"n_estimators": 30, "max_depth": depth, "min_samples_leaf": 2, "max_features": 0.8}
+    pipeline = build_pipeline(schema, "random_forest", task_type, params, seed=0).fit(features, labels)
+    digest = data_hash(frame)
+    return store.save(
+        settings, pipeline, schema=schema, reference=features, metrics={}, params=params, data_hash=digest
+    )
+
+
+@pytest.fixture
+def production(csv_settings, task_type):
+    """A production model in the suite's store: the service reads its schema when it is imported."""
+    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    tag = register(csv_settings, task_type)
+    with aliases.locked(csv_settings) as record:
+        record.history.append(aliases.entry(tag, "test"))
+    yield tag
+    aliases.alias_file(csv_settings).unlink(missing_ok=True)

@@ -8,11 +8,9 @@ import pandas as pd
 import pytest
 from ml_lifecycle._internal.local import demo_traffic
 from ml_lifecycle._internal.registry import aliases, promotion, store
-from ml_lifecycle._internal.tables import data_hash, feature_schema
 from ml_lifecycle._internal.training.metrics import METRICS
-from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from ..conftest import make_frame
+from ..conftest import make_frame, register
 
 
 @pytest.fixture
@@ -27,30 +25,6 @@ def no_production(csv_settings):
 def holdout(task_type):
     frame = make_frame(task_type, rows=200, seed=21)
     return frame.drop(columns=["label"]), frame["label"]
-
-
-def register(
-    settings,
-    task_type: str,
-    *,
-    scrambled: bool = False,
-    depth: int = 6,
-    drop: tuple[str, ...] = (),
-    frame: pd.DataFrame | None = None,
-) -> str:
-    """Fit and register a candidate on `frame` (by default the world as it was); `scrambled` trains on
-    shuffled labels, so it is clearly worse; `drop` leaves columns out, as when the data changed shape."""
-    frame = (make_frame(task_type, seed=3) if frame is None else frame).drop(columns=list(drop))
-    features, labels = frame.drop(columns=["label"]), frame["label"]
-    if scrambled:
-        labels = labels.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    schema = feature_schema(features)
-    params = {"n_estimators": 30, "max_depth": depth, "min_samples_leaf": 2, "max_features": 0.8}
-    pipeline = build_pipeline(schema, "random_forest", task_type, params, seed=0).fit(features, labels)
-    digest = data_hash(frame)
-    return store.save(
-        settings, pipeline, schema=schema, reference=features, metrics={}, params=params, data_hash=digest
-    )
 
 
 def test_the_first_model_becomes_production(no_production, holdout, task_type):

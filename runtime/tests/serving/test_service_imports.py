@@ -7,11 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
 from ml_lifecycle._internal.project import bound
-from ml_lifecycle._internal.registry import aliases
-
-from ..registry.test_promotion import register
 
 NOT_AT_SERVE = (
     "optuna",
@@ -21,17 +17,6 @@ NOT_AT_SERVE = (
     "ml_lifecycle._internal.training.tuning",
     "ml_lifecycle._internal.training.validation",
 )
-
-
-@pytest.fixture
-def production(csv_settings, task_type):
-    """A production model in the suite's store: the service reads its schema when it is imported."""
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
-    tag = register(csv_settings, task_type)
-    with aliases.locked(csv_settings) as record:
-        record.history.append(aliases.entry(tag, "test"))
-    yield tag
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
 
 
 def test_the_service_module_imports_no_training_monitoring_or_demo_code(production):
