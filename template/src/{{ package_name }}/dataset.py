@@ -9,7 +9,6 @@ asks for in each request: compute derived features in features.py instead, so se
 from __future__ import annotations
 
 import pandas as pd
-
 from ml_lifecycle import Settings, normalize_columns, read_table
 
 DEMO_SOURCE = "scikit-learn demo data"

@@ -1,4 +1,4 @@
-"""The BentoML service of this project: `bentoml serve <package>.service:Predictor` (`python -m <package> serve`)."""
+"""The BentoML service: `bentoml serve <package>.service:Predictor` (`python -m <package> serve`)."""
 
 from ml_lifecycle.service import Predictor
 
