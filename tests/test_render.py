@@ -246,9 +246,9 @@ def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answe
 
 def test_pyproject_pins_the_library_at_the_copied_commit(project):
     """The project's one requirement is the library from this template's repository, at a commit."""
-    (requirement,) = load_toml(project, "pyproject.toml")["project"]["dependencies"]
-    pin = re.fullmatch(r"ml-lifecycle @ git\+file://localhost(/.+)@([0-9a-f]{40})#subdirectory=runtime", requirement)
-    assert pin is not None, requirement
+    (req,) = load_toml(project, "pyproject.toml")["project"]["dependencies"]
+    pin = re.fullmatch(r"ml-lifecycle @ git\+file://localhost(/.+)@[0-9a-f]{40}#subdirectory=runtime", req)
+    assert pin is not None, req
     assert Path(pin[1]) == Path(__file__).resolve().parents[1]
 
 
