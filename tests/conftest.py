@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ import plumbum
 import pytest
 import yaml
 from copier.errors import DirtyLocalWarning
+
+from flows.projects import unpinned_commit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -401,19 +402,6 @@ def install_project(
     synced = project.run("uv", "sync")
     assert synced.returncode == 0, unpinned_commit(root) or explain(synced)
     return project
-
-
-def unpinned_commit(root: Path) -> str | None:
-    """Why a project cannot install when this repository lacks the commit its pin names, else None."""
-    (requirement,) = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    commit = requirement.rpartition("@")[2].partition("#")[0]
-    held = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"], check=False)
-    if held.returncode == 0:
-        return None
-    return (
-        f"commit your changes first: the project pins the library at the commit Copier copied ({commit}), "
-        f"which {REPO} does not hold (Copier commits a dirty tree temporarily)"
-    )
 
 
 @pytest.fixture(scope="session")
