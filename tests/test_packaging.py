@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,10 +103,6 @@ def production(project) -> dict:
     return project.query(PRODUCTION)
 
 
-def load_toml(path: Path) -> dict:
-    return tomllib.loads(path.read_text())
-
-
 def write_batch(project: Project, rows: list[dict], name: str) -> Path:
     path = project.root / "data" / name
     columns = list(rows[0])
@@ -155,11 +150,13 @@ def test_bento_build_writes_the_dockerfile_and_packs_what_the_service_needs(bent
     assert "ENTRYPOINT" in (path / "env" / "docker" / "Dockerfile").read_text()
     assert (path / "src" / "settings.toml").is_file()
     assert (path / "src" / project.package / "service.py").is_file()
-    # The library is no source of the Bento but its one requirement, pinned as the project pins it.
+    # The library is no source of the Bento but a requirement: BentoML builds the project's git pin into an
+    # sdist it packs, so the image installs it without the template's repository.
     assert not (path / "src" / "ml_lifecycle").exists()
-    (pin,) = load_toml(project.root / "pyproject.toml")["project"]["dependencies"]
-    requirements = (path / "env" / "python" / "requirements.txt").read_text().splitlines()
-    assert pin in requirements, requirements
+    (sdist,) = [p.name for p in (path / "env" / "python" / "wheels").glob("ml_lifecycle-*.tar.gz")]
+    requirements = (path / "env" / "python" / "requirements.txt").read_text()
+    assert f"./wheels/{sdist}" in requirements.splitlines(), requirements
+    assert "git+file://" not in requirements
     info = yaml.safe_load((path / "bento.yaml").read_text())
     assert info["args"] == {"model_tag": production["tag"]}
     assert [m["tag"] for s in info["services"] for m in s["models"]] == [production["tag"]]
