@@ -151,9 +151,9 @@ def test_bento_build_writes_the_dockerfile_and_packs_what_the_service_needs(bent
     assert (path / "src" / "settings.toml").is_file()
     assert (path / "src" / project.package / "service.py").is_file()
     # The library is no source of the Bento but a requirement: BentoML builds the project's git pin into an
-    # sdist it packs, so the image installs it without the template's repository.
+    # sdist in src/wheels/ (the Dockerfile installs from src/), so the image needs no template repository.
     assert not (path / "src" / "ml_lifecycle").exists()
-    (sdist,) = [p.name for p in (path / "env" / "python" / "wheels").glob("ml_lifecycle-*.tar.gz")]
+    (sdist,) = [p.name for p in (path / "src" / "wheels").glob("ml_lifecycle-*.tar.gz")]
     requirements = (path / "env" / "python" / "requirements.txt").read_text()
     assert f"./wheels/{sdist}" in requirements.splitlines(), requirements
     assert "git+file://" not in requirements
