@@ -68,7 +68,7 @@ class Stack:
 def tune_deployment(project: Project) -> dict:
     """The first tune deployment in prefect.yaml (dev's, in an environments layout): its name and pool."""
     deployments = yaml.safe_load((project.root / "prefect.yaml").read_text())["deployments"]
-    return next(d for d in deployments if d["entrypoint"].endswith(".flows.tune.tune"))
+    return next(d for d in deployments if d["entrypoint"].endswith(".flows.tune"))
 
 
 @pytest.fixture(scope="module")
