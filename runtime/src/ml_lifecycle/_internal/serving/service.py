@@ -339,9 +339,10 @@ def _request_id(ctx: bentoml.Context) -> str:
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
 
 
-# BentoML sets the root logger to WARNING in its server processes; the project's own INFO lines (the API key
-# on or off, the runtime chosen) belong in the server's log too.
-logging.getLogger(PACKAGE).setLevel(logging.INFO)
+# BentoML sets the root logger to WARNING in its server processes; the library's INFO lines (the API key
+# on or off, the runtime chosen) and the project's own belong in the server's log too.
+for _name in ("ml_lifecycle", PACKAGE):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
 KEY_ENV = key_env(SERVING.api_key_env, SERVING.api_key_block, PACKAGE)
