@@ -4,8 +4,8 @@
 
 Starts the project's local Prefect server (not timed), then times, in the same process and alternating the
 order each round:
-  ours            `tune` of flows/train.py inside one flow run, as the train flow runs it (one `tune_batch`
-                  task per batch of trials, all on one study object)
+  ours            `tune` of the library's flows/train.py inside one flow run, as the train flow runs it
+                  (one `tune_batch` task per batch of trials, all on one study object)
   bare            open_study + make_objective + study.optimize(n_trials) on SQLite: the bare Optuna loop;
                   with the same seed it tries the same parameters as ours (checked: `same_trials`)
   bare_inmemory   the bare loop on Optuna's InMemoryStorage, for information
@@ -55,15 +55,20 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    # The project's modules by their stage (the layout since 1.0.0).
+    # The project first (importing it binds the library to it), then the library's modules (2.0.0 layout).
     pkg = importlib.import_module(args.package)
-    config = importlib.import_module(f"{args.package}.config")
-    tables = importlib.import_module(f"{args.package}.tables")
-    validation = importlib.import_module(f"{args.package}.training.validation")
-    holdout = importlib.import_module(f"{args.package}.training.holdout")
-    tuning = importlib.import_module(f"{args.package}.training.tuning")
-    processes = importlib.import_module(f"{args.package}.local.processes")
-    train_flows = importlib.import_module(f"{args.package}.flows.train")
+    config, tables, validation, holdout, tuning, processes, train_flows = (
+        importlib.import_module(f"ml_lifecycle._internal.{name}")
+        for name in (
+            "config",
+            "tables",
+            "training.validation",
+            "training.holdout",
+            "training.tuning",
+            "local.processes",
+            "flows.train",
+        )
+    )
     from prefect import flow
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker

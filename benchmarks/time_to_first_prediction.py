@@ -67,10 +67,11 @@ MARKER = "TTFP_BENCHMARK_RUN"  # set in every child's environment, so leftovers 
 LEAKY = {"VIRTUAL_ENV", "PREFECT_API_URL", "BENTOML_HOME"}
 # Run in the project's environment with the package name as argv[1]: one real training row as JSON.
 SAMPLE_ROW = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
-validation = importlib.import_module(package + ".training.validation")
+import importlib, sys
+importlib.import_module(sys.argv[1])  # the project first: importing it binds the library
+from ml_lifecycle import get_settings
+from ml_lifecycle._internal.training import validation
+settings = get_settings()
 print(validation.load_dataset(settings).features.head(1).to_json(orient="records"))
 """
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.projects import REPO, copy_project, project_env, uv
+from flows.projects import REPO, copy_project, project_env, unpinned_commit, uv
 
 DEFAULT_DEST = Path("demo-project")
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"==> scaffold: copier copy {REPO} {dest}", flush=True)
     package = copy_project(dest)["package_name"]
+    if reason := unpinned_commit(dest):
+        sys.exit(reason)
     step("install", [uv(), "sync"], dest)
     try:
         step("lifecycle", [uv(), "run", "python", "-m", package, "demo"], dest)

@@ -6,9 +6,11 @@ Plain functions, so flows/demo.py (no Prefect server of its own) and the Prefect
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ ANSWERS_FILE = ".copier-answers.yml"
 # What a user's project must not inherit from the generator's own environment; a new project keeps its model
 # store in its own .state/, not in a store exported for other work.
 GENERATOR_ONLY = {"VIRTUAL_ENV", "PREFECT_API_URL", "BENTOML_HOME"}
+# A project's requirement on the library of a local template checkout (hooks/render/pin.jinja).
+LOCAL_PIN = re.compile(r"ml-lifecycle @ git\+file://localhost(/[^@]+)@([0-9a-f]+)#subdirectory=runtime")
 
 
 def project_env() -> dict[str, str]:
@@ -47,7 +51,9 @@ def copy_project(
 ) -> dict[str, Any]:
     """`copier copy --trust --defaults` plus `answers`; returns every answer Copier recorded.
 
-    vcs_ref "HEAD" of this checkout includes its uncommitted changes; a tag such as v1.1.0 copies a release.
+    vcs_ref "HEAD" copies this checkout with its uncommitted changes, in a temporary commit that the project's
+    pin then names: such a project does not install (unpinned_commit says why); a tag such as v2.0.0 copies a
+    release.
     """
     worker = run_copy(
         template,
@@ -60,6 +66,26 @@ def copy_project(
         skip_tasks=not run_tasks,
     )
     return dict(worker.answers.combined)
+
+
+def unpinned_commit(project: Path) -> str | None:
+    """Why `uv sync` cannot install the project when its pin names a commit its local template repository
+    does not hold (the template was copied with uncommitted changes), else None."""
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    (requirement,) = pyproject["project"]["dependencies"]
+    found = LOCAL_PIN.fullmatch(requirement)
+    if found is None:
+        return None  # a remote template: uv says what it cannot fetch
+    template, commit = found.groups()
+    held = subprocess.run(
+        ["git", "-C", template, "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+    )
+    if held.returncode == 0:
+        return None
+    return (
+        f"commit your changes first: the project pins the library at the commit Copier copied ({commit}), "
+        f"a temporary commit of uncommitted changes that {template} does not hold"
+    )
 
 
 def run_in(project: Path, command: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.projects import REPO, copy_project, last_line, run_in, uv
+from flows.projects import REPO, copy_project, last_line, run_in, unpinned_commit, uv
 
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
 
@@ -43,8 +43,12 @@ class ScaffoldFailed(RuntimeError):
 
 @task
 def copy(dest: Path, answers: dict[str, Any], template: str, vcs_ref: str | None) -> dict[str, Any]:
-    """Copier's validators refuse a bad answer here, naming the question and the fix."""
-    return copy_project(dest, answers, template=template, vcs_ref=vcs_ref)
+    """Copier's validators refuse a bad answer here, naming the question and the fix; a copy of uncommitted
+    template changes is refused too, since it cannot install."""
+    recorded = copy_project(dest, answers, template=template, vcs_ref=vcs_ref)
+    if reason := unpinned_commit(dest):
+        raise ScaffoldFailed(f"{dest}: {reason}")
+    return recorded
 
 
 @task

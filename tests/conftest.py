@@ -29,6 +29,8 @@ import pytest
 import yaml
 from copier.errors import DirtyLocalWarning
 
+from flows.projects import unpinned_commit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -172,14 +174,14 @@ def require_tool(name: str) -> str:
     pytest.skip(reason)
 
 
-# The generated project's own process helpers (plain Python, no Jinja): the tests start PostgreSQL with the
-# code the project's parallel tuning benchmark uses.
-PROJECT_PROCESSES = REPO / "template" / "src" / "{{ package_name }}" / "local" / "processes.py"
+# The library's process helpers (plain Python, no Jinja): the tests start PostgreSQL with the code the
+# project's parallel tuning benchmark uses.
+PROJECT_PROCESSES = REPO / "runtime" / "src" / "ml_lifecycle" / "_internal" / "local" / "processes.py"
 
 
 def project_processes():
-    """The template's local/processes.py, imported from its file."""
-    spec = importlib.util.spec_from_file_location("template_local_processes", PROJECT_PROCESSES)
+    """The library's local/processes.py, imported from its file (it imports nothing of the library)."""
+    spec = importlib.util.spec_from_file_location("library_local_processes", PROJECT_PROCESSES)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -204,7 +206,9 @@ def postgres_server(*databases: str) -> Iterator:
 
 
 def render(answers: dict[str, object], dst: Path, *, run_tasks: bool = False) -> Path:
-    """`copier copy --trust --defaults` of this repository's working tree (uncommitted changes included)."""
+    """`copier copy --trust --defaults` of this repository at HEAD. Uncommitted changes are copied too, but
+    the project pins the library at the commit Copier copied, which then is a temporary one: only a project
+    rendered from a committed tree installs (install_project says so)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DirtyLocalWarning)
         with uv_python(str(answers.get("python_version", "3.11"))):
@@ -325,6 +329,26 @@ class Project:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+LIBRARY_PRELUDE = """
+import importlib
+import sys
+
+package = sys.argv[1]
+importlib.import_module(package)
+
+
+def internal(name):
+    return importlib.import_module("ml_lifecycle._internal." + name)
+"""
+
+
+def with_library(script: str) -> str:
+    """`script` (run in the project's environment, the package as argv[1]) after a prelude that imports the
+    project, whose __init__ binds the library, and defines `internal("registry.aliases")` etc. for the
+    library's private modules: tests may use them, a project does not."""
+    return LIBRARY_PRELUDE + script
+
+
 def project_env(python_version: str, prefect_home: Path, bentoml_home: Path) -> dict[str, str]:
     """Commands of one project use its Python (found locally), a model store of its own (never the
     user's ~/bentoml) and a Prefect home that is not the user's either."""
@@ -351,7 +375,7 @@ def install_project(
     env.update({f"{package.upper()}_{key}": value for key, value in (settings or {}).items()})
     project = Project(root, package, env)
     synced = project.run("uv", "sync")
-    assert synced.returncode == 0, explain(synced)
+    assert synced.returncode == 0, unpinned_commit(root) or explain(synced)
     return project
 
 

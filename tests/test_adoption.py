@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, Project, explain, install_project, serving
+from conftest import REPO, Project, explain, install_project, serving, with_library
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,14 @@ SETTINGS = {"path": "data/usage.csv", "target_column": "churned", "model_family"
 RAW_COLUMNS = {"age_years", "plan", "region", "minutes", "calls"}
 
 # The model's recorded feature schema (its request fields), read in the project's environment.
-REQUEST_FIELDS = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
+REQUEST_FIELDS = with_library("""
+import json, sys
+settings = internal("config").get_settings()
 import bentoml
-aliases = importlib.import_module(package + ".registry.aliases")
+aliases = internal("registry.aliases")
 model = bentoml.models.get(aliases.production_tag(settings))
 print(json.dumps({"fields": sorted(model.info.metadata["feature_schema"]), "tag": str(model.tag)}))
-"""
+""")
 
 
 def write_the_teams_data(root: Path, rows: int = 400, seed: int = 3) -> list[dict]:

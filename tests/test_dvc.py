@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ANSWER_SETS, Project, explain, install_project, write_regression_csv
+from conftest import ANSWER_SETS, Project, explain, install_project, with_library, write_regression_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -18,14 +18,13 @@ ANSWERS = ANSWER_SETS["regression_csv"]
 DATA = "data/train.csv"
 
 # Run in the project's environment with the package name as argv[1]: the newest model's record.
-NEWEST_MODEL = """
-import importlib, json, sys
-package = sys.argv[1]
-store = importlib.import_module(package + ".registry.store")
-settings = importlib.import_module(package + ".config").get_settings()
+NEWEST_MODEL = with_library("""
+import json, sys
+store = internal("registry.store")
+settings = internal("config").get_settings()
 model = store.load(store.latest_tag(settings))
 print(json.dumps({"metrics": model.metadata["metrics"], "data": model.metadata["data_sources"][0]}))
-"""
+""")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,16 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import Project, explain, install_project, prefect_server, recorded_answers, render, run
+from conftest import (
+    Project,
+    explain,
+    install_project,
+    prefect_server,
+    recorded_answers,
+    render,
+    run,
+    with_library,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -86,16 +95,15 @@ asyncio.run(main())
 
 # Run in the project's environment: a drift event about a model, posted with the monitor's own code; then
 # wait up to 60 s for the triggers' flow runs, and print the deployment name of each retrain run.
-DRIFT_EVENT_THEN_RETRAINS = """
-import asyncio, importlib, json, sys, time
+DRIFT_EVENT_THEN_RETRAINS = with_library("""
+import asyncio, json, sys, time
 from prefect.client.orchestration import get_client
 from prefect.events import Event
 
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
-monitor = importlib.import_module(package + ".flows.monitor")
+settings = internal("config").get_settings()
+monitor = internal("flows.monitor")
 payload = {"reason": "drift in a test", "drift_share": 0.5}
-resource = importlib.import_module(package + ".registry.store").event_resource(settings, "v-test")
+resource = internal("registry.store").event_resource(settings, "v-test")
 monitor.post_event(Event(event=settings.drift_event, resource=resource, payload=payload))
 
 async def retrain_runs():
@@ -109,7 +117,7 @@ while not (found := asyncio.run(retrain_runs())) and time.monotonic() < deadline
     time.sleep(1)
 time.sleep(5)  # any other environment's trigger, evaluated on the same event, has fired by now
 print(json.dumps(asyncio.run(retrain_runs())))
-"""
+""")
 
 # The Job the Kubernetes worker would submit for a run of argv[2] (flow/deployment): prefect-kubernetes'
 # own job configuration, from the pool's base job template on the server and the deployment's job variables.

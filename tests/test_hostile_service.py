@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving, started
+from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving, started, with_library
 
 pytestmark = pytest.mark.slow
 
@@ -122,13 +122,12 @@ def wait_until(probe, what: str, timeout: float = 60):
     return found
 
 
-ALIAS_FILE = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
-aliases = importlib.import_module(package + ".registry.aliases")
+ALIAS_FILE = with_library("""
+import json, sys
+settings = internal("config").get_settings()
+aliases = internal("registry.aliases")
 print(json.dumps({"path": str(aliases.alias_file(settings)), "poll": settings.rollout.poll_seconds}))
-"""
+""")
 
 
 def test_a_broken_alias_record_is_a_metric_and_one_log_line_while_the_model_keeps_serving(

@@ -260,7 +260,8 @@ def render_pool(workers: int) -> ProcessPoolExecutor:
 
 
 # Lines a render from the snapshot may write differently from one of the git repository: which commit.
-SOURCE_LINES = re.compile(r"^(_commit|_src_path|template_version)\b.*\n", re.MULTILINE)
+# The pin of the library names the source too: its path and commit (hooks/render/pin.jinja).
+SOURCE_LINES = re.compile(r'^((_commit|_src_path|template_version)\b|\s*"ml-lifecycle @ ).*\n', re.MULTILINE)
 
 
 def contents(root: Path) -> dict[str, str]:

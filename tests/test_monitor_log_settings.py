@@ -24,17 +24,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Project, explain, install_project, prefect_server, serving
+from conftest import Project, explain, install_project, prefect_server, serving, with_library
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Run in the project's environment with the package name as argv[1]: training rows, the request log's
 # path, and a shifted copy of the rows written to argv[2] for a drift check.
-ROWS = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
-validation = importlib.import_module(package + ".training.validation")
+ROWS = with_library("""
+import json, sys
+settings = internal("config").get_settings()
+validation = internal("training.validation")
 features = validation.load_dataset(settings).features.head(300).reset_index(drop=True)
 shifted = features.copy()
 for column in shifted.select_dtypes("number").columns:
@@ -46,7 +45,7 @@ print(json.dumps({
     "labels": str(settings.resolve(settings.monitoring.labels_path)),
     "target": settings.data.target_column,
 }))
-"""
+""")
 
 
 @pytest.fixture(scope="module")

@@ -201,9 +201,10 @@ def test_a_storm_of_drift_events_starts_at_most_one_retrain(stack):
         f"""
 import json, sys
 from prefect.events import emit_event
-from {stack.project.package}.registry.aliases import production_tag
-from {stack.project.package}.registry.store import event_resource
-from {stack.project.package}.config import get_settings
+import {stack.project.package}  # the project first: importing it binds the library
+from ml_lifecycle import get_settings
+from ml_lifecycle._internal.registry.aliases import production_tag
+from ml_lifecycle._internal.registry.store import event_resource
 settings = get_settings()
 tag = production_tag(settings)
 events = [

@@ -25,6 +25,7 @@ from conftest import (
     free_port,
     install_project,
     started,
+    with_library,
     write_regression_csv,
 )
 
@@ -33,12 +34,11 @@ pytestmark = pytest.mark.slow
 ANSWERS = ANSWER_SETS["regression_csv"]
 
 # Run in the project's environment with the package name as argv[1]: the production tag and real rows.
-PRODUCTION = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
+PRODUCTION = with_library("""
+import json, sys
+settings = internal("config").get_settings()
 aliases, validation = (
-    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "training.validation")
+    internal(m) for m in ("registry.aliases", "training.validation")
 )
 features = validation.load_dataset(settings).features
 print(json.dumps({
@@ -46,7 +46,7 @@ print(json.dumps({
     "rows": json.loads(features.head(5).to_json(orient="records")),
     "columns": list(features.columns),
 }))
-"""
+""")
 # A model that registers fine but cannot be loaded where it is served: its pipeline is pickled by reference
 # to a module (`vanishing`) that only this script can import. It is then made production, as a promotion
 # would, so that `deploy` has something to fail on.
@@ -57,13 +57,12 @@ from sklearn.base import BaseEstimator
 class Vanishing(BaseEstimator):
     """Not importable by the server."""
 '''
-REGISTER_BROKEN = """
-import importlib, json, sys
+REGISTER_BROKEN = with_library("""
+import json, sys
 from vanishing import Vanishing
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
+settings = internal("config").get_settings()
 aliases, registry = (
-    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "registry.store")
+    internal(m) for m in ("registry.aliases", "registry.store")
 )
 production = registry.load(aliases.production_tag(settings))
 tag = registry.save(
@@ -73,7 +72,7 @@ tag = registry.save(
 with aliases.locked(settings) as record:
     record.history.append(aliases.entry(tag, "cannot be loaded, on purpose"))
 print(json.dumps({"tag": tag}))
-"""
+""")
 READ_TABLE = """
 import json, sys
 import pandas as pd
@@ -150,7 +149,14 @@ def test_bento_build_writes_the_dockerfile_and_packs_what_the_service_needs(bent
     assert (path / "env" / "docker" / "Dockerfile").is_file()
     assert "ENTRYPOINT" in (path / "env" / "docker" / "Dockerfile").read_text()
     assert (path / "src" / "settings.toml").is_file()
-    assert (path / "src" / project.package / "serving" / "service.py").is_file()
+    assert (path / "src" / project.package / "service.py").is_file()
+    # The library is no source of the Bento but a requirement: BentoML builds the project's git pin into an
+    # sdist in src/wheels/ (the Dockerfile installs from src/), so the image needs no template repository.
+    assert not (path / "src" / "ml_lifecycle").exists()
+    (sdist,) = [p.name for p in (path / "src" / "wheels").glob("ml_lifecycle-*.tar.gz")]
+    requirements = (path / "env" / "python" / "requirements.txt").read_text()
+    assert f"./wheels/{sdist}" in requirements.splitlines(), requirements
+    assert "git+file://" not in requirements
     info = yaml.safe_load((path / "bento.yaml").read_text())
     assert info["args"] == {"model_tag": production["tag"]}
     assert [m["tag"] for s in info["services"] for m in s["models"]] == [production["tag"]]

@@ -32,6 +32,7 @@ from conftest import (
     prefect_server,
     project_processes,
     stop_group,
+    with_library,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -67,7 +68,7 @@ class Stack:
 def tune_deployment(project: Project) -> dict:
     """The first tune deployment in prefect.yaml (dev's, in an environments layout): its name and pool."""
     deployments = yaml.safe_load((project.root / "prefect.yaml").read_text())["deployments"]
-    return next(d for d in deployments if d["entrypoint"].endswith(".flows.tune.tune"))
+    return next(d for d in deployments if d["entrypoint"].endswith(".flows.tune"))
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +154,11 @@ def trained(stack, deployed) -> dict:
     tag = re.search(r"Registered model (\S+)", result.stdout + result.stderr)
     assert tag, explain(result)
     study = stack.project.query(
-        f"""
-import importlib, json, sys
+        with_library(
+            f"""
+import json, sys
 import bentoml, optuna
-settings = importlib.import_module(sys.argv[1] + ".config").get_settings()
+settings = internal("config").get_settings()
 metadata = bentoml.models.get({tag.group(1)!r}).info.metadata
 study = optuna.load_study(study_name=metadata["study_name"], storage=settings.optuna_storage)
 print(json.dumps({{
@@ -167,7 +169,8 @@ print(json.dumps({{
         for t in study.trials
     ],
 }}))
-""",
+"""
+        ),
         **stack.client,
     )
     runs = stack.post("/flow_runs/filter", {"flows": {"name": {"any_": ["tune"]}}}).json()

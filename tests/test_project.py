@@ -19,6 +19,7 @@ from conftest import (
     explain,
     recorded_answers,
     serving,
+    with_library,
 )
 from test_ci_files import CI_FILE
 from test_ci_files import commands as ci_commands
@@ -36,15 +37,15 @@ import bentoml
 print(json.dumps(sorted(str(m.tag) for m in bentoml.models.list(sys.argv[1]))))
 """
 # Run in the project's environment: per setting of settings.toml, [config.py's default, the file's value].
-DEFAULTS_AND_FILE = """
-import importlib, json, sys, tomllib
-config = importlib.import_module(sys.argv[1] + ".config")
+DEFAULTS_AND_FILE = with_library("""
+import json, sys, tomllib
+config = internal("config")
 found = {}
 for section, values in tomllib.loads(config.SETTINGS_FILE.read_text()).items():
     defaults = config.Settings.model_fields[section].annotation.model_construct().model_dump()
     found.update({f"{section}.{key}": [defaults.get(key), value] for key, value in values.items()})
 print(json.dumps(found))
-"""
+""")
 # Settings whose value is a `copier copy` answer: the file holds the answer, the code a default of its own.
 ANSWERED = {"project.name", "project.package", "project.template_version", "data.path", "data.target_column"}
 ANSWERED |= {
@@ -55,18 +56,17 @@ ANSWERED |= {
     "monitoring.drift_threshold",
 }
 ANSWERED |= {"monitoring.sample_seed"}
-REQUEST_SAMPLE = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
+REQUEST_SAMPLE = with_library("""
+import json, sys
+settings = internal("config").get_settings()
 import bentoml
 data, registry = (
-    importlib.import_module(f"{package}.{m}") for m in ("training.validation", "registry.store")
+    internal(m) for m in ("training.validation", "registry.store")
 )
 schema = bentoml.models.get(registry.latest_tag(settings)).info.metadata["feature_schema"]
 rows = data.load_dataset(settings).features.head(5).to_json(orient="records")
 print(json.dumps({"schema": schema, "rows": json.loads(rows)}))
-"""
+""")
 
 
 @pytest.fixture(scope="module", params=INSTALLED_SETS)

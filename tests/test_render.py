@@ -56,58 +56,11 @@ DEFAULT_TREE = [
     "settings.toml",
     "src/{pkg}/__init__.py",
     "src/{pkg}/__main__.py",
-    "src/{pkg}/config.py",
     "src/{pkg}/dataset.py",
     "src/{pkg}/features.py",
+    "src/{pkg}/flows.py",
     "src/{pkg}/model.py",
-    "src/{pkg}/tables.py",
-    "src/{pkg}/flows/__init__.py",
-    "src/{pkg}/flows/deploy.py",
-    "src/{pkg}/flows/monitor.py",
-    "src/{pkg}/flows/predict.py",
-    "src/{pkg}/flows/promote.py",
-    "src/{pkg}/flows/retrain.py",
-    "src/{pkg}/flows/train.py",
-    "src/{pkg}/flows/tune.py",
-    "src/{pkg}/local/__init__.py",
-    "src/{pkg}/local/demo.py",
-    "src/{pkg}/local/demo_traffic.py",
-    "src/{pkg}/local/processes.py",
-    "src/{pkg}/monitoring/__init__.py",
-    "src/{pkg}/monitoring/alerts.py",
-    "src/{pkg}/monitoring/drift.py",
-    "src/{pkg}/monitoring/labels.py",
-    "src/{pkg}/monitoring/pushgateway.py",
-    "src/{pkg}/monitoring/rollout_watch.py",
-    "src/{pkg}/monitoring/served_traffic.py",
-    "src/{pkg}/registry/__init__.py",
-    "src/{pkg}/registry/aliases.py",
-    "src/{pkg}/registry/promotion.py",
-    "src/{pkg}/registry/retention.py",
-    "src/{pkg}/registry/store.py",
-    "src/{pkg}/serving/__init__.py",
-    "src/{pkg}/atomic_write.py",
-    "src/{pkg}/serving/batch_scoring.py",
-    "src/{pkg}/serving/batching.py",
-    "src/{pkg}/serving/bento.py",
-    "src/{pkg}/serving/http_guard.py",
-    "src/{pkg}/serving/onnx_export.py",
-    "src/{pkg}/serving/predictors.py",
-    "src/{pkg}/serving/production_poll.py",
-    "src/{pkg}/serving/rejected_requests.py",
-    "src/{pkg}/serving/request_deadline.py",
-    "src/{pkg}/serving/request_log.py",
-    "src/{pkg}/serving/request_schema.py",
-    "src/{pkg}/serving/service.py",
-    "src/{pkg}/training/__init__.py",
-    "src/{pkg}/training/data_version.py",
-    "src/{pkg}/training/feedback.py",
-    "src/{pkg}/training/holdout.py",
-    "src/{pkg}/training/lock.py",
-    "src/{pkg}/training/metrics.py",
-    "src/{pkg}/training/pipeline.py",
-    "src/{pkg}/training/tuning.py",
-    "src/{pkg}/training/validation.py",
+    "src/{pkg}/service.py",
     "tests/conftest.py",
     "tests/test_config.py",
     "tests/test_features.py",
@@ -287,8 +240,16 @@ def test_pyproject_admits_the_chosen_python_and_names_the_package(project, answe
     assert requires.contains(f"{answers['python_version']}.0")
     assert pyproject["project"]["name"] == answers["package_name"].replace("_", "-")
     assert pyproject["tool"]["ruff"]["target-version"] == "py" + answers["python_version"].replace(".", "")
-    service = f"{package_of(project)}.serving.service:Predictor"
+    service = f"{package_of(project)}.service:Predictor"
     assert pyproject["tool"]["bentoml"]["build"]["service"] == service
+
+
+def test_pyproject_pins_the_library_at_the_copied_commit(project):
+    """The project's one requirement is the library from this template's repository, at a commit."""
+    (req,) = load_toml(project, "pyproject.toml")["project"]["dependencies"]
+    pin = re.fullmatch(r"ml-lifecycle @ git\+file://localhost(/.+)@[0-9a-f]{40}#subdirectory=runtime", req)
+    assert pin is not None, req
+    assert Path(pin[1]) == Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["check", "format"])

@@ -85,9 +85,9 @@ class Load:
 
 ROWS_SCRIPT = """
 import json, sys
-from my_pkg import dataset
-from my_pkg.config import get_settings
-from my_pkg.registry import aliases, store
+from my_pkg import dataset  # the project first: importing it binds the library
+from ml_lifecycle import get_settings
+from ml_lifecycle._internal.registry import aliases, store
 
 settings = get_settings()
 schema = store.load(aliases.production_tag(settings)).schema
@@ -104,9 +104,9 @@ print(json.dumps({"production": aliases.production_tag(settings), "target": targ
 WORSE_MODEL_SCRIPT = """
 import json
 from sklearn.base import clone
-from my_pkg import dataset
-from my_pkg.config import get_settings
-from my_pkg.registry import aliases, store
+from my_pkg import dataset  # the project first: importing it binds the library
+from ml_lifecycle import get_settings
+from ml_lifecycle._internal.registry import aliases, store
 
 settings = get_settings()
 good = store.load(aliases.production_tag(settings))
@@ -124,7 +124,7 @@ print(json.dumps({"good": good.tag, "worse": tag, "since": record.history[-1]["s
 
 MONITOR_SCRIPT = """
 import json
-from my_pkg.flows.monitor import monitor
+from my_pkg.flows import monitor
 
 verdict = monitor()
 print(json.dumps(verdict["rollout"], default=str))
@@ -132,8 +132,9 @@ print(json.dumps(verdict["rollout"], default=str))
 
 ALIASES_SCRIPT = """
 import json
-from my_pkg.config import get_settings
-from my_pkg.registry import aliases
+import my_pkg  # the project first: importing it binds the library
+from ml_lifecycle import get_settings
+from ml_lifecycle._internal.registry import aliases
 
 print(json.dumps(aliases.read(get_settings()).as_json()))
 """

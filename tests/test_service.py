@@ -31,6 +31,7 @@ from conftest import (
     explain,
     install_project,
     serving,
+    with_library,
     write_regression_csv,
 )
 
@@ -41,12 +42,11 @@ MAX_ROWS = 50  # serving.max_rows for this server, so an oversized batch is a sm
 TARGET = "segment"
 
 # Run in the project's environment with the package name as argv[1]: the production model and real rows.
-SAMPLE = """
-import importlib, json, sys
-package = sys.argv[1]
-settings = importlib.import_module(package + ".config").get_settings()
+SAMPLE = with_library("""
+import json, sys
+settings = internal("config").get_settings()
 aliases, validation = (
-    importlib.import_module(f"{package}.{m}") for m in ("registry.aliases", "training.validation")
+    internal(m) for m in ("registry.aliases", "training.validation")
 )
 import bentoml
 tag = aliases.production_tag(settings)
@@ -59,7 +59,7 @@ print(json.dumps({
     "log": str(settings.resolve(settings.serving.request_log_path)),
     "rows": rows,
 }))
-"""
+""")
 
 
 def write_segment_csv(project: Path) -> Path:

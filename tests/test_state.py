@@ -11,25 +11,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Project, explain
+from conftest import Project, explain, with_library
 
 pytestmark = pytest.mark.slow
 
 # Run as `python -c STORE <package>` in a project: what its store holds and what it would serve.
-STORE = """
-import importlib, json, sys
-package = sys.argv[1]
-importlib.import_module(package)
+STORE = with_library("""
+import json, sys
 import bentoml
-settings = importlib.import_module(package + ".config").get_settings()
-aliases = importlib.import_module(package + ".registry.aliases")
+settings = internal("config").get_settings()
+aliases = internal("registry.aliases")
 try:
     production = aliases.production_tag(settings)
 except LookupError:
     production = None
 models = sorted(str(m.tag) for m in bentoml.models.list(settings.model_name))
 print(json.dumps({"store": str(settings.bentoml_home), "production": production, "models": models}))
-"""
+""")
 
 
 def as_a_user(project: Project, home: Path, uv_cache: str) -> Project:

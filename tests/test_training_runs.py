@@ -13,34 +13,34 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, explain, install_project, stop_group
+from conftest import Project, explain, install_project, stop_group, with_library
 
 pytestmark = pytest.mark.slow
 
 N_TRIALS = 6
 
 # Every study in the project's Optuna storage: name -> states of its trials. Prints one JSON line.
-STUDIES = """
-import importlib, json, sys
-settings = importlib.import_module(sys.argv[1] + ".config").get_settings()
+STUDIES = with_library("""
+import json, sys
+settings = internal("config").get_settings()
 import optuna
 storage = settings.optuna_storage
 print(json.dumps({
     s.study_name: [t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
     for s in optuna.get_all_study_summaries(storage)
 }))
-"""
+""")
 MODELS = """
 import importlib, json, sys
 importlib.import_module(sys.argv[1])
 import bentoml
 print(json.dumps(sorted(str(m.tag) for m in bentoml.models.list(sys.argv[1]))))
 """
-PRODUCTION = """
-import importlib, json, sys
-settings = importlib.import_module(sys.argv[1] + ".config").get_settings()
-print(json.dumps(importlib.import_module(sys.argv[1] + ".registry.aliases").production_tag(settings)))
-"""
+PRODUCTION = with_library("""
+import json, sys
+settings = internal("config").get_settings()
+print(json.dumps(internal("registry.aliases").production_tag(settings)))
+""")
 
 
 @pytest.fixture(scope="module")

@@ -339,8 +339,8 @@ def _request_id(ctx: bentoml.Context) -> str:
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
 
 
-# BentoML sets the root logger to WARNING in its server processes; the library's INFO lines (the API key on or
-# off, the runtime chosen) and the project's own belong in the server's log too.
+# BentoML sets the root logger to WARNING in its server processes; the library's INFO lines (the API key
+# on or off, the runtime chosen) and the project's own belong in the server's log too.
 for _name in ("ml_lifecycle", PACKAGE):
     logging.getLogger(_name).setLevel(logging.INFO)
 
