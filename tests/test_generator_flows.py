@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 # The flows run a fast slice of each project's suite: test_project.py and test_matrix.py run whole suites of
 # fresh projects, test_update.py of updated ones.
-PYTEST_SLICE = "-x -q -p no:cacheprovider tests/test_config.py tests/test_model.py"
+PYTEST_SLICE = "-x -q -p no:cacheprovider tests/test_contract.py tests/test_model.py"
 SCAFFOLD_ANSWERS = {"task_type": "regression", "model_family": "linear", "python_version": "3.12"}
 
 

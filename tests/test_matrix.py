@@ -13,9 +13,8 @@ render matrix checks what they change for every combination. So the installed ro
 other factors (python_version, task_type, model_family, use_dvc): 9 rows, the least for 3 Pythons x 3
 model families, starting from the two answer sets test_project.py installs and runs in full (one session
 cache, conftest.installed). Each of the other 7 costs an install (about 40 s: locking, linking and
-compiling 30,000 files) plus SUITE_PART, the 112 tests where these answers act (about 25 s); their whole
-suites (about 2 min each) would not fit the matrix's 8 minutes of CI. The Python 3.13 rows run only that
-part: no other test runs a 3.13 project's flows, monitoring or service.
+compiling 30,000 files) plus the project's own suite (its user's code and the contract test, SUITE_PART). The
+library's suite runs once, in the generator's environment (runtime/tests).
 
 Tiers: `uv run pytest` (CI) renders only the pairwise rows over all factors (about a dozen), in seconds, as
 fast tests. MATRIX=full renders every combination (slow), and the installed rows and mypy over the matrix are
@@ -67,17 +66,8 @@ RENDER_ONLY = {"ci_provider", "work_pool_type", "environments"}
 # Where task_type, model_family and use_dvc act in a project's own suite (the answered task type and family
 # through its settings; the data version in training), in the suite's own order: a run that puts training
 # before serving fails (Prefect's console handler keeps the stream of a test that captured output).
-SUITE_PART = [
-    "tests/monitoring/test_rollout_watch.py",
-    "tests/registry",
-    "tests/serving/test_onnx_export.py",
-    "tests/serving/test_predictors.py",
-    "tests/serving/test_request_schema.py",
-    "tests/test_dataset.py",
-    "tests/test_features.py",
-    "tests/test_model.py",
-    "tests/training",
-]
+# The project's own suite is its user's code and the contract test: the answers act on all of it.
+SUITE_PART = ["tests"]
 # The size of today's matrix; a question with choices added to copier.yml changes it (and this line).
 EXPECTED_COMBINATIONS = 648
 

@@ -140,7 +140,7 @@ def model_families_in_the_template() -> set[str]:
 
 
 def test_the_model_family_question_offers_exactly_the_families_of_model_py():
-    """The project's settings accept what model.py's table holds (tests/test_model.py in the project), so
+    """The project's settings accept what model.py's table holds (tests/test_contract.py in the project), so
     a choice missing from the table would render a project that refuses its own settings."""
     question = yaml.safe_load((REPO / "copier.yml").read_text())["model_family"]
     assert set(question["choices"].values()) == model_families_in_the_template()
