@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ANSWER_SETS, free_port, package_of, recorded_answers, require_tool, started
+from conftest import ANSWER_SETS, REPO, free_port, package_of, recorded_answers, require_tool, started
 
 # BentoML 1.4's own HTTP metrics on the service's /metrics (namespace bentoml_service, the default of
 # api_server.metrics.namespace; bentoml/_internal/server/http/instruments.py and
@@ -36,19 +36,6 @@ BENTOML_METRICS = {
 }
 # Series Prometheus writes itself for every scrape target.
 PROMETHEUS_METRICS = {"up"}
-# The monitor's pushed gauges, for a project without src/<package>/monitoring/pushgateway.py (whose
-# PUSHED_METRICS is the source of truth when it exists); {pkg} is the package name.
-PUSHED_FALLBACK = (
-    "{pkg}_drift_share",
-    "{pkg}_drift_detected",
-    "{pkg}_column_drift_score",
-    "{pkg}_column_drifted",
-    "{pkg}_prediction_drift_score",
-    "{pkg}_rows_checked",
-    "{pkg}_model_performance",
-    "{pkg}_performance_below_threshold",
-    "{pkg}_monitor_last_success_timestamp_seconds",
-)
 # What prometheus_client exposes for a metric of each type (multiprocess mode: no _created series).
 EXPOSED_SUFFIXES = {
     "Counter": ("_total",),
@@ -159,15 +146,14 @@ def pushed_metrics(source: str, package: str) -> set[str]:
 
 
 def exported_metrics(project: Path) -> set[str]:
-    """Every series name the project's service exposes or its monitor pushes, read from its source."""
+    """Every series name the project's service exposes or its monitor pushes, read from its source and the
+    library's (named after the project's package at run time)."""
     package = package_of(project)
-    sources = {path.name: path.read_text() for path in (project / "src" / package).rglob("*.py")}
+    library = REPO / "runtime" / "src" / "ml_lifecycle"
+    sources = {path: path.read_text() for path in [*(project / "src").rglob("*.py"), *library.rglob("*.py")]}
     names = set().union(*(defined_metrics(source, package) for source in sources.values()))
-    if "pushgateway.py" in sources:
-        names |= pushed_metrics(sources["pushgateway.py"], package)
-    else:
-        names |= {name.format(pkg=package) for name in PUSHED_FALLBACK}
-    return names
+    pushgateway = library / "_internal" / "monitoring" / "pushgateway.py"
+    return names | pushed_metrics(sources[pushgateway], package)
 
 
 # ---------------------------------------------------------------- what the queries read
