@@ -197,7 +197,7 @@ def test_hostile_but_legal_answers_render_files_that_parse_and_hold_them(tmp_pat
     assert (data["path"], data["target_column"]) == (HOSTILE["data_path"], HOSTILE["target_column"])
     assert HOSTILE["data_path"] in parsed["dvc.yaml"][0]["stages"]["train"]["deps"]
     assert (project / "README.md").read_text().splitlines()[2] == HOSTILE["description"]
-    # The docs' command that tracks the data with DVC still names exactly the data file.
-    training_doc = (project / "docs" / "training.md").read_text()
-    dvc_add = next(line for line in training_doc.splitlines() if line.startswith("uv run dvc add "))
+    # The README's command that tracks the data with DVC still names exactly the data file.
+    readme = (project / "README.md").read_text()
+    dvc_add = next(line for line in readme.splitlines() if line.startswith("uv run dvc add "))
     assert shlex.split(dvc_add, comments=True) == ["uv", "run", "dvc", "add", HOSTILE["data_path"]]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ANSWER_SETS, package_of
+from conftest import ANSWER_SETS, REPO, package_of
 from packaging.specifiers import SpecifierSet
 
 # The tree of a project with default answers; {pkg} is the package name.
@@ -228,9 +228,11 @@ def heading_anchor(heading: str) -> str:
 
 
 def test_every_pointer_to_a_docs_section_names_a_heading_that_exists(project):
+    """The project's own pages and the library's guides (runtime/docs/, which the project points at)."""
+    pages = [*(project / "docs").glob("*.md"), *(REPO / "runtime" / "docs").glob("*.md")]
     anchors = {
         page.name: {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)}
-        for page in (project / "docs").glob("*.md")
+        for page in pages
     }
     dangling = set()
     for name in files_of(project):
