@@ -100,8 +100,9 @@ def uv_python(version: str) -> Iterator[None]:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The user's environment for a generated project's commands: without the generator's virtualenv,
-    model store or Prefect API, with Prefect's local server quiet and patient on two cores."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "BENTOML_HOME", "PREFECT_API_URL"}}
+    import path, model store or Prefect API, with Prefect's local server quiet and patient on two cores."""
+    generators = {"VIRTUAL_ENV", "PYTHONPATH", "BENTOML_HOME", "PREFECT_API_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in generators}
     env.update(
         UV_COMPILE_BYTECODE="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -167,9 +167,11 @@ def csv_settings(tmp_path, monkeypatch, task_type):
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prefect_server():
-    """One Prefect test server for the whole session: it takes about 20 s to start on two cores."""
+    """One Prefect test server for the library's suite: it takes about 20 s to start on two cores. Its scope
+    ends with this package, so the scratch variables it holds (PYTHONPATH on the scratch project, the
+    scratch store) never reach the generator's tests that run after it in the same session."""
     from prefect.testing.utilities import prefect_test_harness
 
     with pytest.MonkeyPatch.context() as monkeypatch:  # set up before any test's own scratch variables
