@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import copier
-import numpy as np
 import pandas as pd
 import pytest
 from copier.errors import DirtyLocalWarning
@@ -77,6 +76,7 @@ from ml_lifecycle._internal.config import get_settings  # noqa: E402
 from ml_lifecycle._internal.registry import aliases, store  # noqa: E402
 from ml_lifecycle._internal.tables import data_hash, feature_schema, read_table  # noqa: E402
 from ml_lifecycle._internal.training.pipeline import build_pipeline  # noqa: E402
+from ml_lifecycle.testing import example_frame  # noqa: E402
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -106,18 +106,8 @@ def scratch_environment(monkeypatch):
     get_settings.cache_clear()
 
 
-def make_frame(task_type: str, rows: int = 240, seed: int = 0) -> pd.DataFrame:
-    """Mixed data a user might bring: numbers, a text category, missing values in both."""
-    rng = np.random.default_rng(seed)
-    size = rng.normal(size=rows)
-    weight = rng.normal(size=rows)
-    color = rng.choice(["red", "green", "blue"], size=rows)
-    signal = 2 * size + (color == "red") + rng.normal(scale=0.3, size=rows)
-    frame = pd.DataFrame({"size": size, "weight": weight, "color": color})
-    frame.loc[rng.random(rows) < 0.1, "weight"] = np.nan
-    frame.loc[rng.random(rows) < 0.05, "color"] = np.nan  # as pandas reads a gap in a file
-    frame["label"] = (signal > 0).astype(int) if task_type == "classification" else signal
-    return frame
+# The library's example data (what the contract test fits every model family on), under the suite's name.
+make_frame = example_frame
 
 
 @pytest.fixture(autouse=True)
