@@ -1,5 +1,7 @@
 """After `copier copy`: check the project's pin on the library, lock the new project's dependencies and make
-it a git repository with a first commit, so `copier update` has a clean history to work from.
+it a git repository with a first commit, so `copier update` has a clean history to work from. After
+`copier update` (argument `update`): only the pin's check, so an update from a dirty template fails there,
+naming the fix, instead of at the user's next `uv lock` with git's "not our ref".
 
 Runs in the new project's folder. A pin that can never install (a relative template path, or a commit only
 Copier's own copy of a dirty working tree had) fails the copy with one line saying what to do: Copier then
@@ -34,7 +36,7 @@ def answered_source(answers: str) -> str:
     return found.group(1).strip("'\"")
 
 
-def local_path(source: str) -> Path | None:
+def local_path(source: str, again: str = "copy again") -> Path | None:
     """The folder of a local template source; None for a remote one. A relative path is refused: the pin
     must name the same repository wherever `uv sync` runs."""
     bare = source.removeprefix("git+")
@@ -45,26 +47,26 @@ def local_path(source: str) -> Path | None:
     if not bare.startswith("/"):
         raise PinError(
             f"The template source {source!r} is a relative path, and the project's pin on the library needs "
-            "an absolute path or a URL: copy again with the template's absolute path (for example "
+            f"an absolute path or a URL: {again} with the template's absolute path (for example "
             f"$(realpath {source}))"
         )
     return Path(bare)
 
 
-def check_pin(project: Path) -> None:
+def check_pin(project: Path, again: str = "copy again") -> None:
     """Refuse a pin that can never install, before `uv lock` would fail on it with git's message."""
     source = answered_source((project / ".copier-answers.yml").read_text())
     found = PIN.search((project / "pyproject.toml").read_text())
     if found is None:
         raise PinError("pyproject.toml has no ml-lifecycle requirement: the template rendered it wrong")
-    folder = local_path(source)
+    folder = local_path(source, again)
     if folder is None:
         return  # a remote repository: Copier cloned it, so the commit is one the remote has
     commit = found.group("commit")
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise PinError(
             f"The template {folder} is not a git repository, so the project's pin on the library has no "
-            f"commit to name: make {folder} a git repository with its files committed, then copy again"
+            f"commit to name: make {folder} a git repository with its files committed, then {again}"
         )
     if shutil.which("git") is None:
         return  # nothing to check the commit with (Copier found it with git, so this is rare)
@@ -74,7 +76,7 @@ def check_pin(project: Path) -> None:
     if known.returncode != 0:
         raise PinError(
             f"The template {folder} has uncommitted changes, so the project's pin names a commit only "
-            f"Copier's copy had ({commit[:12]}): commit your changes in {folder}, then copy again"
+            f"Copier's copy had ({commit[:12]}): commit your changes in {folder}, then {again}"
         )
 
 
@@ -115,16 +117,24 @@ def first_commit() -> None:
         say(f"git commit failed ({committed.stderr.strip()}); commit the project yourself")
 
 
-def main() -> int:
+def main(operation: str = "copy") -> int:
+    if operation == "update":
+        # Copier has written the update by now: the project's git status shows it, `git checkout -- .` and
+        # `git clean -fd` undo it (the update refuses a dirty project, so nothing else is in the way).
+        again = "undo this update in the project (`git checkout -- . && git clean -fd`) and update again"
+    else:
+        again = "copy again"
     try:
-        check_pin(Path.cwd())
+        check_pin(Path.cwd(), again)
     except PinError as refused:
         say(str(refused))
         return 1
+    if operation == "update":
+        return 0  # the user locks after an update (`uv lock`), once any conflicts are resolved
     lock()
     first_commit()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:]))

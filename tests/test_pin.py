@@ -76,6 +76,16 @@ def copy(source: str, dst: Path, *, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
+def render_without_tasks(template: Path, project: Path) -> Path:
+    """The project as Copier renders it, without the task (its pin check and `uv lock` are what is tested)."""
+    command = [COPIER, "copy", "--trust", "--defaults", "--skip-tasks", "--vcs-ref", "HEAD"]
+    rendered = subprocess.run(
+        [*command, str(template), str(project)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert rendered.returncode == 0, explain(rendered)
+    return project
+
+
 def refusal(result: subprocess.CompletedProcess) -> str:
     """The task's one line: what stderr says just before Copier's own report of the failed task."""
     assert result.returncode != 0, explain(result)
@@ -113,6 +123,29 @@ def test_a_copy_from_a_working_tree_with_uncommitted_changes_fails_with_one_line
     assert not (tmp_path / "project").exists(), "Copier removes the folder it made when its task fails"
 
 
+def test_an_update_from_a_working_tree_with_uncommitted_changes_fails_with_one_line(template, tmp_path):
+    """Before, the update went through and the user's next `uv lock` failed with git's "not our ref"."""
+    project = render_without_tasks(template, tmp_path / "project")
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "--quiet"], check=True)
+    subprocess.run([*git, "add", "--all"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "project"], check=True)
+    readme = template / "README.md"
+    readme.write_text(readme.read_text() + "\nA change not committed yet.\n")
+    try:
+        command = [COPIER, "update", "--trust", "--defaults", "--vcs-ref", "HEAD", str(project)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        subprocess.run(["git", "-C", str(template), "checkout", "--", "README.md"], check=True)
+    line = refusal(result)
+    assert line.startswith(f"The template {template} has uncommitted changes"), line
+    assert line.endswith("(`git checkout -- . && git clean -fd`) and update again"), line
+    subprocess.run([*git, "checkout", "--quiet", "--", "."], check=True)
+    subprocess.run([*git, "clean", "--quiet", "-fd"], check=True)
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True)
+    assert status.stdout == "", "the line's undo leaves the project as it was"
+
+
 def test_a_copy_from_a_relative_path_fails_with_one_line(template, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -126,25 +159,7 @@ def test_a_copy_from_a_relative_path_fails_with_one_line(template, tmp_path):
 
 def test_a_copy_from_a_committed_absolute_path_passes_the_check(template, tmp_path):
     """The check alone (the task's later `uv lock` is another test's): run on a render without tasks."""
-    project = tmp_path / "project"
-    rendered = subprocess.run(
-        [
-            COPIER,
-            "copy",
-            "--trust",
-            "--defaults",
-            "--skip-tasks",
-            "--vcs-ref",
-            "HEAD",
-            str(template),
-            str(project),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert rendered.returncode == 0, explain(rendered)
+    project = render_without_tasks(template, tmp_path / "project")
     head = subprocess.run(["git", "-C", str(template), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert (
         f"git+file://localhost{template}@{head.stdout.strip()}#subdirectory=runtime"
