@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 
 import jsonschema
 import pytest
@@ -96,3 +97,12 @@ def test_the_flow_image_is_built_where_the_runs_start(project, answers):
     assert f"FROM ghcr.io/astral-sh/uv:python{answers['python_version']}-bookworm-slim" in text
     assert "WORKDIR /app" in text and "uv sync --locked --no-dev" in text
     assert f"-t {answers['flow_image']} ." in text
+    # The build reaches the pinned library: git is installed before the first `uv sync`, and a local template
+    # comes in as a named build context at the very path the pin's git+file URL names.
+    assert text.index("install -y -qq --no-install-recommends git") < text.index("RUN uv sync")
+    pin = re.search(r"git\+file://localhost(/[^@\"]+)@", (project / "pyproject.toml").read_text())
+    assert pin is not None, "a project copied from this checkout pins a local repository"
+    folder = urllib.parse.unquote(pin.group(1))
+    assert f'COPY --from=template [".", {json.dumps(folder)}]' in text
+    build = f'-f deploy/prefect/Dockerfile --build-context template="{folder}" -t {answers["flow_image"]} .'
+    assert build in text and build in (project / "docs" / "deploying.md").read_text()
