@@ -4,9 +4,10 @@
 
 A PROJECT is a local path or a git URL. Each is updated away from its own checkout: a local project in a
 git worktree on a new branch, a URL in a fresh clone, both under the workspace. Then `copier update`, and
-with no conflict the change is committed on that branch, installed and tested with the project's own
-suite. One `fleet-update` table artifact lists every project: version before and after, conflicts, test
-result, branch and where it is. A broken entry is a row with its error; the others go on. Nothing is
+with no conflict the dependencies are locked again (the update moves the library's pin), the change and
+its uv.lock are committed on that branch, installed and tested with the project's own suite. One
+`fleet-update` table artifact lists every project: version before and after, conflicts, test result,
+branch and where it is. A broken entry is a row with its error; the others go on. Nothing is
 pushed or merged: the branches are for a person (or a later CI job) to review.
 
 An entry is only ever a path or a URL: git gets `--` before it, so one starting with `-`
@@ -139,8 +140,15 @@ def commit(project: Path, message: str) -> None:
         raise FleetEntryError(f"cannot commit the update: {last_line(done.stderr) or last_line(done.stdout)}")
 
 
+def lock(project: Path) -> None:
+    """`uv lock` after the update, as its user would: the new release pins the library at another commit."""
+    locked = run_in(project, [uv(), "lock"])
+    if locked.returncode != 0:
+        raise FleetEntryError(f"uv lock failed: {last_line(locked.stderr) or last_line(locked.stdout)}")
+
+
 def run_tests(project: Path, pytest_args: list[str]) -> tuple[bool, str]:
-    synced = run_in(project, [uv(), "sync"])
+    synced = run_in(project, [uv(), "sync", "--locked"])
     if synced.returncode != 0:
         return False, f"uv sync failed: {last_line(synced.stderr)}"
     tested = run_in(project, [uv(), "run", "pytest", *pytest_args])
@@ -162,6 +170,7 @@ def update_project(
         if conflicts:
             print(f"{entry}: conflicts in {', '.join(conflicts)}; resolve them on branch {branch} in {where}")
             return row
+        lock(where)
         commit(where, f"Update from template {before} to {after}")
         passed, summary = run_tests(where, pytest_args)
         status = "updated" if passed else "tests failed"
