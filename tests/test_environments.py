@@ -101,10 +101,10 @@ from prefect.client.orchestration import get_client
 from prefect.events import Event
 
 settings = internal("config").get_settings()
-monitor = internal("flows.monitor")
+events = internal("monitoring.events")
 payload = {"reason": "drift in a test", "drift_share": 0.5}
 resource = internal("registry.store").event_resource(settings, "v-test")
-monitor.post_event(Event(event=settings.drift_event, resource=resource, payload=payload))
+events.post_event(Event(event=settings.drift_event, resource=resource, payload=payload))
 
 async def retrain_runs():
     async with get_client() as client:

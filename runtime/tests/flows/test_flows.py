@@ -9,6 +9,7 @@ from ml_lifecycle._internal.config import get_settings
 from ml_lifecycle._internal.flows import monitor as monitor_flow
 from ml_lifecycle._internal.flows.monitor import SignalLost, monitor
 from ml_lifecycle._internal.flows.train import train
+from ml_lifecycle._internal.monitoring import events
 from ml_lifecycle._internal.registry.store import load
 from ml_lifecycle._internal.serving.request_log import RequestLog
 from ml_lifecycle._internal.tables import DataError
@@ -17,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from ..conftest import make_frame, use_training_file
+from ..monitoring.verdicts import KEYS_2_0_0, ROLLOUT_KEYS_2_0_0
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -44,6 +46,7 @@ def test_monitoring_a_shifted_batch_emits_the_drift_event(trained, tmp_path, tas
     assert monitor(current_path=str(clean))["event_emitted"] is False
     since = datetime.now(UTC)
     verdict = monitor(current_path=str(shifted))
+    assert set(verdict) == KEYS_2_0_0 and set(verdict["rollout"]) == ROLLOUT_KEYS_2_0_0
     assert verdict["event_emitted"] is True and verdict["signal_lost"] is None
     assert {"size", "weight"} <= set(verdict["drifted_columns"])
     (event,) = drift_events_since(since)  # on the server, where the retrain trigger sees it
@@ -81,7 +84,7 @@ def drop_websocket_events(monkeypatch) -> list:
         dropped.append(Event(**fields))
         return dropped[-1]
 
-    monkeypatch.setattr(monitor_flow, "emit_event", emit_nothing)
+    monkeypatch.setattr(events, "emit_event", emit_nothing)
     return dropped
 
 
@@ -102,7 +105,7 @@ def test_an_event_that_never_arrives_fails_the_run_saying_the_retrain_signal_was
     trained, tmp_path, task_type, monkeypatch
 ):
     drop_websocket_events(monkeypatch)
-    monkeypatch.setattr(monitor_flow, "post_event", lambda event: None)  # the REST API drops it too
+    monkeypatch.setattr(events, "post_event", lambda event: None)  # the REST API drops it too
     prefix = "MY_ML_PROJECT_MONITORING__"
     monkeypatch.setenv(prefix + "EVENT_TIMEOUT_SECONDS", "1")
     monkeypatch.setenv(prefix + "EVENT_RETRIES", "1")
@@ -227,6 +230,7 @@ def latest_drift_artifact() -> str:
 
 def test_an_empty_window_is_a_verdict_without_an_event(request_log):
     verdict = monitor(start=datetime.now(UTC) - timedelta(seconds=1))
+    assert set(verdict) == KEYS_2_0_0  # the same keys as a judged verdict's
     assert verdict["n_current"] == 0
     assert verdict["event_emitted"] is False
     assert "min_rows" in verdict["quality"]["too_few_rows"]

@@ -16,41 +16,25 @@ from ml_lifecycle._internal.monitoring.alerts import (
     alert_kind,
     alert_text,
     notify,
+    notify_rollback,
+    rollback_text,
+    verdict_details,
     webhook_url,
 )
+from ml_lifecycle._internal.monitoring.verdict import Rollout, Verdict
 from prefect import flow
 from prefect.blocks.system import Secret
+
+from . import verdicts
 
 # The part of a Slack webhook URL that is the credential; it must never show up anywhere but the request.
 SECRET = "s3cr3tT0kenXYZ"
 SECRET_PATH = f"/services/T0TEAM/B0HOOK/{SECRET}"
 
-VERDICT = {
-    "model_version": "my_ml_project:abc123",
-    "source": "requests window 2026-11-25T10:00Z..2026-11-26T10:00Z",
-    "n_current": 1234,
-    "drift_share": 0.4,
-    "drifted": True,
-    "threshold": 0.3,
-    "drifted_columns": ["a", "b"],
-    "columns": [
-        {"column": "a", "method": "wasserstein", "score": 0.31, "threshold": 0.1, "drifted": True},
-        {"column": "b", "method": "jensenshannon", "score": 0.2, "threshold": 0.1, "drifted": True},
-        {"column": "c", "method": "wasserstein", "score": 0.01, "threshold": 0.1, "drifted": False},
-    ],
-    "prediction_drift": {"method": "jensenshannon", "score": 0.2, "threshold": 0.1, "drifted": True},
-    "performance": {
-        "metric": "roc_auc",
-        "value": 0.71,
-        "threshold": 0.8,
-        "below_threshold": True,
-        "n_labelled": 300,
-    },
-    "report": "/srv/project/reports/drift-20261126T100000Z.html",
-    "report_url": "http://reports.internal/drift-20261126T100000Z.html",
-    "event_emitted": True,
-}
-QUIET = VERDICT | {"drift_share": 0.0, "drifted": False, "drifted_columns": [], "performance": None}
+VERDICT = verdicts.drifted()
+QUIET = verdicts.quiet()
+# The verdicts monitor_like alerts on, by name: a flow's parameters go to the Prefect API as JSON.
+SENT = {"drifted": VERDICT, "quiet": QUIET}
 
 
 class Receiver:
@@ -122,9 +106,9 @@ def configure(monkeypatch):
 
 
 @flow(name="monitor-like")
-def monitor_like(verdict: dict) -> bool:
+def monitor_like(verdict: str = "drifted") -> bool:
     """Calls notify as the monitor flow does, with the settings of the moment."""
-    return notify(verdict)
+    return notify(SENT[verdict])
 
 
 def free_port() -> int:
@@ -139,7 +123,7 @@ def free_port() -> int:
 def test_the_message_says_what_drifted_how_the_model_does_and_what_happens_next():
     text = alert_text(VERDICT, "Churn Model")
     assert text.splitlines()[0] == (
-        f"[Churn Model] data drift and model performance below threshold for model {VERDICT['model_version']}"
+        f"[Churn Model] data drift and model performance below threshold for model {VERDICT.model_version}"
     )
     assert "Drift share: 40% of columns drifted (threshold 30%): a (wasserstein 0.31" in text
     assert "b (jensenshannon 0.2" in text and "c (wasserstein" not in text
@@ -150,8 +134,9 @@ def test_the_message_says_what_drifted_how_the_model_does_and_what_happens_next(
     assert "Retraining has been requested" in text
 
 
-def test_a_minimal_verdict_still_makes_a_message():
-    minimal = {"model_version": "m:1", "drift_share": 0.5, "drifted": True, "n_current": 60}
+def test_a_verdict_without_details_still_makes_a_message():
+    drift = verdicts.drift_result(0.5, columns=[], prediction=None, n_current=60, drifted=[])
+    minimal = Verdict("m:1", "", 60, drift=drift, event_emitted=True)
     text = alert_text(minimal, "P")
     assert text.startswith("[P] data drift detected for model m:1")
     assert "Drift share: 50%" in text and "Rows checked: 60" in text
@@ -159,24 +144,48 @@ def test_a_minimal_verdict_still_makes_a_message():
 
 
 def test_many_drifted_columns_are_shortened():
-    many = VERDICT | {"drifted_columns": [f"col{i}" for i in range(12)], "columns": []}
+    names = [f"col{i}" for i in range(12)]
+    many = verdicts.drifted(drift=verdicts.drift_result(columns=[], drifted=names))
     assert "col4, and 7 more" in alert_text(many, "P")
 
 
 def test_performance_alone_is_its_own_kind_of_alert():
-    verdict = QUIET | {"performance": VERDICT["performance"]}
+    verdict = verdicts.quiet(performance=verdicts.WORSE)
     assert alert_kind(verdict) == "performance"
     assert "model performance below threshold" in alert_text(verdict, "P").splitlines()[0]
 
 
 def test_the_json_format_carries_the_fields_a_receiver_routes_on(settings):
-    body = alert_body("the text", VERDICT, "json")
+    body = alert_body("the text", verdict_details(VERDICT), "json")
     assert body["text"] == "the text" and body["kind"] == "drift_and_performance"
     assert body["project"] == settings.project.name
-    assert body["model_version"] == VERDICT["model_version"] and body["drifted_columns"] == ["a", "b"]
+    assert body["model_version"] == VERDICT.model_version and body["drifted_columns"] == ["a", "b"]
     assert body["performance"]["value"] == 0.71
+    assert body["event_emitted"] is True and body["report_url"] == VERDICT.report_url
     assert json.loads(json.dumps(body)) == body
-    assert alert_body("the text", VERDICT, "slack") == {"text": "the text"}
+    assert alert_body("the text", verdict_details(VERDICT), "slack") == {"text": "the text"}
+
+
+def test_a_quiet_verdict_is_no_alert_and_a_lost_event_is_said():
+    assert alert_kind(QUIET) == "none" and alert_kind(verdicts.not_enough()) == "none"
+    lost = alert_text(verdicts.drifted(event_emitted=False), "P")
+    assert "Retraining was NOT requested" in lost
+
+
+ROLLED_BACK = Rollout(
+    "rolled back", "automatic: roc_auc worse", "p:new", "p:old", retired="p:new", restored="p:old"
+)
+
+
+def test_the_rollback_message_says_how_to_promote_the_model_again():
+    text = rollback_text(ROLLED_BACK, "P", "my_pkg")
+    assert text.startswith("[P] model p:new rolled back automatically: production is p:old again")
+    assert "Reason: automatic: roc_auc worse" in text
+    assert "`python -m my_pkg promote --tag p:new --allow-rolled-back`" in text
+    failed = Rollout("rollback failed", "automatic: x", "p:new", "p:old", rollback_error="LookupError: gone")
+    assert "should be rolled back (previous model p:old) but the rollback failed: LookupError: gone" in (
+        rollback_text(failed, "P", "my_pkg")
+    )
 
 
 # --- where the URL comes from ------------------------------------------------------------------------
@@ -206,7 +215,7 @@ def test_a_webhook_that_is_no_url_is_refused_without_repeating_it(configure):
 def test_slack_receiver_gets_the_text(configure, receiver):
     hook = receiver()
     settings = configure(url=hook.url)
-    assert monitor_like(VERDICT) is True
+    assert monitor_like() is True
     (post,) = hook.posts
     assert post["path"] == SECRET_PATH
     assert post["headers"]["Content-Type"] == "application/json"
@@ -214,10 +223,25 @@ def test_slack_receiver_gets_the_text(configure, receiver):
 
 
 @pytest.mark.usefixtures("prefect_server")
+def test_a_rollback_alert_reaches_the_receiver_and_a_missing_block_is_only_a_warning(
+    configure, receiver, caplog
+):
+    hook = receiver()
+    settings = configure(url=hook.url, format="json")
+    assert notify_rollback(ROLLED_BACK, settings) is True
+    body = hook.posts[0]["body"]
+    assert body["kind"] == "none" and body["model_version"] == "p:new"
+    assert body["text"] == rollback_text(ROLLED_BACK, settings.project.name, settings.project.package)
+    broken = configure(webhook_block="no-such-webhook")
+    assert notify_rollback(ROLLED_BACK, broken) is False  # the rollback stands
+    assert "Rollback alert not delivered: AlertConfigError" in caplog.text
+
+
+@pytest.mark.usefixtures("prefect_server")
 def test_json_receiver_gets_the_text_and_the_verdict(configure, receiver):
     hook = receiver()
     settings = configure(url=hook.url, format="json")
-    assert monitor_like(VERDICT) is True
+    assert monitor_like() is True
     body = hook.posts[0]["body"]
     assert body["kind"] == "drift_and_performance" and body["drift_share"] == 0.4
     assert body["text"].startswith(f"[{settings.project.name}]")
@@ -227,7 +251,7 @@ def test_json_receiver_gets_the_text_and_the_verdict(configure, receiver):
 def test_a_flaky_receiver_is_retried_until_it_answers(configure, receiver):
     hook = receiver(500, 500, 200)
     configure(url=hook.url, retries=2)
-    assert monitor_like(VERDICT) is True
+    assert monitor_like() is True
     assert len(hook.posts) == 3
 
 
@@ -235,7 +259,7 @@ def test_a_flaky_receiver_is_retried_until_it_answers(configure, receiver):
 def test_a_passing_check_sends_nothing(configure, receiver):
     hook = receiver()
     configure(url=hook.url)
-    assert monitor_like(QUIET) is False
+    assert monitor_like("quiet") is False
     assert hook.posts == []
 
 
@@ -255,7 +279,7 @@ def test_a_receiver_that_stays_down_costs_a_warning_never_the_run_nor_the_secret
     configure(url=url, retries=2)
     caplog.set_level(logging.DEBUG)  # every library's log lines, httpx's request lines included
     caplog.set_level(logging.DEBUG, logger="httpx")
-    state = monitor_like(VERDICT, return_state=True)
+    state = monitor_like(return_state=True)
     assert state.is_completed() and state.result() is False
     assert "Alert not delivered" in caplog.text and "http://127.0.0.1:" in caplog.text
     if hook is not None:
@@ -272,7 +296,7 @@ def test_the_url_can_live_in_a_prefect_secret_block(configure, receiver):
     Secret(value=hook.url).save("test-alert-webhook", overwrite=True)
     settings = configure(webhook_block="test-alert-webhook")
     assert webhook_url(settings) == hook.url
-    assert monitor_like(VERDICT) is True and len(hook.posts) == 1
+    assert monitor_like() is True and len(hook.posts) == 1
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -12,32 +12,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from ml_lifecycle._internal.config import PACKAGE
+from ml_lifecycle._internal.monitoring.drift import ColumnDrift
 from ml_lifecycle._internal.monitoring.pushgateway import PUSHED_METRICS, push_verdict
 from prometheus_client.parser import text_string_to_metric_families
 
-VERSION = "my_ml_project:abc123"
-VERDICT = {
-    "model_version": VERSION,
-    "source": "requests window 2026-11-25T10:00Z..",
-    "n_current": 1234,
-    "drift_share": 0.4,
-    "drifted": True,
-    "threshold": 0.3,
-    "drifted_columns": ["a"],
-    "columns": [
-        {"column": "a", "method": "wasserstein", "score": 0.31, "threshold": 0.1, "drifted": True},
-        {"column": "b", "method": "jensenshannon", "score": 0.02, "threshold": 0.1, "drifted": False},
-    ],
-    "prediction_drift": {"method": "jensenshannon", "score": 0.2, "threshold": 0.1, "drifted": True},
-    "performance": {
-        "metric": "roc_auc",
-        "value": 0.71,
-        "threshold": 0.8,
-        "below_threshold": True,
-        "n_labelled": 300,
-    },
-}
-MINIMAL = {"model_version": VERSION, "drift_share": 0.0, "drifted": False, "n_current": 80}
+from . import verdicts
+
+VERSION = verdicts.VERSION
+COLUMNS = [
+    ColumnDrift("a", "wasserstein", 0.31, 0.1, True),
+    ColumnDrift("b", "jensenshannon", 0.02, 0.1, False),
+]
+VERDICT = verdicts.drifted(drift=verdicts.drift_result(columns=COLUMNS))
+MINIMAL = verdicts.not_enough(rows=80)  # too few rows: no drift result, no columns, no performance
 
 
 class Gateway:

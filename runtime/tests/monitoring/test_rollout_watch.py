@@ -12,6 +12,7 @@ from ml_lifecycle._internal.config import PACKAGE, get_settings
 from ml_lifecycle._internal.monitoring import rollout_watch
 from ml_lifecycle._internal.monitoring.rollout_watch import Served
 from ml_lifecycle._internal.monitoring.served_traffic import Window
+from ml_lifecycle._internal.monitoring.verdict import Rollout
 from ml_lifecycle._internal.registry import aliases, store
 from ml_lifecycle._internal.serving.request_log import RequestLog
 from ml_lifecycle._internal.tables import feature_schema
@@ -403,12 +404,12 @@ def test_the_watch_outside_its_period_says_why(watched_project):
 def test_a_rollback_that_cannot_happen_is_reported_not_raised(watched_project):
     from ml_lifecycle._internal.flows.monitor import roll_back
 
-    watched = {"live": NEW, "previous": OLD, "reason": "automatic: test"}
+    watched = Rollout("roll back", "automatic: test", live=NEW, previous=OLD)
     gone = roll_back(watched_project, watched)  # OLD is not in the model store
-    assert gone["state"] == "rollback failed" and "no longer in the store" in gone["rollback_error"]
-    moved = roll_back(watched_project, watched | {"live": f"{PACKAGE}:other"})
-    assert moved["state"] == "rollback failed"
-    assert moved["rollback_error"] == (
+    assert gone.state == "rollback failed" and "no longer in the store" in gone.rollback_error
+    moved = roll_back(watched_project, replace(watched, live=f"{PACKAGE}:other"))
+    assert moved.state == "rollback failed"
+    assert moved.rollback_error == (
         f"LookupError: production is {NEW}, not {PACKAGE}:other; nothing rolled back"
     )
     assert aliases.read(watched_project).production == NEW  # nothing changed
@@ -422,13 +423,13 @@ def test_two_monitors_rolling_back_at_once_one_acts_the_other_says_it_is_done(wa
     from ml_lifecycle._internal.flows.monitor import roll_back
 
     previous_tag, _ = saved_previous(watched_project, task_type)
-    watched = {"live": NEW, "previous": previous_tag, "reason": "automatic: test"}
+    watched = Rollout("roll back", "automatic: test", live=NEW, previous=previous_tag)
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: roll_back(watched_project, watched), range(2)))
-    states = sorted(result["state"] for result in results)
+    states = sorted(result.state for result in results)
     assert states == ["already rolled back", "rolled back"], results
-    done = next(result for result in results if result["state"] == "already rolled back")
-    assert f"{NEW} was rolled back already at " in done["reason"]
+    done = next(result for result in results if result.state == "already rolled back")
+    assert f"{NEW} was rolled back already at " in done.reason
     assert aliases.read(watched_project).production == previous_tag
 
 

@@ -1,4 +1,5 @@
-"""Webhook alerts: one message when the monitor finds drift or performance below its threshold.
+"""Webhook alerts: one message when the monitor's verdict finds drift or performance below its threshold, and
+one when the watch after rollout rolls a model back (or fails to).
 
 The webhook URL is a secret (a Slack incoming-webhook URL embeds its token in the path), so it is read at
 send time from a Prefect Secret block or an environment variable and never leaves this module: not in task
@@ -13,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,11 +25,15 @@ from prefect.exceptions import MissingContextError
 
 from ..config import Settings, get_settings
 
+if TYPE_CHECKING:
+    from .drift import ColumnDrift
+    from .verdict import Performance, Rollout, Verdict
+
 # Drifted columns named in the message; the rest are counted ("and 12 more").
 TOP_COLUMNS = 5
 # Characters of a failing receiver's answer kept in the error, enough for Slack's "invalid_token" and kin.
 ANSWER_CHARS = 200
-# The verdict's fields that the "json" format forwards besides the text.
+# The verdict's fields (keys of Verdict.as_dict) that the "json" format forwards besides the text.
 JSON_FIELDS = (
     "model_version",
     "source",
@@ -114,16 +119,15 @@ def _scrub(text: str, url: str) -> str:
 # --- what is said -------------------------------------------------------------------------------------
 
 
-def alert_kind(verdict: dict[str, Any]) -> str:
+def alert_kind(verdict: Verdict) -> str:
     """Why the verdict deserves an alert: "drift", "performance", "drift_and_performance", or "none"."""
-    drift = bool(verdict.get("drifted"))
-    performance = bool((verdict.get("performance") or {}).get("below_threshold"))
+    drift, performance = verdict.drifted, verdict.performance_below
     if drift and performance:
         return "drift_and_performance"
     return "drift" if drift else "performance" if performance else "none"
 
 
-def alert_text(verdict: dict[str, Any], project_name: str) -> str:
+def alert_text(verdict: Verdict, project_name: str) -> str:
     """One plain-text message, readable in Slack, Mattermost, Teams and e-mail alike (no markup)."""
     kind = alert_kind(verdict)
     headline = {
@@ -132,83 +136,100 @@ def alert_text(verdict: dict[str, Any], project_name: str) -> str:
         "drift_and_performance": "data drift and model performance below threshold",
         "none": "monitor check passed",
     }[kind]
-    lines = [f"[{project_name}] {headline} for model {verdict.get('model_version', 'unknown')}"]
+    lines = [f"[{project_name}] {headline} for model {verdict.model_version}"]
     lines.append(_drift_line(verdict))
-    lines += _prediction_drift_lines(verdict.get("prediction_drift"))
-    lines += _performance_lines(verdict.get("performance"))
-    source = verdict.get("source")
-    lines.append(f"Rows checked: {verdict.get('n_current', 0):,}" + (f" ({source})" if source else ""))
-    if verdict.get("report_url"):
-        lines.append(f"Report: {verdict['report_url']}")
-    elif verdict.get("report"):
-        lines.append(f"Report file on the monitor's host: {verdict['report']}")
+    lines += _prediction_drift_lines(verdict.prediction_drift)
+    lines += _performance_lines(verdict.performance)
+    source = verdict.source
+    lines.append(f"Rows checked: {verdict.n_current:,}" + (f" ({source})" if source else ""))
+    if verdict.report_url:
+        lines.append(f"Report: {verdict.report_url}")
+    elif verdict.report:
+        lines.append(f"Report file on the monitor's host: {verdict.report}")
     if kind != "none":
         lines.append(_retraining_line(verdict))
     return "\n".join(lines)
 
 
-def _drift_line(verdict: dict[str, Any]) -> str:
-    share, threshold = float(verdict.get("drift_share", 0.0)), verdict.get("threshold")
+def _drift_line(verdict: Verdict) -> str:
+    share, threshold = float(verdict.drift_share), verdict.threshold
     line = f"Drift share: {share:.0%} of columns drifted"
     if threshold is not None:
         line += f" (threshold {float(threshold):.0%})"
-    drifted = list(verdict.get("drifted_columns") or [])
+    drifted = verdict.drifted_columns
     if drifted:
-        details = {c.get("column"): c for c in verdict.get("columns") or []}
+        details = {c.column: c for c in verdict.columns}
         named = [_column(name, details.get(name)) for name in drifted[:TOP_COLUMNS]]
         more = f", and {len(drifted) - TOP_COLUMNS} more" if len(drifted) > TOP_COLUMNS else ""
         line += ": " + ", ".join(named) + more
     return line
 
 
-def _column(name: str, detail: dict[str, Any] | None) -> str:
-    if not detail or detail.get("score") is None:
+def _column(name: str, detail: ColumnDrift | None) -> str:
+    if detail is None or detail.score is None:
         return str(name)
-    return (
-        f"{name} ({detail.get('method', 'score')} {detail['score']:.3g}, threshold {detail.get('threshold')})"
-    )
+    return f"{name} ({detail.method} {detail.score:.3g}, threshold {detail.threshold})"
 
 
-def _prediction_drift_lines(prediction: dict[str, Any] | None) -> list[str]:
-    if not prediction:
+def _prediction_drift_lines(prediction: ColumnDrift | None) -> list[str]:
+    if prediction is None:
         return []
-    state = "drifted" if prediction.get("drifted") else "stable"
+    state = "drifted" if prediction.drifted else "stable"
     return [
-        f"Prediction drift: {state} ({prediction.get('method', 'score')} {prediction.get('score', 0):.3g}, "
-        f"threshold {prediction.get('threshold')})"
+        f"Prediction drift: {state} ({prediction.method} {prediction.score:.3g}, "
+        f"threshold {prediction.threshold})"
     ]
 
 
-def _performance_lines(performance: dict[str, Any] | None) -> list[str]:
-    if not performance or performance.get("value") is None:
+def _performance_lines(performance: Performance | None) -> list[str]:
+    if performance is None or performance.value is None:
         return []
-    line = f"Performance: {performance.get('metric', 'metric')} {performance['value']:.3f}"
-    if performance.get("n_labelled") is not None:
-        line += f" on {performance['n_labelled']:,} labelled rows"
-    if performance.get("threshold"):
+    line = f"Performance: {performance.metric} {performance.value:.3f}"
+    line += f" on {performance.n_labelled:,} labelled rows"
+    if performance.threshold:
         # "below" means worse: for an error metric such as RMSE that is a value above the threshold
-        verdict = "worse than" if performance.get("below_threshold") else "within"
-        line += f", {verdict} the threshold {performance['threshold']}"
+        verdict = "worse than" if performance.below_threshold else "within"
+        line += f", {verdict} the threshold {performance.threshold}"
     return [line]
 
 
-def _retraining_line(verdict: dict[str, Any]) -> str:
-    # The flow sets event_emitted after emit_event; without the key the flow is assumed to have asked.
-    if verdict.get("event_emitted", True):
+def _retraining_line(verdict: Verdict) -> str:
+    if verdict.event_emitted:
         return "Retraining has been requested (the retrain deployment reacts to the monitor's event)."
     return "Retraining was NOT requested: the monitor's event could not be emitted; see the flow run."
 
 
-def alert_body(text: str, verdict: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """The JSON the webhook receives: Slack-style `{"text": ...}`, or for "json" the text plus the verdict's
-    main fields so a receiver of your own can route and chart alerts without parsing prose."""
+def rollback_text(rollout: Rollout, project_name: str, package: str) -> str:
+    """The message of an automatic rollback (or of one that failed)."""
+    if rollout.state == "rolled back":
+        return (
+            f"[{project_name}] model {rollout.retired} rolled back automatically: production is "
+            f"{rollout.restored} again\nReason: {rollout.reason}\nThe rolled-back model is not promoted "
+            f"again on its own; `python -m {package} promote --tag {rollout.retired} --allow-rolled-back` "
+            "does."
+        )
+    return (
+        f"[{project_name}] model {rollout.live} should be rolled back (previous model {rollout.previous}) "
+        f"but the rollback failed: {rollout.rollback_error}\nReason: {rollout.reason}"
+    )
+
+
+def verdict_details(verdict: Verdict) -> dict[str, Any]:
+    """What the "json" format forwards besides the text: the kind of alert and the verdict's main fields."""
+    found = verdict.as_dict()
+    return {"kind": alert_kind(verdict), **{key: found[key] for key in JSON_FIELDS}}
+
+
+def alert_body(text: str, details: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The JSON the webhook receives: Slack-style `{"text": ...}`, or for "json" the text plus `details`
+    (the kind and the verdict's main fields) so a receiver of your own can route and chart alerts without
+    parsing prose."""
     if fmt == "slack":
         return {"text": text}
     if fmt != "json":
         raise AlertConfigError(f"alerts.format is {fmt!r}; expected 'slack' or 'json'")
-    fields = {key: verdict.get(key) for key in JSON_FIELDS if key in verdict}
     project = get_settings().project.name
-    return _jsonable({"text": text, "project": project, "kind": alert_kind(verdict), **fields})
+    return _jsonable({"text": text, "project": project, **details})
 
 
 def _jsonable(value: Any) -> Any:
@@ -224,7 +245,7 @@ def _jsonable(value: Any) -> Any:
 
 
 @task(name="send-alert", cache_policy=NO_CACHE)
-def send_alert(text: str, verdict: dict[str, Any]) -> bool:
+def send_alert(text: str, details: dict[str, Any]) -> bool:
     """POST the alert; any failure raises so Prefect retries the task.
 
     The URL is resolved here, inside the task, instead of being passed in: task parameters can end up in
@@ -233,7 +254,7 @@ def send_alert(text: str, verdict: dict[str, Any]) -> bool:
     url = webhook_url(settings)
     if url is None:
         raise AlertConfigError("no alert webhook configured (alerts.webhook_block or alerts.webhook_env)")
-    body = alert_body(text, verdict, settings.alerts.format)
+    body = alert_body(text, details, settings.alerts.format)
     _post(url, body, settings.alerts.timeout_seconds)
     _logger().info("Alert sent to %s", redacted(url))
     return True
@@ -286,7 +307,7 @@ def _httpx_logs_redacted(url: str) -> Iterator[None]:
             logger.removeFilter(redactor)
 
 
-def notify(verdict: dict[str, Any], settings: Settings | None = None) -> bool:
+def notify(verdict: Verdict, settings: Settings | None = None) -> bool:
     """Send the alert for a drifted or under-performing verdict, with Prefect retries; True when sent.
 
     False when there is nothing to alert, no webhook is configured, or the receiver still fails after the
@@ -301,12 +322,9 @@ def notify(verdict: dict[str, Any], settings: Settings | None = None) -> bool:
     if alert_kind(verdict) == "none":
         logger.debug("nothing to alert: no drift and performance within its threshold")
         return False
-    sender = send_alert.with_options(
-        retries=settings.alerts.retries, retry_delay_seconds=settings.alerts.retry_delay_seconds
-    )
     text = alert_text(verdict, settings.project.name)
     try:
-        return sender(text, verdict)
+        return _sender(settings)(text, verdict_details(verdict))
     except Exception as exc:  # best effort: whatever stops the alert, the monitor's verdict must stand
         logger.warning(
             "Alert not delivered (%d attempts allowed): %s. The monitor's verdict and event stand; check the "
@@ -316,3 +334,23 @@ def notify(verdict: dict[str, Any], settings: Settings | None = None) -> bool:
             settings.alerts.webhook_env or "alerts.webhook_env",
         )
         return False
+
+
+def notify_rollback(rollout: Rollout, settings: Settings) -> bool:
+    """Send the alert of an automatic rollback (or of one that failed); True when sent. Never raises: the
+    rollback stands whatever the alert runs into, a misconfigured webhook included (logged)."""
+    try:
+        if webhook_url(settings) is None:
+            return False
+        text = rollback_text(rollout, settings.project.name, settings.project.package)
+        return _sender(settings)(text, {"kind": "none", "model_version": rollout.retired or rollout.live})
+    except Exception as exc:  # an alert that cannot go out is a warning, as for drift alerts
+        _logger().warning("Rollback alert not delivered: %s: %s", type(exc).__name__, exc)
+        return False
+
+
+def _sender(settings: Settings) -> Any:
+    """send_alert with the retries the settings ask for."""
+    return send_alert.with_options(
+        retries=settings.alerts.retries, retry_delay_seconds=settings.alerts.retry_delay_seconds
+    )

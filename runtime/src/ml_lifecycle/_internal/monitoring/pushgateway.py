@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from ..config import PACKAGE, Settings
+
+if TYPE_CHECKING:
+    from .drift import ColumnDrift
+    from .verdict import Performance, Verdict
 
 DRIFT_SHARE = f"{PACKAGE}_drift_share"
 DRIFT_DETECTED = f"{PACKAGE}_drift_detected"
@@ -51,63 +55,62 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
-def verdict_registry(verdict: dict[str, Any], now: float | None = None) -> CollectorRegistry:
+def verdict_registry(verdict: Verdict, now: float | None = None) -> CollectorRegistry:
     """A fresh registry holding the verdict's gauges, each labelled with the model version it judged."""
     registry = CollectorRegistry()
-    version = str(verdict.get("model_version", "unknown"))
+    version = verdict.model_version
 
     def gauge(name: str, documentation: str, *labels: str) -> Gauge:
         return Gauge(name, documentation, [*labels, "model_version"], registry=registry)
 
     gauge(DRIFT_SHARE, "Share of columns that drifted in the last monitor run").labels(
         model_version=version
-    ).set(float(verdict["drift_share"]))
+    ).set(float(verdict.drift_share))
     gauge(DRIFT_DETECTED, "1 when the drift share reached the threshold in the last monitor run").labels(
         model_version=version
-    ).set(1 if verdict["drifted"] else 0)
+    ).set(1 if verdict.drifted else 0)
     gauge(ROWS_CHECKED, "Rows of the current batch in the last monitor run").labels(
         model_version=version
-    ).set(int(verdict["n_current"]))
-    _column_gauges(gauge, verdict.get("columns") or [], version)
-    _prediction_gauge(gauge, verdict.get("prediction_drift"), version)
-    _performance_gauges(gauge, verdict.get("performance"), version)
+    ).set(int(verdict.n_current))
+    _column_gauges(gauge, verdict.columns, version)
+    _prediction_gauge(gauge, verdict.prediction_drift, version)
+    _performance_gauges(gauge, verdict.performance, version)
     gauge(LAST_SUCCESS, "Unix time of the last monitor run that pushed its verdict").labels(
         model_version=version
     ).set(time.time() if now is None else now)
     return registry
 
 
-def _column_gauges(gauge: Any, columns: list[dict[str, Any]], version: str) -> None:
+def _column_gauges(gauge: Any, columns: list[ColumnDrift], version: str) -> None:
     score = gauge(COLUMN_DRIFT_SCORE, "Drift score of a column (the method's distance or p-value)", "column")
     drifted = gauge(COLUMN_DRIFTED, "1 when the column drifted past its method's threshold", "column")
     for column in columns:
-        name = str(column.get("column"))
-        if column.get("score") is not None:
-            score.labels(column=name, model_version=version).set(float(column["score"]))
-        drifted.labels(column=name, model_version=version).set(1 if column.get("drifted") else 0)
+        if column.score is not None:
+            score.labels(column=column.column, model_version=version).set(float(column.score))
+        drifted.labels(column=column.column, model_version=version).set(1 if column.drifted else 0)
 
 
-def _prediction_gauge(gauge: Any, prediction: dict[str, Any] | None, version: str) -> None:
-    if prediction and prediction.get("score") is not None:
+def _prediction_gauge(gauge: Any, prediction: ColumnDrift | None, version: str) -> None:
+    if prediction is not None and prediction.score is not None:
         gauge(PREDICTION_DRIFT_SCORE, "Drift score of the model's predictions").labels(
             model_version=version
-        ).set(float(prediction["score"]))
+        ).set(float(prediction.score))
 
 
-def _performance_gauges(gauge: Any, performance: dict[str, Any] | None, version: str) -> None:
-    if not performance or performance.get("value") is None:
+def _performance_gauges(gauge: Any, performance: Performance | None, version: str) -> None:
+    if performance is None or performance.value is None:
         return
-    metric = str(performance.get("metric", "metric"))
+    metric = performance.metric
     gauge(MODEL_PERFORMANCE, "Model performance on the labelled rows of the window", "metric").labels(
         metric=metric, model_version=version
-    ).set(float(performance["value"]))
-    if performance.get("threshold"):
+    ).set(float(performance.value))
+    if performance.threshold:
         gauge(
             PERFORMANCE_BELOW_THRESHOLD, "1 when performance was worse than its threshold", "metric"
-        ).labels(metric=metric, model_version=version).set(1 if performance.get("below_threshold") else 0)
+        ).labels(metric=metric, model_version=version).set(1 if performance.below_threshold else 0)
 
 
-def push_verdict(verdict: dict[str, Any], settings: Settings) -> bool:
+def push_verdict(verdict: Verdict, settings: Settings) -> bool:
     """Push the verdict's gauges to monitoring.pushgateway_url; True when the gateway took them.
 
     False without a configured gateway, and False with a warning when the gateway cannot be reached or
