@@ -93,12 +93,14 @@ def main(
     argv: list[str],
     migration: str,
     migrate: Callable[[Path, Path, str], list[Note]],
-    heading: Callable[[str, str], str],
+    subject: str,
+    explanation: str,
     *,
     after_earlier: bool = False,
 ) -> int:
     """The migration's command (VERSION_FROM VERSION_TO, in the project folder): render the template at both
-    versions with the project's answers, `migrate(old, new, package)`, and report the notes."""
+    versions with the project's answers, `migrate(old, new, package)`, and report the notes under a heading
+    on `subject` and the `explanation` of what changed and what the user does."""
     version_from, version_to = argv
     old_answers = yaml.safe_load(committed(".copier-answers.yml") or "{}")
     new_answers = yaml.safe_load(Path(".copier-answers.yml").read_text())
@@ -120,7 +122,7 @@ def main(
     report(
         notes,
         f"{migration} ({version_from} -> {version_to})",
-        heading(version_from, version_to),
+        f"# Migrating from {version_from} to {version_to}: {subject}\n\n{explanation}\n\n",
         after_earlier=after_earlier,
     )
     return 0

@@ -221,16 +221,22 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
     return notes + conflicts()
 
 
-def heading(version_from: str, version_to: str) -> str:
-    return (
-        f"# Migrating from {version_from} to {version_to}: the ml-lifecycle library\n\n"
-        "The machinery (training, registry, serving, monitoring, flows, the demo) is the ml-lifecycle "
-        "library now, pinned in pyproject.toml; the package keeps dataset.py, features.py and model.py, and "
-        "thin flows.py, service.py and __main__.py. Run `uv lock` (or `uv sync`) for the new pin. "
-        "These files had your changes; act as each line says, then delete migration/ and this file.\n\n"
-    )
-
+EXPLANATION = (
+    "The machinery (training, registry, serving, monitoring, flows, the demo) is the ml-lifecycle library "
+    "now, pinned in pyproject.toml; the package keeps dataset.py, features.py and model.py, and thin "
+    "flows.py, service.py and __main__.py. Run `uv lock` (or `uv sync`) for the new pin. These files had "
+    "your changes; act as each line says, then delete migration/ and this file."
+)
 
 if __name__ == "__main__":
     # The stage-layout migration's notes, when it ran in the same update, come first.
-    sys.exit(common.main(sys.argv[1:], "Library migration", migrate, heading, after_earlier=True))
+    sys.exit(
+        common.main(
+            sys.argv[1:],
+            "Library migration",
+            migrate,
+            "the ml-lifecycle library",
+            EXPLANATION,
+            after_earlier=True,
+        )
+    )

@@ -145,14 +145,11 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
     return notes + conflicts()
 
 
-def heading(version_from: str, version_to: str) -> str:
-    return (
-        f"# Migrating from {version_from} to {version_to}: the stage layout\n\n"
-        "The package is grouped by lifecycle stage now (training/, registry/, serving/, monitoring/, local/) "
-        "and your code goes in three fenced files: dataset.py, features.py, model.py. These files had your "
-        "changes; move them as each line says, then delete migration/ and this file.\n\n"
-    )
-
+EXPLANATION = (
+    "The package is grouped by lifecycle stage now (training/, registry/, serving/, monitoring/, local/) and "
+    "your code goes in three fenced files: dataset.py, features.py, model.py. These files had your changes; "
+    "move them as each line says, then delete migration/ and this file."
+)
 
 if __name__ == "__main__":
-    sys.exit(common.main(sys.argv[1:], "Stage layout migration", migrate, heading))
+    sys.exit(common.main(sys.argv[1:], "Stage layout migration", migrate, "the stage layout", EXPLANATION))
