@@ -27,3 +27,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     if report.failed and not is_slow(item):
         item.session.shouldfail = f"a fast test failed ({item.nodeid}): the slow tier is not run"
+
+
+class ModuleTimes:
+    """Seconds per test module (setup, call and teardown summed), printed at the end of every run: a CI log
+    then shows which modules the time goes to (their installs and training are in setup), not only the
+    30 slowest phases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.tests: dict[str, set[str]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        module = report.nodeid.split("::")[0]
+        self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
+        self.tests.setdefault(module, set()).add(report.nodeid)
+
+    def lines(self) -> list[str]:
+        """One line a module, slowest first (seconds, tests, module), then the total."""
+        rows = sorted(self.seconds.items(), key=lambda item: item[1], reverse=True)
+        width = len(f"{sum(self.seconds.values()):.1f}")
+        lines = [f"{seconds:>{width}.1f}s {len(self.tests[m]):>4} tests  {m}" for m, seconds in rows]
+        return [*lines, f"{sum(self.seconds.values()):>{width}.1f}s total in {len(rows)} modules"]
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.seconds:
+            terminalreporter.write_sep("=", "seconds per module (setup, call and teardown)")
+            for line in self.lines():
+                terminalreporter.write_line(line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(ModuleTimes(), "module-times")

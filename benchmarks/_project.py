@@ -7,6 +7,7 @@ The measurement then runs in the project's folder and environment, where `import
 library to the project.
 
     uv run python benchmarks/<name>.py [--quick] [--project-dir DIR] [the benchmark's options]
+    uv run python benchmarks/_project.py --project-dir DIR [--quick]    (install and train only)
 
 `--project-dir DIR` renders and installs into DIR, or reuses the project already installed there (so
 several benchmarks, or a test's runs, share one), and keeps it; without it a temporary folder is used and
@@ -145,6 +146,15 @@ def package_of(root: Path) -> str:
     return tomllib.loads((root / "settings.toml").read_text())["project"]["package"]
 
 
+def with_model(project: Project, *, quick: bool) -> None:
+    """A production model, trained with `python -m <package> train` (3 Optuna trials when `quick`) unless
+    the project has one already."""
+    if not project.has_production_model():
+        log(f"training a production model in {project.root} ...")
+        trials = ["--n-trials", "3"] if quick else []
+        project.check(project.python("-m", project.package, "train", *trials))
+
+
 def main(script: str, argv: list[str], *, needs_model: bool) -> int:
     """A benchmark's command from the generator's checkout: install the project (and a production model if
     `needs_model`), then run `script` in it with the other options; its exit code is ours and its stdout
@@ -155,12 +165,20 @@ def main(script: str, argv: list[str], *, needs_model: bool) -> int:
     workdir = known.project_dir.resolve() if known.project_dir else Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         project = install(workdir)
-        if needs_model and not project.has_production_model():
-            log(f"training a production model in {project.root} ...")
-            trials = ["--n-trials", "3"] if "--quick" in rest else []
-            project.check(project.python("-m", project.package, "train", *trials))
+        if needs_model:
+            with_model(project, quick="--quick" in rest)
         inside = project.with_env(**{IN_PROJECT: str(project.root)})
         return inside.run(inside.python(str(Path(script).resolve()), *rest), capture=False).returncode
     finally:
         if not known.project_dir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # `python benchmarks/_project.py --project-dir DIR [--quick]`: install a project with a production model
+    # in DIR for benchmarks to share (tests/conftest.py's benchmark_project), without running one.
+    parser = argparse.ArgumentParser(description="install a project with a production model in DIR")
+    parser.add_argument("--project-dir", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="train with 3 Optuna trials")
+    args = parser.parse_args()
+    with_model(install(args.project_dir.resolve()), quick=args.quick)

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import plumbum
 from copier import run_copy
+from ml_lifecycle._internal.local.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 3.0
@@ -174,15 +175,8 @@ def signal_all(pids: list[int], sig: int) -> None:
 
 def stop_everything(process: subprocess.Popen | None, marker: str, grace: float = 20) -> None:
     """The server's process group first (SIGTERM, then SIGKILL), then every marked process left over."""
-    if process is not None and process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    if process is not None:
+        stop_group(process, grace)
     leftovers = marked_processes(marker)
     if leftovers:
         print(f"stopping leftover processes {leftovers}", file=sys.stderr, flush=True)

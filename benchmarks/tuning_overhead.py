@@ -1,6 +1,6 @@
 """Benchmark P1: what does running Optuna inside the training flow cost next to a bare Optuna loop?
 
-    uv run python benchmarks/tuning_overhead.py [--trials 50] [--repeats 3] [--quick] [--keep DIR]
+    uv run python benchmarks/tuning_overhead.py [--trials 50] [--repeats 3] [--quick] [--project-dir DIR]
 
 --quick (tests/test_generator_benchmarks.py) runs every step with 3 trials in batches of 2, two rounds (both
 orders): it checks the wiring and the keys, not the goal.
@@ -10,7 +10,8 @@ tasks) / (a bare `study.optimize` loop).
 
 How it is measured, and why:
 - It renders the template (a clone of the committed HEAD, default answers) and installs the project with
-  `uv sync`, so it measures the code a user gets, in the project's own environment (the inner script,
+  `uv sync` (benchmarks/_project.py; `--project-dir` reuses a project installed there, as the tests do),
+  so it measures the code a user gets, in the project's own environment (the inner script,
   benchmarks/_tuning_inner.py, runs there).
 - Both sides run in one process, one after the other, after the project's local Prefect server is up:
   server start-up is a one-off cost of the environment, not of tuning, and is not timed. Neither are the
@@ -25,7 +26,8 @@ How it is measured, and why:
   On a small shared machine wall time moves by up to ~10% between identical runs, so a verdict near the
   goal needs more rounds; `cpu_ratio` (this process plus the Prefect server) is steadier. The fixed cost
   of one flow run (`seconds_empty_flow_run`) is reported too: `tune` pays it once per call.
-- The Optuna storage and BentoML home point into the temporary folder; everything started is stopped.
+- The Optuna storage, BentoML home and Prefect home point into a folder of its own (tuning-overhead/ in the
+  work folder), never the project's .state/; everything started is stopped.
 
 The last line printed is one JSON object with a `ratio` key. The exit code is non-zero only on errors,
 never because the goal was missed (`met` says whether it was).
@@ -42,9 +44,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from copier import run_copy
+import _project
 
-REPO = Path(__file__).resolve().parents[1]
 INNER = Path(__file__).resolve().parent / "_tuning_inner.py"
 
 
@@ -80,31 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3 trials in batches of 2, 2 rounds: the wiring")
-    parser.add_argument("--keep", type=Path, help="render into this (new) folder and keep it afterwards")
+    parser.add_argument(
+        "--project-dir", type=Path, help="install into DIR, or reuse the project installed there; kept"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.repeats = 3, 2
-    uv = shutil.which("uv") or sys.exit("uv is required")
 
-    workdir = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="tuning-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = (
+        args.project_dir.resolve() if args.project_dir else Path(tempfile.mkdtemp(prefix="tuning-bench-"))
+    )
     try:
-        # A clone holds only committed files: copier would otherwise include uncommitted template edits.
-        source = workdir / "template-src"
-        run(["git", "clone", "--quiet", str(REPO), str(source)], workdir, dict(os.environ))
-        project = workdir / "project"
-        worker = run_copy(
-            str(source), str(project), defaults=True, unsafe=True, vcs_ref="HEAD", quiet=True, skip_tasks=True
-        )
-        package = worker.answers.combined["package_name"]
-        env = project_env(workdir, package, 2 if args.quick else None)
-        print(f"rendered {project}; uv sync ...", file=sys.stderr, flush=True)
-        run([uv, "sync", "--quiet"], project, env)
+        project = _project.install(workdir)
+        own = workdir / "tuning-overhead"  # studies, models and Prefect home of this benchmark only
+        own.mkdir(exist_ok=True)
+        env = project_env(own, project.package, 2 if args.quick else None)
         print(f"timing {args.trials} trials x {args.repeats} rounds ...", file=sys.stderr, flush=True)
-        command = [uv, "run", "--no-sync", "python", str(INNER), package, str(workdir)]
-        output = run(command + ["--trials", str(args.trials), "--repeats", str(args.repeats)], project, env)
+        command = project.python(str(INNER), project.package, str(own))
+        output = run(
+            command + ["--trials", str(args.trials), "--repeats", str(args.repeats)], project.root, env
+        )
     finally:
-        if not args.keep:
+        if not args.project_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
     lines = output.strip().splitlines()

@@ -405,6 +405,19 @@ def installed(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], P
     return get
 
 
+@pytest.fixture(scope="session")
+def benchmark_project(tmp_path_factory) -> Path:
+    """One default project from the committed HEAD, installed and trained (3 trials) once per session for
+    the benchmarks that read it without changing what another reads (drift, recovery, serving, soak, tuning
+    overhead, retrain latency: each keeps its servers, studies and Prefect homes in folders of its own);
+    they get it as --project-dir. Rendering, `uv sync` and training once each was ~40 s a module."""
+    workdir = tmp_path_factory.mktemp("benchmark-project")
+    command = [sys.executable, "benchmarks/_project.py", "--project-dir", str(workdir), "--quick"]
+    result = run(command, cwd=REPO, env=subprocess_env(), timeout=1500)
+    assert result.returncode == 0, explain(result)
+    return workdir
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,5 +1,5 @@
-"""The drift (P4, P7) and recovery (P8) benchmarks run from the generator's checkout, in one default
-project the first installs and the second reuses (--project-dir), and report what they promise.
+"""The drift (P4, P7) and recovery (P8) benchmarks run from the generator's checkout, in the session's
+default project (benchmark_project, passed as --project-dir), and report what they promise.
 
 Each runs in its quick mode, which checks the wiring and the verdicts, not the timing goals (those need the
 full sizes: `uv run python benchmarks/<name>.py`).
@@ -27,8 +27,8 @@ DRIFT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def project_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bench")
+def project_dir(benchmark_project) -> Path:
+    return benchmark_project
 
 
 def test_drift_benchmark_quick_reports_matching_verdicts(project_dir):

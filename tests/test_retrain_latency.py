@@ -1,5 +1,5 @@
-"""The retrain latency benchmark (P6) runs from the generator's checkout in the project it installs and
-trains.
+"""The retrain latency benchmark (P6) runs from the generator's checkout in the session's default project
+(benchmark_project: installed and trained once, passed as --project-dir).
 
 Its quick mode is one round on one fresh Prefect server: the monitor deployment's run on a shifted batch
 must make the retrain trigger start a retrain run (created by an automation; the benchmark cancels it once
@@ -28,10 +28,10 @@ def model_versions(root: Path, model: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def benchmark(tmp_path_factory) -> tuple[dict, Path]:
-    """The quick run's report and the folder it installed its project in."""
-    project_dir = tmp_path_factory.mktemp("retrain-latency")
-    return quick_run("retrain_latency", project_dir), project_dir
+def benchmark(benchmark_project) -> tuple[dict, Path]:
+    """The quick run's report and the session's project it ran in (its Prefect servers' homes are the
+    benchmark's own temporary folders)."""
+    return quick_run("retrain_latency", benchmark_project), benchmark_project
 
 
 def test_reports_seconds_floor_and_ratio(benchmark):

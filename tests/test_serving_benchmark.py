@@ -1,5 +1,5 @@
-"""The serving (P3) and soak benchmarks run from the generator's checkout, each in the project it installs
-(one default project, trained once, shared through --project-dir), and report their keys; a project's own
+"""The serving (P3) and soak benchmarks run from the generator's checkout in the session's default project
+(benchmark_project, trained once, shared through --project-dir), and report their keys; a project's own
 `bench` command reports its model's serving figures with the same code.
 
 Their quick modes check the wiring (servers started and stopped, hey's summary read, the in-process limit
@@ -57,14 +57,13 @@ def installed_project(project_dir: Path) -> Project:
 
 
 @pytest.fixture(scope="module")
-def project_dir(tmp_path_factory) -> Path:
+def project_dir(benchmark_project) -> Path:
     require_tool("hey")  # the HTTP load generator the benchmarks and `bench` drive
-    return tmp_path_factory.mktemp("serving-bench")
+    return benchmark_project
 
 
 @pytest.fixture(scope="module")
 def benchmark(project_dir) -> tuple[dict, Path]:
-    """The first run renders, installs and trains the project the other runs reuse."""
     return quick_run("serving", project_dir), project_dir / "project"
 
 

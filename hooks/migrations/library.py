@@ -13,25 +13,40 @@ Usage (copier.yml `_migrations`, in the project folder): library.py VERSION_FROM
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import yaml
-from stage_layout import Note, committed, files, git, render, take_new
+import common
+from common import NOTES, Note, committed, conflicts, files, git, take_new
 
 SAVED = Path("migration/v2.0.0")
 EARLIER = Path("migration/v1.0.0")  # saved by the stage-layout migration when the update started before 1.0.0
-NOTES = Path("MIGRATING.md")
 LIBRARY = "ml_lifecycle"
 
-# What a project imported from its own copy of the machinery that the library exports (ml_lifecycle.__all__).
-PUBLIC: dict[str, set[str]] = {
-    "config": {"Settings", "SettingsError", "get_settings"},
-    "tables": {"DataError", "normalize_columns", "read_table"},
-}
+# The library's public package in this template checkout (Copier runs the migration from it).
+LIBRARY_INIT = Path(__file__).resolve().parents[2] / "runtime" / "src" / LIBRARY / "__init__.py"
+
+
+def public_names(init: Path = LIBRARY_INIT) -> dict[str, set[str]]:
+    """The names the library exports (its __all__) by the private module they come from, e.g. "config":
+    {"Settings", ...}: what a project imported from its own copy of that module. Read from the library's
+    source (its `_WHERE`), since Copier's Python does not have the library installed."""
+    tree = ast.parse(init.read_text())
+    where = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_WHERE"]
+    )
+    public: dict[str, set[str]] = {}
+    for name, module in where.items():
+        public.setdefault(module, set()).add(name)
+    return public
+
+
+PUBLIC = public_names()
 # The machinery's top-level modules and packages in 1.x (flows and service exist in 2.0 as thin re-exports).
 MACHINERY = r"atomic_write|config|tables|training|registry|serving|monitoring|local|flows(?=\.)|service(?=\.)"
 FOLDERS = ("training", "registry", "serving", "monitoring", "local", "flows")
@@ -137,13 +152,6 @@ def what_to_do(path: str, package: str, kept: str) -> str:
     return f"your version is in {kept}; this file left the template: keep what you need elsewhere"
 
 
-def save(path: str, content: str) -> str:
-    kept = SAVED / f"{path}.txt"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(content)
-    return kept.as_posix()
-
-
 def drop_empty_folders(root: Path) -> None:
     """Folders the machinery left holding only caches (git does not track them, so Copier leaves them)."""
     for folder in sorted(
@@ -164,13 +172,13 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
             continue  # the stage-layout migration saved and named it already
         mine = committed(path)
         if mine is not None and mine != (old / path).read_text():
-            notes.append(Note(path, what_to_do(path, package, save(path, mine))))
+            notes.append(Note(path, what_to_do(path, package, common.save(SAVED, path, mine))))
         Path(path).unlink(missing_ok=True)  # Copier removed it; a second run finds nothing to remove
     for name, hint in REWRITTEN.items():
         path = f"src/{package}/{name}"
         mine = committed(path)
         if path in old_files & new_files and mine is not None and mine != (old / path).read_text():
-            kept = save(path, mine)
+            kept = common.save(SAVED, path, mine)
             take_new(path, new)
             notes.append(Note(path, f"the new template's version is in place; yours is in {kept}: {hint}"))
     for folder in ("src", "tests"):
@@ -210,54 +218,25 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
         print(
             f"Library migration: your dependencies {', '.join(kept)} stay in pyproject.toml, beside the pin."
         )
-    unmerged = git("diff", "--name-only", "--diff-filter=U").stdout.split()
-    notes += [Note(path, "conflict markers from the update: resolve them") for path in unmerged]
-    return notes
+    return notes + conflicts()
 
 
-def report(notes: list[Note], version_from: str, version_to: str) -> None:
-    """Print the notes and keep them in MIGRATING.md (after the stage layout's, when that ran too)."""
-    migration = f"Library migration ({version_from} -> {version_to})"
-    if not notes:
-        print(f"{migration}: none of your changes needed moving.")
-        return
-    heading = (
-        f"# Migrating from {version_from} to {version_to}: the ml-lifecycle library\n\n"
-        "The machinery (training, registry, serving, monitoring, flows, the demo) is the ml-lifecycle "
-        "library now, pinned in pyproject.toml; the package keeps dataset.py, features.py and model.py, and "
-        "thin flows.py, service.py and __main__.py. Run `uv lock` (or `uv sync`) for the new pin. "
-        "These files had your changes; act as each line says, then delete migration/ and this file.\n\n"
-    )
-    body = "\n".join(note.line() for note in notes)
-    if NOTES.is_file():  # the stage-layout migration's notes come first, this is their second part
-        heading = NOTES.read_text() + "\n#" + heading
-    NOTES.write_text(heading + body + "\n")
-    print(f"{migration}: {len(notes)} file(s) need you, listed in {NOTES}:")
-    print(body)
-
-
-def main(argv: list[str]) -> int:
-    version_from, version_to = argv
-    old_answers = yaml.safe_load(committed(".copier-answers.yml") or "{}")
-    new_answers = yaml.safe_load(Path(".copier-answers.yml").read_text())
-    src = str(new_answers["_src_path"])
-    with tempfile.TemporaryDirectory(prefix="library-") as scratch:
-        try:
-            old = render(src, version_from, old_answers, Path(scratch, "old"))
-            new = render(src, version_to, new_answers, Path(scratch, "new"))
-        except Exception as exc:  # Copier and git raise many types; the user needs one line and a way back
-            print(
-                f"Library migration: cannot copy the template {src} at {version_from} and {version_to} to "
-                f"compare with your files ({exc}). Your changes are safe in the last commit; "
-                "`git checkout HEAD -- . && git clean -fd` undoes the update: retry where the template is "
-                "reachable.",
-                file=sys.stderr,
-            )
-            return 1
-        notes = migrate(old, new, str(new_answers["package_name"]))
-    report(notes, version_from, version_to)
-    return 0
-
+EXPLANATION = (
+    "The machinery (training, registry, serving, monitoring, flows, the demo) is the ml-lifecycle library "
+    "now, pinned in pyproject.toml; the package keeps dataset.py, features.py and model.py, and thin "
+    "flows.py, service.py and __main__.py. Run `uv lock` (or `uv sync`) for the new pin. These files had "
+    "your changes; act as each line says, then delete migration/ and this file."
+)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # The stage-layout migration's notes, when it ran in the same update, come first.
+    sys.exit(
+        common.main(
+            sys.argv[1:],
+            "Library migration",
+            migrate,
+            "the ml-lifecycle library",
+            EXPLANATION,
+            after_earlier=True,
+        )
+    )

@@ -13,19 +13,14 @@ Usage (copier.yml `_migrations`, in the project folder): stage_layout.py VERSION
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import tempfile
-import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-import copier
-import yaml
+import common
+from common import Note, committed, conflicts, files, git, take_new
 
 SAVED = Path("migration/v1.0.0")
-NOTES = Path("MIGRATING.md")
 
 # Where the code of each flat-layout module lives in the stage layout (paths in the package).
 MOVED: dict[str, str] = {
@@ -77,42 +72,6 @@ REWRITTEN: dict[str, str] = {
 TESTS_MOVED: dict[str, str] = {"flows": "tests/flows/test_flows.py"}
 
 
-@dataclass(frozen=True)
-class Note:
-    """One file that needs the user's attention, and what to do about it."""
-
-    path: str
-    text: str
-
-    def line(self) -> str:
-        return f"- {self.path}: {self.text}"
-
-
-def git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-
-
-def committed(path: str) -> str | None:
-    """The file as the last commit has it: the project before the update (Copier refuses a dirty one)."""
-    shown = git("show", f"HEAD:{path}")
-    return shown.stdout if shown.returncode == 0 else None
-
-
-def render(src: str, ref: str, answers: dict, dst: Path) -> Path:
-    """A pristine copy of the template at `ref` with the project's answers, without its tasks."""
-    data = {key: value for key, value in answers.items() if not key.startswith("_")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        copier.run_copy(
-            src, str(dst), data=data, vcs_ref=ref, defaults=True, unsafe=True, skip_tasks=True, quiet=True
-        )
-    return dst
-
-
-def files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
-
-
 def destination(old_path: str, package: str, new_files: set[str]) -> str:
     """Where the code of a file that left the template goes now, in words."""
     stem = Path(old_path).stem
@@ -137,20 +96,6 @@ def destination(old_path: str, package: str, new_files: set[str]) -> str:
             "your change in dataset.py, features.py or model.py, or in a module of your own"
         )
     return "this file left the template: keep what you need elsewhere"
-
-
-def save(path: str, content: str) -> str:
-    """Keep the user's version of `path` where no tool reads it; returns where."""
-    kept = SAVED / f"{path}.txt"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(content)
-    return kept.as_posix()
-
-
-def take_new(path: str, new: Path) -> None:
-    """The new template's content at `path`, and no leftover conflict from Copier's merge in the index."""
-    Path(path).write_text((new / path).read_text())
-    git("reset", "--quiet", "--", path)
 
 
 def stale_imports(package: str, own_files: Iterable[str], new_files: set[str]) -> list[Note]:
@@ -185,7 +130,7 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
             if path not in new_files:
                 Path(path).unlink(missing_ok=True)  # untouched: Copier's removal stands
             continue
-        kept = save(path, mine)
+        kept = common.save(SAVED, path, mine)
         if path in new_files:
             take_new(path, new)
             hint = REWRITTEN[Path(path).name]
@@ -197,51 +142,14 @@ def migrate(old: Path, new: Path, package: str) -> list[Note]:
     tracked = git("ls-tree", "-r", "--name-only", "HEAD").stdout.split()
     own = [p for p in tracked if p.startswith(("src/", "tests/")) and p not in old_files | new_files]
     notes += stale_imports(package, own, new_files)
-    unmerged = git("diff", "--name-only", "--diff-filter=U").stdout.split()
-    notes += [Note(path, "conflict markers from the update: resolve them") for path in unmerged]
-    return notes
+    return notes + conflicts()
 
 
-def report(notes: list[Note], version_from: str, version_to: str) -> None:
-    """Print the notes and keep them in MIGRATING.md, which the user deletes when done."""
-    migration = f"Stage layout migration ({version_from} -> {version_to})"
-    if not notes:
-        print(f"{migration}: none of your changes needed moving.")
-        return
-    heading = (
-        f"# Migrating from {version_from} to {version_to}: the stage layout\n\n"
-        "The package is grouped by lifecycle stage now (training/, registry/, serving/, monitoring/, local/) "
-        "and your code goes in three fenced files: dataset.py, features.py, model.py. These files had your "
-        "changes; move them as each line says, then delete migration/ and this file.\n\n"
-    )
-    body = "\n".join(note.line() for note in notes)
-    NOTES.write_text(heading + body + "\n")
-    print(f"{migration}: {len(notes)} file(s) need you, listed in {NOTES}:")
-    print(body)
-
-
-def main(argv: list[str]) -> int:
-    version_from, version_to = argv
-    old_answers = yaml.safe_load(committed(".copier-answers.yml") or "{}")
-    new_answers = yaml.safe_load(Path(".copier-answers.yml").read_text())
-    src = str(new_answers["_src_path"])
-    with tempfile.TemporaryDirectory(prefix="stage-layout-") as scratch:
-        try:
-            old = render(src, version_from, old_answers, Path(scratch, "old"))
-            new = render(src, version_to, new_answers, Path(scratch, "new"))
-        except Exception as exc:  # Copier and git raise many types; the user needs one line and a way back
-            print(
-                f"Stage layout migration: cannot copy the template {src} at {version_from} and {version_to} "
-                f"to compare with your files ({exc}). Your changes are safe in the last commit; "
-                "`git checkout HEAD -- . && git clean -fd` undoes the update: retry where the template is "
-                "reachable.",
-                file=sys.stderr,
-            )
-            return 1
-        notes = migrate(old, new, str(new_answers["package_name"]))
-    report(notes, version_from, version_to)
-    return 0
-
+EXPLANATION = (
+    "The package is grouped by lifecycle stage now (training/, registry/, serving/, monitoring/, local/) and "
+    "your code goes in three fenced files: dataset.py, features.py, model.py. These files had your changes; "
+    "move them as each line says, then delete migration/ and this file."
+)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(common.main(sys.argv[1:], "Stage layout migration", migrate, "the stage layout", EXPLANATION))

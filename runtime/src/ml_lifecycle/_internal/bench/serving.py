@@ -62,6 +62,8 @@ from pathlib import Path
 
 import psutil
 
+from ..local.processes import spawn, stop_group
+
 # Nothing here reads the project at import time (benchmarks/_common.py imports it before binding one).
 HOST = "127.0.0.1"
 ENDPOINT = "/predict_one"
@@ -228,8 +230,6 @@ def server(
 ) -> Iterator[Server]:
     """Start a server in its own process group, in the project's folder `cwd`; yield once /readyz answers
     200; stop it and its workers."""
-    from ..local.processes import spawn
-
     path = logs / f"{name}.log"
     process = spawn(command, log=path, env=env, cwd=cwd)
     running = Server(name, process, path, f"http://{HOST}:{port}")
@@ -250,14 +250,7 @@ def server(
 
 
 def stop(process: subprocess.Popen, children: list[psutil.Process], grace: float = 30) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+    stop_group(process, grace)
     # Workers in sessions of their own: SIGTERM (the server normally stopped them already), then SIGKILL.
     for child in children:
         with contextlib.suppress(psutil.Error):

@@ -5,6 +5,8 @@ record itself; it is there for the Prefect UI, automations and anyone else who w
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -22,22 +24,12 @@ def gate(
     features: pd.DataFrame,
     labels: pd.Series,
     reason: str,
-    accept_schema_change: bool = False,
-    allow_rolled_back: bool = False,
-    recent: tuple[pd.DataFrame, pd.Series] | None = None,
+    **decisions: Any,
 ) -> dict:
-    """Judge and maybe promote; the verdict (and the per-group table) become artifacts."""
+    """Judge and maybe promote; the verdict (and the per-group table) become artifacts. `decisions` are
+    promotion.promote's keywords (accept_schema_change, allow_rolled_back, recent), passed on as given."""
     settings = get_settings()
-    result = promotion.promote(
-        settings,
-        candidate_tag,
-        features,
-        labels,
-        reason,
-        accept_schema_change=accept_schema_change,
-        allow_rolled_back=allow_rolled_back,
-        recent=recent,
-    )
+    result = promotion.promote(settings, candidate_tag, features, labels, reason, **decisions)
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
     lines = [
@@ -131,9 +123,9 @@ def promote_model(
         features,
         labels,
         reason,
-        accept_schema_change,
-        allow_rolled_back,
-        recent,
+        accept_schema_change=accept_schema_change,
+        allow_rolled_back=allow_rolled_back,
+        recent=recent,
     )
     print(f"{'Promoted' if result['passed'] else 'Not promoted'} {result['candidate']}: {result['reason']}")
     return result

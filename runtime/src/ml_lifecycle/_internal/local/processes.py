@@ -51,16 +51,22 @@ class Background:
             return "(no log)"
 
     def stop(self, grace: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
+        stop_group(self.process, grace)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stop a process started in its own group (`spawn`), with everything in that group: SIGTERM, then
+    SIGKILL when it outlives `grace` seconds."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def spawn(command: list[str], *, log: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
