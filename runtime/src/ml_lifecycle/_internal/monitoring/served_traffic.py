@@ -9,9 +9,10 @@ out) and which lines of the log it had to skip (torn lines, named by file and li
 Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
 table with a `request_id` column, the target column, and optionally `row` (the row's position in a
 /predict request; 0 when absent, which is right for /predict_one), read by monitoring/labels.py (every label
-that cannot be used skipped and counted by cause, ids as text). Joined on those, they give the model's
-performance on the window with the metric the promotion gate uses (model.py's PRIMARY_METRIC, scored on
-the probabilities or predictions the service logged).
+that cannot be used skipped and counted by cause, ids as text). Joined on those (labels.join, the join
+training and the watch use too), they give the model's performance on the window with the metric the
+promotion gate uses (model.py's PRIMARY_METRIC, scored on the probabilities or predictions the service
+logged).
 """
 
 from __future__ import annotations
