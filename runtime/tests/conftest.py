@@ -180,21 +180,22 @@ def log_traffic(
 ) -> list[str]:
     """Write `frame`'s rows to a request log as served one by one from `start` on, as the service logs them
     (features as sent, a missing value as null); returns their request ids (`ids`, or prefix-0, ...)."""
+    from ml_lifecycle._internal.records import RequestRecord
     from ml_lifecycle._internal.serving.request_log import RequestLog
 
     ids = ids or [f"{prefix}-{i}" for i in range(len(frame))]
     sink = RequestLog(path)
     sink.submit(
-        {
-            "request_id": request_id,
-            "time": (start + timedelta(seconds=i * seconds_apart)).isoformat(),
-            "endpoint": "/predict_one",
-            "model_version": "model:v1",
-            "row": 0,
-            "features": {k: (None if pd.isna(v) else v) for k, v in row.items()},
-            "prediction": 0,
-            "probabilities": None,
-        }
+        RequestRecord(
+            request_id=request_id,
+            time=start + timedelta(seconds=i * seconds_apart),
+            endpoint="/predict_one",
+            model_version="model:v1",
+            row=0,
+            features={k: (None if pd.isna(v) else v) for k, v in row.items()},
+            prediction=0,
+            probabilities=None,
+        )
         for i, (request_id, (_, row)) in enumerate(zip(ids, frame.iterrows(), strict=True))
     )
     sink.close()

@@ -10,6 +10,7 @@ from ml_lifecycle._internal.flows import monitor as monitor_flow
 from ml_lifecycle._internal.flows.monitor import SignalLost, monitor
 from ml_lifecycle._internal.flows.train import train
 from ml_lifecycle._internal.monitoring import events
+from ml_lifecycle._internal.records import RequestRecord
 from ml_lifecycle._internal.registry.store import load
 from ml_lifecycle._internal.serving.request_log import RequestLog
 from ml_lifecycle._internal.tables import DataError
@@ -137,20 +138,20 @@ def serve_rows(model_tag: str, batch: pd.DataFrame, prefix: str) -> list[str]:
         classes = [str(c) for c in pipeline.classes_]
         proba = pipeline.predict_proba(batch)
         probabilities = [dict(zip(classes, map(float, p), strict=True)) for p in proba]
-    now = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
     ids = [f"{prefix}-{i}" for i in range(len(batch))]
     sink = RequestLog(settings.resolve(settings.serving.request_log_path))
     sink.submit(
-        {
-            "request_id": request_id,
-            "time": now,
-            "endpoint": "/predict_one",
-            "model_version": model_tag,
-            "row": 0,
-            "features": {k: (None if pd.isna(v) else v) for k, v in row.items()},
-            "prediction": prediction.item(),
-            "probabilities": proba,
-        }
+        RequestRecord(
+            request_id=request_id,
+            time=now,
+            endpoint="/predict_one",
+            model_version=model_tag,
+            row=0,
+            features={k: (None if pd.isna(v) else v) for k, v in row.items()},
+            prediction=prediction.item(),
+            probabilities=proba,
+        )
         for request_id, (_, row), prediction, proba in zip(
             ids, batch.iterrows(), predictions, probabilities, strict=True
         )

@@ -13,6 +13,7 @@ from ml_lifecycle._internal.monitoring import rollout_watch
 from ml_lifecycle._internal.monitoring.rollout_watch import Served
 from ml_lifecycle._internal.monitoring.served_traffic import Window
 from ml_lifecycle._internal.monitoring.verdict import Rollout
+from ml_lifecycle._internal.records import RequestRecord
 from ml_lifecycle._internal.registry import aliases, store
 from ml_lifecycle._internal.serving.request_log import RequestLog
 from ml_lifecycle._internal.tables import feature_schema
@@ -286,16 +287,16 @@ def write_served(settings, rows: pd.DataFrame, previous_tag: str) -> None:
     """The request log of `rows` (features as sent, what each version answered), served half an hour ago."""
     log = RequestLog(settings.resolve(settings.serving.request_log_path))
     log.submit(
-        {
-            "request_id": row["request_id"],
-            "time": (NOW - timedelta(minutes=30)).isoformat(),
-            "endpoint": "/predict_one",
-            "model_version": previous_tag if row["model_version"] == OLD else row["model_version"],
-            "row": 0,
-            "features": {c: (None if pd.isna(row[c]) else row[c]) for c in ("size", "weight", "color")},
-            "prediction": row["prediction"],
-            "probabilities": row["probabilities"],
-        }
+        RequestRecord(
+            request_id=row["request_id"],
+            time=NOW - timedelta(minutes=30),
+            endpoint="/predict_one",
+            model_version=previous_tag if row["model_version"] == OLD else row["model_version"],
+            row=0,
+            features={c: (None if pd.isna(row[c]) else row[c]) for c in ("size", "weight", "color")},
+            prediction=row["prediction"],
+            probabilities=row["probabilities"],
+        )
         for row in rows.to_dict("records")
     )
     log.close()

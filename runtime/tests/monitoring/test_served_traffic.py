@@ -1,6 +1,5 @@
 """What the monitor reads of the served traffic: a window of the request log, and labels that come later."""
 
-import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -9,24 +8,27 @@ import pandas as pd
 import pytest
 from ml_lifecycle._internal.monitoring import labels as label_table
 from ml_lifecycle._internal.monitoring.served_traffic import performance, read_labels, read_window
+from ml_lifecycle._internal.records import RequestRecord
 from ml_lifecycle._internal.serving.request_log import RequestLog, worker_path
 from ml_lifecycle._internal.tables import DataError
 
 NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
 
 
-def served(request_id: str, minutes_ago: float, prediction, probabilities=None, row: int = 0) -> dict:
+def served(
+    request_id: str, minutes_ago: float, prediction, probabilities=None, row: int = 0
+) -> RequestRecord:
     """One request log record, as the service writes it."""
-    return {
-        "request_id": request_id,
-        "time": (NOW - timedelta(minutes=minutes_ago)).isoformat(),
-        "endpoint": "/predict_one",
-        "model_version": "model:v1",
-        "row": row,
-        "features": {"size": 1.0 + minutes_ago, "color": "red"},
-        "prediction": prediction,
-        "probabilities": probabilities,
-    }
+    return RequestRecord(
+        request_id=request_id,
+        time=NOW - timedelta(minutes=minutes_ago),
+        endpoint="/predict_one",
+        model_version="model:v1",
+        row=row,
+        features={"size": 1.0 + minutes_ago, "color": "red"},
+        prediction=prediction,
+        probabilities=probabilities,
+    )
 
 
 def write_log(path, records) -> None:
@@ -49,7 +51,7 @@ def test_a_torn_line_is_skipped_and_named_and_the_window_still_read(tmp_path):
     log = tmp_path / "requests.jsonl"
     write_log(log, [served("a", 30, 0)])
     with log.open("a") as file:  # a service killed mid-write, then restarted: its next record on a new line
-        file.write(json.dumps(served("torn", 20, 1))[:40] + "\n")
+        file.write(served("torn", 20, 1).line()[:40] + "\n")
     write_log(log, [served("b", 10, 1)])
     window = read_window(log, NOW - timedelta(hours=1), NOW)
     assert list(window.request_ids) == ["a", "b"]

@@ -9,9 +9,10 @@ import queue
 import re
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from ml_lifecycle._internal.records import RequestRecord
 from ml_lifecycle._internal.serving.request_log import (
     DROPPED,
     ReadReport,
@@ -45,13 +46,17 @@ class _Cause:
         self.tally.by_cause[self.cause] += amount
 
 
-def record(i: int) -> dict:
-    return {
-        "request_id": f"r{i}",
-        "row": 0,
-        "features": {"size": i * 0.5, "color": "red"},
-        "prediction": i % 2,
-    }
+T0 = datetime(2026, 1, 10, 12, tzinfo=UTC)
+
+
+def record(i: int) -> RequestRecord:
+    return RequestRecord(
+        request_id=f"r{i}",
+        time=T0 + timedelta(seconds=i),
+        row=0,
+        features={"size": i * 0.5, "color": "red"},
+        prediction=i % 2,
+    )
 
 
 def test_records_are_written_as_json_lines(tmp_path):
@@ -59,8 +64,48 @@ def test_records_are_written_as_json_lines(tmp_path):
     assert sink.submit([record(1), record(2)]) == 0
     sink.close()
     lines = (tmp_path / "logs" / "requests.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [record(1), record(2)]
+    assert lines == [record(1).line(), record(2).line()]
     assert list(read_records(tmp_path / "logs" / "requests.jsonl")) == [record(1), record(2)]
+
+
+# A line as release 2.0.0 wrote it (a dict literal through json.dumps), before the record had a type.
+LINE_2_0_0 = (
+    '{"request_id":"00042","time":"2026-01-10T12:00:00.123456+00:00","endpoint":"/predict",'
+    '"model_version":"my_ml_project:abc123","row":1,"features":{"size":1.5,"weight":null,"color":"red"},'
+    '"prediction":1,"probabilities":{"0":0.25,"1":0.75}}'
+)
+
+
+def test_the_writers_line_reads_back_as_an_equal_record_in_the_2_0_0_format(tmp_path):
+    """What the service logs reads back unchanged (an id that looks like a number stays text, a class
+    stays an int, the time keeps its zone), and the line is byte for byte the one 2.0.0 wrote, so logs
+    written before the record had a type still read."""
+    classified = RequestRecord(
+        request_id="00042",
+        time=datetime(2026, 1, 10, 12, 0, 0, 123456, tzinfo=UTC),
+        endpoint="/predict",
+        model_version="my_ml_project:abc123",
+        row=1,
+        features={"size": 1.5, "weight": None, "color": "red"},
+        prediction=1,
+        probabilities={"0": 0.25, "1": 0.75},
+    )
+    regression = RequestRecord(
+        request_id="r-7",
+        time=datetime(2026, 1, 10, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+        endpoint="/predict_one",
+        model_version="my_ml_project:abc123",
+        features={"size": 2.0, "weight": 0.1, "color": "blue"},
+        prediction=12.5,
+    )
+    path = tmp_path / "requests.jsonl"
+    sink = RequestLog(path, dropped=Tally())
+    sink.submit([classified, regression])
+    sink.close()
+    assert path.read_text().splitlines()[0] == LINE_2_0_0
+    read = list(read_records(path))
+    assert read == [classified, regression]
+    assert isinstance(read[0].prediction, int) and read[1].time.utcoffset() == timedelta(hours=2)
 
 
 def test_the_file_rotates_by_size_and_backups_is_the_ceiling(tmp_path):
@@ -74,7 +119,7 @@ def test_the_file_rotates_by_size_and_backups_is_the_ceiling(tmp_path):
     assert all(f.stat().st_size <= 2000 for f in files)
     kept = list(read_records(path))
     # The oldest records went with the deleted backups; what is kept is the newest, in order, whole.
-    assert [r["request_id"] for r in kept] == [f"r{i}" for i in range(200 - len(kept), 200)]
+    assert [r.request_id for r in kept] == [f"r{i}" for i in range(200 - len(kept), 200)]
 
 
 def test_rotated_files_are_kept_until_older_than_the_retention(tmp_path):
@@ -86,7 +131,7 @@ def test_rotated_files_are_kept_until_older_than_the_retention(tmp_path):
     sink.flush()
     backups = [f for f in log_files(path) if f.name != path.name]
     assert len(backups) > 5  # far more than the old fixed count of 5 would have kept
-    assert [r["request_id"] for r in read_records(path)] == [f"r{i}" for i in range(300)]
+    assert [r.request_id for r in read_records(path)] == [f"r{i}" for i in range(300)]
 
     two_hours_ago = time.time() - 2 * 3600
     for file in backups[:3]:  # the oldest three: their newest record is now two hours old
@@ -94,19 +139,19 @@ def test_rotated_files_are_kept_until_older_than_the_retention(tmp_path):
     first_young = json.loads(backups[3].read_text().splitlines()[0])["request_id"]
     sink.submit(record(i) for i in range(300, 330))  # enough for another rotation
     sink.close()
-    kept = [r["request_id"] for r in read_records(path)]
+    kept = [r.request_id for r in read_records(path)]
     # The old files went, every younger one stayed: the log runs whole from the first young record on.
     assert kept == [f"r{i}" for i in range(int(first_young[1:]), 330)]
 
 
 def test_a_torn_line_is_skipped_counted_and_named_and_the_rest_is_read(tmp_path, caplog):
     path = tmp_path / "requests.jsonl"
-    torn = json.dumps(record(2))[:25]  # a kill or a full disk in the middle of a write
-    lines = [json.dumps(record(1)), torn + json.dumps(record(3)), "[1, 2]", json.dumps(record(4))]
+    torn = record(2).line()[:25]  # a kill or a full disk in the middle of a write
+    lines = [record(1).line(), torn + record(3).line(), "[1, 2]", record(4).line()]
     path.write_text("\n".join(lines) + "\n")
     report = ReadReport()
     with caplog.at_level(logging.WARNING):
-        assert [r["request_id"] for r in read_records(path, report)] == ["r1", "r4"]
+        assert [r.request_id for r in read_records(path, report)] == ["r1", "r4"]
     assert [(bad.file, bad.line) for bad in report.bad_lines] == [(path, 2), (path, 3)]
     assert "not JSON" in report.bad_lines[0].reason and "not a JSON object" in report.bad_lines[1].reason
     assert f"{path}:2" in caplog.text and f"{path}:3" in caplog.text
@@ -115,27 +160,30 @@ def test_a_torn_line_is_skipped_counted_and_named_and_the_rest_is_read(tmp_path,
 
 def test_records_without_the_required_keys_are_bad_lines(tmp_path):
     path = tmp_path / "requests.jsonl"
-    good = {**record(1), "time": "2026-01-10T12:00:00+00:00"}
-    naive = {**record(2), "time": "2026-01-10T12:00:00"}
-    path.write_text("\n".join(json.dumps(r) for r in [good, record(3), naive]) + "\n")
+    good = json.loads(record(1).line()) | {"time": "2026-01-10T12:00:00+00:00"}
+    timeless = {k: v for k, v in json.loads(record(3).line()).items() if k not in ("time", "features")}
+    naive = json.loads(record(2).line()) | {"time": "2026-01-10T12:00:00"}
+    number = json.loads(record(4).line()) | {"time": 1768046400}
+    path.write_text("\n".join(json.dumps(r) for r in [good, timeless, naive, number]) + "\n")
     report = ReadReport()
-    kept = list(read_records(path, report, required=("request_id", "time")))
-    assert [r["request_id"] for r in kept] == ["r1"]
+    kept = list(read_records(path, report))
+    assert [r.request_id for r in kept] == ["r1"]
     assert [(bad.line, bad.reason) for bad in report.bad_lines] == [
-        (2, "no time"),
+        (2, "no time, features"),
         (3, "time '2026-01-10T12:00:00' has no time zone"),
+        (4, "time 1768046400 is not an ISO time"),
     ]
     assert report.oldest == {"requests.jsonl": datetime.fromisoformat(good["time"])}
 
 
 def test_after_a_restart_the_next_record_starts_on_a_fresh_line(tmp_path):
     path = tmp_path / "requests.jsonl"
-    path.write_text(json.dumps(record(1)) + "\n" + json.dumps(record(2))[:30])  # the writer was killed
+    path.write_text(record(1).line() + "\n" + record(2).line()[:30])  # the writer was killed
     sink = RequestLog(path, dropped=Tally())
     sink.submit([record(3)])
     sink.close()
     report = ReadReport()
-    assert [r["request_id"] for r in read_records(path, report)] == ["r1", "r3"]
+    assert [r.request_id for r in read_records(path, report)] == ["r1", "r3"]
     assert [bad.line for bad in report.bad_lines] == [2]
 
 
@@ -171,7 +219,7 @@ def test_a_failed_write_counts_its_records_as_dropped_and_the_next_starts_a_fres
     sink.submit([record(4)])
     sink.close()
     report = ReadReport()
-    assert [r["request_id"] for r in read_records(path, report)] == ["r1", "r4"]
+    assert [r.request_id for r in read_records(path, report)] == ["r1", "r4"]
     assert len(report.bad_lines) == 1  # the fragment, on a line of its own
 
 
@@ -196,7 +244,7 @@ def test_a_log_that_cannot_be_written_says_why_once_counts_by_cause_and_recovers
         assert sink.problem() is None
         sink.submit([record(99)])
         sink.close()
-    assert [r["request_id"] for r in read_records(path)] == ["r99"]
+    assert [r.request_id for r in read_records(path)] == ["r99"]
     assert "writing to" in caplog.text and "20 records were dropped" in caplog.text
 
 
@@ -238,7 +286,7 @@ def test_a_full_buffer_drops_records_and_counts_them_without_waiting(tmp_path):
     assert (sink.dropped, tally.by_cause) == (2, {"buffer_full": 2, "write_failed": 0, "unserializable": 0})
     release.set()
     sink.close()
-    assert [r["request_id"] for r in read_records(tmp_path / "requests.jsonl")] == ["r0", "r1", "r2", "r3"]
+    assert [r.request_id for r in read_records(tmp_path / "requests.jsonl")] == ["r0", "r1", "r2", "r3"]
 
 
 def test_drops_are_counted_in_the_prometheus_counter_by_default(tmp_path):
@@ -268,13 +316,13 @@ def test_each_worker_writes_its_own_file_and_all_are_read(tmp_path):
         sink.submit([record(worker)])
         sink.close()
     (tmp_path / "requests-other.txt").write_text("not part of the log\n")
-    assert sorted(r["request_id"] for r in read_records(base)) == ["r1", "r2"]
+    assert sorted(r.request_id for r in read_records(base)) == ["r1", "r2"]
 
 
 def test_a_line_still_being_written_is_skipped(tmp_path):
     path = tmp_path / "requests.jsonl"
-    path.write_text(json.dumps(record(1)) + "\n" + '{"request_id": "r2", "fea')
-    assert [r["request_id"] for r in read_records(path)] == ["r1"]
+    path.write_text(record(1).line() + "\n" + '{"request_id": "r2", "fea')
+    assert [r.request_id for r in read_records(path)] == ["r1"]
 
 
 def test_close_writes_what_is_queued(tmp_path):
@@ -288,9 +336,10 @@ def test_close_writes_what_is_queued(tmp_path):
 @pytest.mark.parametrize("value", [float("nan"), {"nested": [1, 2]}, None])
 def test_unusual_values_do_not_stop_the_writer(tmp_path, value):
     sink = RequestLog(tmp_path / "requests.jsonl", dropped=Tally())
-    sink.submit([{"request_id": "odd", "prediction": value}, record(1)])
+    odd = RequestRecord(request_id="odd", time=T0, features={"size": value}, prediction=None)
+    sink.submit([odd, record(1)])
     sink.close()
-    assert [r["request_id"] for r in read_records(tmp_path / "requests.jsonl")] == ["odd", "r1"]
+    assert [r.request_id for r in read_records(tmp_path / "requests.jsonl")] == ["odd", "r1"]
 
 
 def test_a_rotation_while_the_log_is_being_read_loses_and_repeats_no_record(tmp_path, monkeypatch):
@@ -312,7 +361,7 @@ def test_a_rotation_while_the_log_is_being_read_loses_and_repeats_no_record(tmp_
         return files
 
     monkeypatch.setattr(request_log, "log_files", rotated_after_listing)
-    ids = [r["request_id"] for r in read_records(path)]
+    ids = [r.request_id for r in read_records(path)]
     sink.close()
     assert len(rotations[0]) > 1, "the log had not rotated before: the test shows nothing"
     assert ids == [f"r{i}" for i in range(60)]

@@ -51,6 +51,16 @@ def test_labelled_rows_are_training_rows_and_the_newest_are_held_out(traffic, ta
     ]
 
 
+def test_the_recent_slice_is_the_newest_served_whatever_order_the_labels_came_in(traffic, task_type):
+    """Labels arrive in any order (the newest requests' first, here): the held-out slice is still the
+    newest rows served, never the labels written last."""
+    settings, frame, ids, labels = traffic
+    pd.DataFrame({"request_id": ids, "label": frame["label"]}).iloc[::-1].to_csv(labels, index=False)
+    found = feedback.load(settings, configured(task_type), "label", now=NOW)
+    pd.testing.assert_series_equal(found.train["size"], frame["size"].iloc[:70].reset_index(drop=True))
+    pd.testing.assert_series_equal(found.recent["size"], frame["size"].iloc[70:].reset_index(drop=True))
+
+
 def test_labels_that_cannot_be_used_are_skipped_and_counted_by_cause(traffic, task_type):
     settings, frame, ids, labels = traffic
     good = frame["label"].astype(object).tolist()

@@ -2,8 +2,11 @@
 when absent) and the target column, read so that no label can stop the monitor or a retrain.
 
 A label that cannot be used is skipped and counted by its cause in a `LabelReadReport`: the monitor's
-`drift-report` artifact shows the counts and the training run logs them in one line. A later label for the
-same request row supersedes the earlier ones (the last written wins; the superseded are counted).
+`drift-report` artifact shows the counts and the training run logs them in one line. A later usable label
+for the same request row replaces the earlier ones (the last written wins; the replaced are counted).
+
+`join` pairs labels with the request log's rows; it is the one join, used by the monitor's performance,
+the watch after rollout and training's feedback, so all three learn from and judge on the same rows.
 
 Everything is read as text, so a request id such as `00042` stays `00042` (a number-guessing reader made it
 42.0, which matched nothing); only `row` and, for regression, the target are turned into numbers. A writer
@@ -109,8 +112,9 @@ def read(
     path: str | Path, target: str, task_type: str | None = None
 ) -> tuple[pd.DataFrame | None, LabelReadReport]:
     """The usable labels (request_id and row as text and int, `label`), the last written of each request
-    row, in file order, and the report; None when there is no labels file (or it cannot be used at all:
-    the report's `problem` says why). `task_type` "regression": targets that are not numbers are skipped."""
+    row (`latest`), in file order, and the report; None when there is no labels file (or it cannot be used
+    at all: the report's `problem` says why). `task_type` "regression": targets that are not numbers are
+    skipped (and so replace no earlier label)."""
     path = Path(path)
     report = LabelReadReport(str(path))
     if not path.exists():
@@ -130,15 +134,52 @@ def read(
     return _usable(table, target, task_type, report)
 
 
+def join(
+    window: Window, labels: pd.DataFrame, report: LabelReadReport | None = None
+) -> tuple[pd.DataFrame, LabelReadReport]:
+    """The window's labelled request rows, oldest first: `position` (the row in the window), `request_id`,
+    `row` and `label`; and `report` with the labels that found no request row counted.
+
+    Request ids are compared as text (00042 is not 42), rows as ints. One rule for duplicates on each side:
+    a later label for the same (request_id, row) replaces the earlier one, counted as superseded (`read`
+    applies it already; `latest`); a request row logged more than once (a client retrying with its own
+    X-Request-ID) is paired once, with the row logged last. A label whose request row is not in the window
+    (older than the window, or never answered) is counted as not served."""
+    report = report if report is not None else LabelReadReport("")
+    labels, report = latest(labels, report)
+    served = pd.DataFrame(
+        {
+            "position": np.arange(len(window)),
+            "request_id": window.request_ids.astype(str).to_numpy(),
+            "row": window.rows.astype("int64").to_numpy(),
+        }
+    ).drop_duplicates(["request_id", "row"], keep="last")
+    keyed = pd.DataFrame(
+        {
+            "request_id": labels["request_id"].astype(str).to_numpy(),
+            "row": labels["row"].astype("int64").to_numpy(),
+            "label": labels["label"].to_numpy(),
+        }
+    )
+    joined = served.merge(keyed, on=["request_id", "row"], how="inner", validate="one_to_one")
+    joined = joined.sort_values("position", kind="stable").reset_index(drop=True)
+    return joined, report.skip(NOT_SERVED, len(keyed) - len(joined))
+
+
+def latest(labels: pd.DataFrame, report: LabelReadReport) -> tuple[pd.DataFrame, LabelReadReport]:
+    """The last written label of each (request_id, row), in file order; the ones it replaces are counted
+    as superseded."""
+    superseded = labels.duplicated(["request_id", "row"], keep="last")
+    return labels[~superseded].reset_index(drop=True), report.skip(SUPERSEDED, int(superseded.sum()))
+
+
 def served_only(
     labels: pd.DataFrame, window: Window, report: LabelReadReport
 ) -> tuple[pd.DataFrame, LabelReadReport]:
-    """The labels of request rows in `window`; the others are counted (a request older than the window, or
-    an id the service never answered)."""
-    served = pd.DataFrame({"request_id": window.request_ids.astype(str), "row": window.rows.astype("int64")})
-    found = labels.merge(served.drop_duplicates(), on=["request_id", "row"], how="left", indicator=True)
-    known = (found["_merge"] == "both").to_numpy()
-    return labels[known].reset_index(drop=True), report.skip(NOT_SERVED, int((~known).sum()))
+    """The labels of request rows in `window` (request_id, row, label; as `join` pairs them); the others
+    are counted (a request older than the window, or an id the service never answered)."""
+    joined, report = join(window, labels, report)
+    return joined.drop(columns="position"), report
 
 
 def _read_text_table(path: Path, report: LabelReadReport) -> tuple[pd.DataFrame, LabelReadReport]:
@@ -185,9 +226,7 @@ def _usable(
     labels = pd.DataFrame(
         {"request_id": request_ids[ok], "row": rows[ok].astype("int64"), "label": label[ok]}
     )
-    superseded = labels.duplicated(["request_id", "row"], keep="last")
-    report = report.skip(SUPERSEDED, int(superseded.sum()))
-    return labels[~superseded].reset_index(drop=True), report
+    return latest(labels, report)
 
 
 def _row_number(text: str) -> int | str:

@@ -5,8 +5,8 @@ served afterwards. For `rollout.watch_hours` after the latest promotion (the ali
 each monitor run compares the live model with the one before it in the record on:
 
 - **performance**: the primary metric (model.py's PRIMARY_METRIC, in its direction) of both models on the
-  same rows: the labelled rows of the request log the live model served (labels joined as
-  served_traffic.py joins them), scored with its logged answers and with the previous model's answers for
+  same rows: the labelled rows of the request log the live model served (labels.join, the join the
+  monitor and training use), scored with its logged answers and with the previous model's answers for
   the same logged features; worse only when the live model trails by more than the drop allowed with
   `rollout.confidence` (a paired bootstrap over those rows), so noisy labels do not roll back a better one;
 - **5xx share** and **p99 latency** per model version, from the service's /metrics (counted since the
@@ -177,7 +177,8 @@ def compare_performance(
     if labels is None:
         return Evidence("performance", "not enough evidence", "no labels yet (monitoring.labels_path)")
     part = rows_of(window, live)
-    found = served_traffic.labelled(part, labels, metric, classes_of(part)) if len(part) else None
+    # The one join on the whole window, then the live model's rows: the rows the monitor and training see.
+    found = served_traffic.labelled(window, labels, metric, classes_of(part), live) if len(part) else None
     rows = len(found) if found is not None else 0
     if found is None or found.output is None or rows < min_rows:
         evidence = partial_evidence("performance", None, None, rows, rows)
@@ -188,7 +189,8 @@ def compare_performance(
             f"rollout.min_rows is {min_rows}){note}",
         )
     try:
-        features = tables.conform(part.features.iloc[found.positions].reset_index(drop=True), previous.schema)
+        served = window.features.iloc[found.positions].reset_index(drop=True)
+        features = tables.conform(served, previous.schema)
         before = metric.output(previous.pipeline, features)
         result = compare(metric, found.truth, found.output, before, confidence, seed)
     except ValueError as exc:  # one class only among the labels, or rows the previous model cannot read
@@ -441,7 +443,7 @@ def watch(settings: Settings, now: datetime | None = None) -> WatchVerdict:
     task_type = settings.data.task_type
     try:
         labels = served_traffic.read_labels(
-            settings.resolve(settings.monitoring.labels_path), settings.data.target_column
+            settings.resolve(settings.monitoring.labels_path), settings.data.target_column, task_type
         )
         before = store.load(previous)
     except DataError as exc:

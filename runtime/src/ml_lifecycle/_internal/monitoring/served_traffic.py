@@ -9,9 +9,10 @@ out) and which lines of the log it had to skip (torn lines, named by file and li
 Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
 table with a `request_id` column, the target column, and optionally `row` (the row's position in a
 /predict request; 0 when absent, which is right for /predict_one), read by monitoring/labels.py (every label
-that cannot be used skipped and counted by cause, ids as text). Joined on those, they give the model's
-performance on the window with the metric the promotion gate uses (model.py's PRIMARY_METRIC, scored on
-the probabilities or predictions the service logged).
+that cannot be used skipped and counted by cause, ids as text). Joined on those (labels.join, the join
+training and the watch use too), they give the model's performance on the window with the metric the
+promotion gate uses (model.py's PRIMARY_METRIC, scored on the probabilities or predictions the service
+logged).
 """
 
 from __future__ import annotations
@@ -83,30 +84,23 @@ class Window:
         return text if self.complete else f"{text}, which {self.coverage()}"
 
 
-RECORD_KEYS = ("request_id", "time", "features", "prediction")  # what the monitor needs of each record
-
-
 def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
     """The request log's records with start <= time < end (an empty window when there are none); lines
     that are no record are skipped and listed in the window's `bad_lines`."""
     report = ReadReport()
-    records = [
-        r
-        for r in read_records(log_path, report, required=RECORD_KEYS)
-        if start <= datetime.fromisoformat(r["time"]) < end
-    ]
+    records = [r for r in read_records(log_path, report) if start <= r.time < end]
     # With several workers, each writing its own file, the window is whole only where every one reaches.
     oldest = max(report.oldest.values(), default=None)
-    features = pd.DataFrame([r["features"] for r in records])
-    probabilities = [r.get("probabilities") for r in records]
+    features = pd.DataFrame([r.features for r in records])
+    probabilities = [r.probabilities for r in records]
     return Window(
         features=features,
-        predictions=pd.Series([r["prediction"] for r in records], dtype=object),
+        predictions=pd.Series([r.prediction for r in records], dtype=object),
         probabilities=pd.DataFrame(probabilities) if records and all(probabilities) else None,
         # Text, as the labels' ids are: an id such as 00042 is never a number.
-        request_ids=pd.Series([str(r["request_id"]) for r in records], dtype=object),
-        rows=pd.Series([int(r.get("row", 0)) for r in records], dtype="int64"),
-        model_versions=pd.Series([r.get("model_version") for r in records], dtype=object),
+        request_ids=pd.Series([r.request_id for r in records], dtype=object),
+        rows=pd.Series([r.row for r in records], dtype="int64"),
+        model_versions=pd.Series([r.model_version for r in records], dtype=object),
         start=start,
         end=end,
         oldest_record=oldest,
@@ -115,10 +109,12 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
     )
 
 
-def read_labels(path: str | Path, target: str) -> pd.DataFrame | None:
+def read_labels(path: str | Path, target: str, task_type: str | None = None) -> pd.DataFrame | None:
     """The usable labels (request_id, row, label; monitoring/labels.py), the last written of each request
-    row, or None when there is no labels file yet; a file that cannot be used at all is a DataError."""
-    labels, report = label_table.read(path, target)
+    row, or None when there is no labels file yet; a file that cannot be used at all is a DataError.
+    `task_type` "regression": targets that are not numbers are skipped (and supersede nothing), as the
+    monitor flow and training read them."""
+    labels, report = label_table.read(path, target, task_type)
     if report.problem:
         raise DataError(report.problem)
     return labels
@@ -140,11 +136,19 @@ class Labelled:
         return len(self.positions)
 
 
-def labelled(window: Window, labels: pd.DataFrame, metric: Metric, classes: list[str] | None) -> Labelled:
-    """Join the window with its labels (request id and row) and keep the rows the metric can score."""
-    served = pd.DataFrame({"request_id": window.request_ids.astype(str), "row": window.rows})
-    joined = served.reset_index().merge(labels, on=["request_id", "row"], how="inner")
-    positions = joined["index"].to_numpy()
+def labelled(
+    window: Window,
+    labels: pd.DataFrame,
+    metric: Metric,
+    classes: list[str] | None,
+    version: str | None = None,
+) -> Labelled:
+    """The window's rows joined with their labels (labels.join, the one join) that the metric can score;
+    with `version`, only the joined rows that version served (the watch after rollout)."""
+    joined, _ = label_table.join(window, labels)
+    if version is not None:
+        joined = joined[(window.model_versions.iloc[joined["position"]] == version).to_numpy()]
+    positions = joined["position"].to_numpy()
     if not metric.classifies:
         truth = pd.to_numeric(joined["label"], errors="coerce").to_numpy(dtype=float)
         usable = ~np.isnan(truth)

@@ -1,4 +1,5 @@
-"""The request log: every prediction the service makes, one JSON line each, for the monitor flow.
+"""The request log: every prediction the service makes, one JSON line each (a RequestRecord, records.py),
+for the monitor flow and training's feedback.
 
 Writing must never slow down or fail a prediction, so the service only puts records into a bounded
 in-memory queue (`put_nowait`, no waiting) and one background thread writes them to disk. A record that
@@ -28,7 +29,6 @@ it finds the file ending mid-line, so the next record is never glued onto the fr
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -46,6 +46,7 @@ from typing import IO, Any
 from prometheus_client import Counter
 
 from ..config import PACKAGE
+from ..records import RequestRecord
 
 DROPPED = Counter(
     f"{PACKAGE}_request_log_dropped",
@@ -110,7 +111,7 @@ class RequestLog:
         self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
         self._thread.start()
 
-    def submit(self, records: Iterable[dict[str, Any]]) -> int:
+    def submit(self, records: Iterable[RequestRecord]) -> int:
         """Queue records without ever waiting; returns how many were dropped (and counted): no room."""
         lost = 0
         for record in records:
@@ -212,9 +213,9 @@ class RequestLog:
             self._count_dropped(count, WRITE_FAILED)
             self._failed(failure, count)
 
-    def _line(self, record: Any) -> str | None:
+    def _line(self, record: RequestRecord) -> str | None:
         try:
-            return json.dumps(record, default=str, separators=(",", ":"))
+            return record.line()
         except (TypeError, ValueError):  # one record that cannot be written must not lose the others
             LOGGER.exception("request log: a record could not be written")
             self._count_dropped(1, UNSERIALIZABLE)
@@ -374,12 +375,10 @@ def describe_bad_lines(bad_lines: list[BadLine], shown: int = 5) -> str:
     return f"{len(bad_lines)} unreadable lines skipped: {where}{more}"
 
 
-def read_records(
-    path: str | Path, report: ReadReport | None = None, *, required: tuple[str, ...] = ()
-) -> Iterator[dict[str, Any]]:
-    """The records in every file of the log, oldest file first. A line that is not a JSON object with the
-    `required` keys (when "time" is one, an ISO time with a time zone) is skipped, logged with its file
-    and line, and counted in `report`; a last line still being written (no newline yet) is skipped."""
+def read_records(path: str | Path, report: ReadReport | None = None) -> Iterator[RequestRecord]:
+    """The records in every file of the log, oldest file first. A line that is no RequestRecord (not JSON,
+    a key it requires missing, a time without its zone, ...) is skipped, logged with its file and line,
+    and counted in `report`; a last line still being written (no newline yet) is skipped."""
     report = report if report is not None else ReadReport()
     pattern = _name_pattern(Path(path))
     with contextlib.ExitStack() as opened:
@@ -388,23 +387,22 @@ def read_records(
             live = file.name[: match.start(2)] if match and match.group(2) else file.name
             if live != file.name:
                 report.backups[live] = report.backups.get(live, 0) + 1
-            yield from _records_of(file, lines, live, required, report)
+            yield from _records_of(file, lines, live, report)
 
 
-def _records_of(
-    file: Path, lines: IO[str], live: str, required: tuple[str, ...], report: ReadReport
-) -> Iterator[dict[str, Any]]:
+def _records_of(file: Path, lines: IO[str], live: str, report: ReadReport) -> Iterator[RequestRecord]:
     bad = []
     with lines:
         for number, line in enumerate(lines, start=1):
             if not line.endswith("\n") or not line.strip():
                 continue
-            record, when, reason = _parse(line.rstrip("\n"), required)
-            if record is None:
-                bad.append(BadLine(file, number, reason))
+            try:
+                record = RequestRecord.parse(line.rstrip("\n"))
+            except ValueError as exc:
+                bad.append(BadLine(file, number, str(exc)))
                 continue
-            if when is not None and (live not in report.oldest or when < report.oldest[live]):
-                report.oldest[live] = when
+            if live not in report.oldest or record.time < report.oldest[live]:
+                report.oldest[live] = record.time
             yield record
     if bad:
         LOGGER.warning("request log %s: %s", file, describe_bad_lines(bad))
@@ -435,25 +433,3 @@ def _open_at_once(path: str | Path, opened: contextlib.ExitStack) -> list[tuple[
         for _, handle in handles:
             handle.close()
     raise RuntimeError(f"{path}: the log rotated on each of {OPEN_ATTEMPTS} tries to open it; read it again")
-
-
-def _parse(line: str, required: tuple[str, ...]) -> tuple[dict[str, Any] | None, datetime | None, str]:
-    """The record on `line` and its time, or None and why it is no record."""
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        return None, None, f"not JSON: {exc}"
-    if not isinstance(record, dict):
-        return None, None, "not a JSON object"
-    missing = [key for key in required if key not in record]
-    if missing:
-        return None, None, f"no {', '.join(missing)}"
-    if "time" not in required:
-        return record, None, ""
-    try:
-        when = datetime.fromisoformat(record["time"])
-    except (TypeError, ValueError):
-        return None, None, f"time {record['time']!r} is not an ISO time"
-    if when.tzinfo is None:
-        return None, None, f"time {record['time']!r} has no time zone"
-    return record, when, ""

@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from ..config import PACKAGE, get_settings
+from ..records import RequestRecord
 from ..registry import aliases
 from ..registry.promotion import schema_changes
 from ..registry.store import RegisteredModel, load
@@ -281,22 +282,22 @@ class Predictor:
         self, endpoint: str, request_id: str, rows: list[dict[str, Any]], results: list[RowPrediction]
     ) -> None:
         """Count the predictions and hand them to the request log (never waits for the disk)."""
-        now = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC)
         records = []
         for index, (row, result) in enumerate(zip(rows, results, strict=True)):
             label = REGRESSION_LABEL if result.probabilities is None else str(result.prediction)
             PREDICTIONS.labels(label=label, model_version=result.model_version).inc()
             records.append(
-                {
-                    "request_id": request_id,
-                    "time": now,
-                    "endpoint": endpoint,
-                    "model_version": result.model_version,
-                    "row": index,
-                    "features": row,
-                    "prediction": result.prediction,
-                    "probabilities": result.probabilities,
-                }
+                RequestRecord(
+                    request_id=request_id,
+                    time=now,
+                    endpoint=endpoint,
+                    model_version=result.model_version,
+                    row=index,
+                    features=row,
+                    prediction=result.prediction,
+                    probabilities=result.probabilities,
+                )
             )
         self.requests.submit(records)
 

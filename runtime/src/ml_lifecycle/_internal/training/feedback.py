@@ -1,7 +1,8 @@
 """What production taught us, as training rows: the request log's rows joined with their labels.
 
 The service logs every row it predicted (features as sent, request id, row, time); labels arrive later in
-`monitoring.labels_path` (request_id, the target column, optional row). Joined on request id and row, the
+`monitoring.labels_path` (request_id, the target column, optional row). Joined on request id and row by
+the monitor's own join (monitoring/labels.py `join`: the last label of a request row wins), the
 labelled rows of the last `feedback.window_hours` become training data beside the configured data, so a
 retrain after the world changed learns the change instead of resuming the same study on the same file.
 
@@ -88,17 +89,13 @@ def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetim
     window = read_window(
         settings.resolve(settings.serving.request_log_path), now - timedelta(hours=options.window_hours), now
     )
-    labels, report = label_table.served_only(labels, window, report)
-    served = pd.DataFrame(
-        {"request_id": window.request_ids, "row": window.rows, "position": range(len(window))}
-    ).drop_duplicates(["request_id", "row"], keep="last")
-    joined = labels.merge(served, on=["request_id", "row"], how="inner")
+    joined, report = label_table.join(window, labels, report)  # oldest first, as the log
     values, causes = _labels_like(joined["label"], configured[target], settings.data.task_type)
     bad = pd.Series(False, index=values.index)
     for cause, mask in causes.items():
         report = report.skip(cause, int(mask.sum()))
         bad |= mask
-    features = window.features.iloc[joined["position"][~bad].astype(int)].reset_index(drop=True)
+    features = window.features.iloc[joined["position"][~bad]].reset_index(drop=True)
     missing = [c for c in columns if c != target and c not in features.columns]
     if missing:
         report = report.skip(MISSING_COLUMN, len(features))
