@@ -228,7 +228,7 @@ def register(
 
 @pytest.fixture
 def production(csv_settings, task_type):
-    """A production model in the suite's store: the service reads its schema when it is imported."""
+    """A production model in the suite's store: the service is built from its schema."""
     aliases.alias_file(csv_settings).unlink(missing_ok=True)
     tag = register(csv_settings, task_type)
     with aliases.locked(csv_settings) as record:

@@ -254,9 +254,9 @@ def test_an_exported_bentoml_home_is_used_and_a_configured_store_wins_over_it(
     assert get_settings().bentoml_home == get_settings().root / "models"
 
 
-def test_every_process_that_imports_the_package_uses_the_projects_store(tmp_path, settings):
+def test_every_process_that_reads_the_settings_uses_the_projects_store(tmp_path, settings):
     """BentoML reads BENTOML_HOME when it first opens its store; a worker's flow run or `bentoml serve` has
-    no start-up of the project's own, so importing the package exports the project's store."""
+    no start-up of the project's own, so the first read of the settings exports the project's store."""
     project, home = tmp_path / "project", tmp_path / "home"  # a copy: this project's .state/ stays untouched
     project.mkdir()
     home.mkdir()
@@ -264,7 +264,7 @@ def test_every_process_that_imports_the_package_uses_the_projects_store(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "BENTOML_HOME"}
     env.update({"HOME": str(home), f"{ENV_PREFIX}SETTINGS_FILE": str(project / "settings.toml")})
     script = (
-        "import os, my_ml_project; "
+        "import os, my_ml_project, ml_lifecycle; ml_lifecycle.get_settings(); "
         "from bentoml._internal.configuration.containers import BentoMLContainer as C; "
         "print(os.environ['BENTOML_HOME']); print(C.bentoml_home.get())"
     )
@@ -279,7 +279,7 @@ def test_a_bare_bentoml_command_that_opened_another_store_is_stopped_naming_both
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "BENTOML_HOME"}
     script = (
         "from bentoml._internal.configuration.containers import BentoMLContainer as C; "
-        "C.bentoml_home.get(); import my_ml_project"
+        "C.bentoml_home.get(); import my_ml_project.service as s; s.Predictor"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True

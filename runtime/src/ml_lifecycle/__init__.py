@@ -40,13 +40,12 @@ _WHERE = {
 
 def bind(package: str, file: str) -> None:
     """Make this process serve the project whose package is `package` (call as `bind(__name__, __file__)`
-    from its __init__.py): settings, metric and event names come from it, and BentoML uses its store."""
+    from its __init__.py): settings, metric and event names come from it, and BentoML uses its store. Binding
+    only records the package: the settings (and the store they name) are read when first needed, so
+    importing the project cannot fail on them or change the environment."""
     from ._internal.project import bind as record
 
     record(package, file)
-    from ._internal.config import use_project_store
-
-    use_project_store()
 
 
 def __getattr__(name: str) -> Any:

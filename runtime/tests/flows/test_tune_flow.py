@@ -4,8 +4,10 @@ spreads one (the generator's tests run two workers on a real pool against Postgr
 import optuna
 import pytest
 from ml_lifecycle._internal.config import ENV_PREFIX, get_settings
-from ml_lifecycle._internal.flows.train import prepare, train
-from ml_lifecycle._internal.flows.tune import WorkersUnavailable, tune
+from ml_lifecycle._internal.flows.prepare import prepare
+from ml_lifecycle._internal.flows.train import train
+from ml_lifecycle._internal.flows.tune import tune
+from ml_lifecycle._internal.flows.workers import WorkersUnavailable
 from prefect import flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -1,11 +1,13 @@
-"""`bentoml serve` imports the project's service module in every worker: it must not pull in the training
-stack (Optuna, the user's dataset.py, training data checks), monitoring (Evidently) or the demo's
-processes."""
+"""`bentoml serve` imports the project's service module in every worker and asks it for `Predictor`: that
+must not pull in the training stack (Optuna, the user's dataset.py, training data checks), monitoring
+(Evidently) or the demo's processes. Importing the module reads nothing: the service is built, from the
+settings and the production model, when `Predictor` is first asked for."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from ml_lifecycle._internal.project import bound
 
@@ -19,13 +21,38 @@ NOT_AT_SERVE = (
 )
 
 
-def test_the_service_module_imports_no_training_monitoring_or_demo_code(production):
+def run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter that finds the project's package."""
     project = bound()
-    script = f"import json, sys; import {project.package}.service; print(json.dumps(sorted(sys.modules)))"
-    env = {**os.environ, "PYTHONPATH": str(project.directory.parent)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    environ = {**os.environ, "PYTHONPATH": str(project.directory.parent), **env}
+    return subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True)
+
+
+def test_the_service_imports_no_training_monitoring_or_demo_code(production):
+    package = bound().package
+    script = (
+        f"import json, sys, bentoml, {package}.service as s\n"
+        "assert isinstance(s.Predictor, bentoml.Service), s.Predictor\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    result = run(script)
     assert result.returncode == 0, result.stderr[-3000:]
     imported = json.loads(result.stdout.strip().splitlines()[-1])
-    assert f"{project.package}.service" in imported
-    loaded = [m for m in imported if m.startswith(NOT_AT_SERVE) or m == f"{project.package}.dataset"]
+    assert f"{package}.service" in imported
+    loaded = [m for m in imported if m.startswith(NOT_AT_SERVE) or m == f"{package}.dataset"]
     assert loaded == []
+
+
+def test_the_service_imports_without_a_production_model_and_refuses_to_start_saying_why(tmp_path: Path):
+    """No model promoted (an empty store): the modules import, reading nothing; `Predictor` (what `bentoml
+    serve` asks for) is the error that says to train."""
+    package = bound().package
+    script = (
+        f"import sys, ml_lifecycle.service, {package}.service as s\n"
+        "assert 'ml_lifecycle._internal.config' not in sys.modules\n"
+        "try:\n    s.Predictor\nexcept LookupError as e:\n    print(e)"
+    )
+    result = run(script, BENTOML_HOME=str(tmp_path / "empty-store"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"no production model for {package!r}")
+    assert f"run `python -m {package} train`" in result.stdout

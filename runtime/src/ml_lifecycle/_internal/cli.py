@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             from .flows.train import train
-            from .flows.tune import WorkersUnavailable
+            from .flows.workers import WorkersUnavailable
 
             try:
                 train(n_trials=args.n_trials, reason="cli")

@@ -506,30 +506,39 @@ def describe_errors(error: ValidationError, path: Path, environ: Mapping[str, st
     return lines
 
 
-def use_project_store() -> None:
-    """Point BentoML at the project's model store (settings.bentoml_home, by default .state/bentoml).
+_store_in_use = False  # set once this process's BENTOML_HOME is the project's store
+
+
+def use_project_store(settings: Settings) -> None:
+    """Point BentoML at the project's model store (settings.bentoml_home, by default .state/bentoml), once per
+    process; get_settings() calls it on its first read.
 
     BentoML reads BENTOML_HOME once, the first time anything opens its store, and otherwise uses ~/bentoml,
-    shared by every project. Binding the project is the one step every process passes before it touches the
-    store: the CLI, a worker's flow runs (Prefect imports the flow's module; there is no start-up of ours),
-    `bentoml serve` importing the service, and the processes those start, which inherit the variable."""
-    try:
-        os.environ["BENTOML_HOME"] = str(get_settings().bentoml_home)
-    except SettingsError:
-        return  # raised again where the settings are used: the CLI prints one line per problem, exits 2
+    shared by every project. Reading the settings is the one step every path takes before it touches the
+    store (the store's folder is a setting): the CLI, a worker's flow runs (Prefect imports the flow's module;
+    there is no start-up of ours), `bentoml serve` building the service, and the processes those start, which
+    inherit the variable. Importing or binding the project reads nothing, so it exports nothing."""
+    global _store_in_use
+    if _store_in_use:
+        return
+    os.environ["BENTOML_HOME"] = str(settings.bentoml_home)
     if "bentoml" in sys.modules:  # a bare `bentoml serve|build` may have opened another store already
         from bentoml._internal.configuration.containers import BentoMLContainer
 
         opened = BentoMLContainer.bentoml_home.get()
         if os.path.realpath(opened) != os.path.realpath(os.environ["BENTOML_HOME"]):
             raise RuntimeError(
-                f"BentoML opened the model store {opened} before this project "
-                f"was imported, but the project's store is {os.environ['BENTOML_HOME']}: use `python -m "
-                f"{PACKAGE} serve|deploy`, or export BENTOML_HOME={os.environ['BENTOML_HOME']} first"
+                f"BentoML opened the model store {opened} before this project's settings were read, but the "
+                f"project's store is {os.environ['BENTOML_HOME']}: use `python -m {PACKAGE} serve|deploy`, "
+                f"or export BENTOML_HOME={os.environ['BENTOML_HOME']} first"
             )
+    _store_in_use = True
 
 
 @lru_cache
 def get_settings() -> Settings:
-    """Read the settings once per process; tests call `get_settings.cache_clear()` after changing the env."""
-    return Settings()
+    """Read the settings once per process; tests call `get_settings.cache_clear()` after changing the env.
+    The first read also points BentoML at the project's store, before anything can open it."""
+    settings = Settings()
+    use_project_store(settings)
+    return settings

@@ -12,10 +12,11 @@ serving.max_latency_ms: a request whose wait at the batcher would pass it is ans
 spent before the batcher (accept queue, HTTP, JSON) is not counted (docs/decisions.md#overload).
 
 The model is the production one (the alias record in registry/aliases.py, set by promotion; a Bento built with
-`--arg model_tag=<tag>` serves that tag), read when this module is imported, and the request schema is
-built from the feature schema stored with it, so `bentoml serve` refuses to start, saying what to do, when
-nothing has been promoted yet. /readyz answers 200 only once the model is loaded and the request log can be
-written (a 503 names the file and the cause).
+`--arg model_tag=<tag>` serves that tag), and the request schema is built from the feature schema stored with
+it, so `bentoml serve` refuses to start, saying what to do, when nothing has been promoted yet. Both are read
+when `Predictor` is first asked for (`bentoml serve|build` asks at start-up), never when this module is
+imported: build() makes the service once per process. /readyz answers 200 only once the model is loaded and
+the request log can be written (a 503 names the file and the cause).
 
 Rollout without a restart (docs/serving.md#rollout-how-a-promoted-model-reaches-the-service): each worker
 checks the alias record every rollout.poll_seconds in a thread of its own, loads a newly promoted (or
@@ -25,15 +26,14 @@ A model whose feature columns differ from the ones the API was built for is not 
 serves it). A pinned Bento (`--arg model_tag`) never swaps.
 """
 
-from __future__ import annotations
-
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import bentoml
 from bentoml import server_context
@@ -43,7 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from ..config import PACKAGE, get_settings
+from ..config import PACKAGE, Settings, get_settings
 from ..records import RequestRecord
 from ..registry import aliases
 from ..registry.promotion import schema_changes
@@ -63,6 +63,9 @@ from .request_deadline import install as install_header_deadline
 from .request_log import RequestLog, worker_path
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
 
+# No `from __future__ import annotations` here: the endpoints are defined inside build(), and BentoML reads
+# their annotations (the request types built from the model's schema) from the function, not its module.
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,26 +76,6 @@ class ServiceArguments(BaseModel):
     model_tag: str = ""
 
 
-SETTINGS = get_settings()
-SERVING = SETTINGS.serving
-PINNED_TAG = bentoml.use_arguments(ServiceArguments).model_tag
-MODEL_TAG = PINNED_TAG or aliases.production_tag(SETTINGS)
-_METADATA: dict[str, Any] = dict(bentoml.models.get(MODEL_TAG).info.metadata)
-FEATURE_SCHEMA: dict[str, dict[str, Any]] = _METADATA["feature_schema"]
-TASK_TYPE: str = _METADATA["task_type"]
-if TYPE_CHECKING:  # built at import from the model's schema; to a type checker, some pydantic model
-    Features = BaseModel
-else:
-    Features = row_model(FEATURE_SCHEMA)
-# An empty list would reach scikit-learn and fail with a 500; a huge one would stall a worker.
-Rows = Annotated[
-    list[Features],
-    Field(
-        min_length=1,
-        max_length=SERVING.max_rows,
-        description="Rows to predict, each with the training columns",
-    ),
-]
 REGRESSION_LABEL = "value"
 # prometheus_client metrics, as BentoML documents for custom metrics: they appear on /metrics beside
 # BentoML's own (request counts, latency, adaptive batch sizes), summed over workers.
@@ -132,31 +115,55 @@ BATCH_SIZE = Histogram(
 )
 
 
-@bentoml.service(
-    name=SETTINGS.model_name.replace("_", "-") + "-service",
-    workers=SERVING.workers,
-    traffic={"timeout": SERVING.timeout_seconds},
-)
-class Predictor:
-    model = bentoml.models.BentoModel(MODEL_TAG)
+# BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics.
+BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What the service starts from, read once by build(): the settings and the model to serve."""
+
+    settings: Settings
+    pinned_tag: str  # `--arg model_tag`; empty: the production model, followed as it changes
+    model_tag: str
+    feature_schema: dict[str, dict[str, Any]]
+
+    @classmethod
+    def read(cls) -> "Startup":
+        """A clear error (LookupError) when no model is pinned and none has been promoted yet."""
+        settings = get_settings()
+        pinned = bentoml.use_arguments(ServiceArguments).model_tag
+        tag = pinned or aliases.production_tag(settings)
+        metadata: dict[str, Any] = dict(bentoml.models.get(tag).info.metadata)
+        return cls(settings, pinned, tag, metadata["feature_schema"])
+
+
+class Serving:
+    """What the service does, apart from its two endpoints: build() subclasses it with those, whose request
+    types come from the model's feature schema, and makes the subclass the BentoML service."""
+
+    startup: ClassVar[Startup]
+    model: ClassVar[Any]  # bentoml.models.BentoModel of startup.model_tag, which BentoML resolves
 
     def __init__(self) -> None:
-        self.served = Served.of(load(str(self.model.tag)))
+        settings = self.startup.settings
+        serving = settings.serving
+        self.served = Served.of(load(str(self.model.tag)), settings)
         self.requests = RequestLog(
-            worker_path(SETTINGS.resolve(SERVING.request_log_path), server_context.worker_index),
-            max_bytes=SERVING.request_log_max_bytes,
-            backups=SERVING.request_log_backups,
-            buffer=SERVING.request_log_buffer,
+            worker_path(settings.resolve(serving.request_log_path), server_context.worker_index),
+            max_bytes=serving.request_log_max_bytes,
+            backups=serving.request_log_backups,
+            buffer=serving.request_log_buffer,
         )
         self.served.announce(1)
         self.batcher = Batcher(
             self.predict_rows,
-            max_batch_size=SERVING.max_batch_size,
-            max_latency_ms=SERVING.max_latency_ms,
+            max_batch_size=serving.max_batch_size,
+            max_latency_ms=serving.max_latency_ms,
             on_batch=BATCH_SIZE.observe,
         )
         self._stop = threading.Event()
-        if not PINNED_TAG and SETTINGS.rollout.poll_seconds > 0:
+        if not self.startup.pinned_tag and settings.rollout.poll_seconds > 0:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
 
     def __is_ready__(self) -> bool:
@@ -177,8 +184,8 @@ class Predictor:
         """Swap in the production model whenever the alias record names another one; never raises, since a
         dead thread would leave the worker serving an old model silently."""
         refused: set[str] = set()
-        poll = ProductionPoll(SETTINGS)
-        while not self._stop.wait(SETTINGS.rollout.poll_seconds):
+        poll = ProductionPoll(self.startup.settings)
+        while not self._stop.wait(self.startup.settings.rollout.poll_seconds):
             try:
                 tag = poll.next_tag(self.served.version)
                 if tag and tag not in refused:
@@ -192,7 +199,7 @@ class Predictor:
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
         model = load(tag)  # once: its schema is checked and the same object is served
-        changes = schema_changes(model.schema, FEATURE_SCHEMA)
+        changes = schema_changes(model.schema, self.startup.feature_schema)
         if changes:
             refused.add(tag)
             SWAP_REFUSED.labels(model_version=tag).set(1)
@@ -204,7 +211,7 @@ class Predictor:
                 self.served.version,
             )
             return
-        new, old = Served.of(model), self.served
+        new, old = Served.of(model, self.startup.settings), self.served
         self.served = new  # one assignment: a batch sees the old model or the new one, never a mix
         new.announce(1)
         old.announce(0)
@@ -228,9 +235,8 @@ class Predictor:
                 error=f"the model cannot predict this row: {exc}", model_version=served.version
             )
 
-    @bentoml.api
-    async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
-        """Predict for one or more rows; each row's fields are the training columns."""
+    async def answer(self, rows: list[BaseModel], ctx: bentoml.Context) -> Prediction:
+        """/predict's answer (the endpoint is defined in build(), typed by the model's schema)."""
         request_id = _request_id(ctx)
         features = [row.model_dump() for row in rows]
         results = await self._batched(features)
@@ -244,9 +250,8 @@ class Predictor:
             request_id=request_id,
         )
 
-    @bentoml.api
-    async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:
-        """Predict for one row; concurrent calls are batched together."""
+    async def answer_one(self, row: BaseModel, ctx: bentoml.Context) -> OnePrediction:
+        """/predict_one's answer (the endpoint is defined in build(), typed by the model's schema)."""
         request_id = _request_id(ctx)
         features = row.model_dump()
         [result] = await self._batched([features])
@@ -311,8 +316,8 @@ class Served:
     runtime: predictors.Runtime
 
     @classmethod
-    def of(cls, model: RegisteredModel) -> Served:
-        runtime = predictors.choose(model, SERVING.runtime, SETTINGS.onnx.tolerance)
+    def of(cls, model: RegisteredModel, settings: Settings) -> "Served":
+        runtime = predictors.choose(model, settings.serving.runtime, settings.onnx.tolerance)
         return cls(version=model.tag, name=model.tag.split(":")[0], runtime=runtime)
 
     def announce(self, value: int) -> None:
@@ -340,33 +345,85 @@ def _request_id(ctx: bentoml.Context) -> str:
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
 
 
-# BentoML sets the root logger to WARNING in its server processes; the library's INFO lines (the API key
-# on or off, the runtime chosen) and the project's own belong in the server's log too.
-for _name in ("ml_lifecycle", PACKAGE):
-    logging.getLogger(_name).setLevel(logging.INFO)
+@cache
+def build() -> "bentoml.Service[Serving]":
+    """The BentoML service, made once per process when `Predictor` is first asked for: BentoML's typed API
+    needs the model's feature schema, which is read here, with the settings, and not at import. Building
+    also applies the service's process-wide changes (middleware, log levels, BentoML's patches), once."""
+    startup = Startup.read()
+    settings = startup.settings
+    serving = settings.serving
+    if TYPE_CHECKING:  # built from the model's schema; to a type checker, some pydantic model
+        Features = BaseModel
+    else:
+        Features = row_model(startup.feature_schema)
+    # An empty list would reach scikit-learn and fail with a 500; a huge one would stall a worker.
+    Rows = Annotated[
+        list[Features],
+        Field(
+            min_length=1,
+            max_length=serving.max_rows,
+            description="Rows to predict, each with the training columns",
+        ),
+    ]
 
-# BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
-KEY_ENV = key_env(SERVING.api_key_env, SERVING.api_key_block, PACKAGE)
-if SERVING.api_key_block:
-    key_from_secret_block(SERVING.api_key_block, KEY_ENV)
-api_key_from(KEY_ENV)  # a blank key stops `bentoml serve` here, before any worker starts
-# @bentoml.service returns a bentoml.Service; mypy does not apply class decorators' return types.
-SERVICE = cast("bentoml.Service[Predictor]", Predictor)
-ROUTES = [method.route for method in SERVICE.apis.values()]
-SERVICE.add_asgi_middleware(
-    RequestGuard,
-    protected=ROUTES,
-    api_key_env=KEY_ENV,
-    max_body_bytes=SERVING.max_body_bytes,
-    max_discarded_bytes=SERVING.max_discarded_bytes,
-    discard_seconds=SERVING.timeout_seconds,
-)
-# BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics. BentoML builds
-# its middleware from this module attribute when a worker starts, after importing this module.
-BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
-instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ignore[misc, assignment]
-    instruments.RunnerTrafficMetricsMiddleware, ROUTES + BENTOML_ROUTES
-)
-# Each worker imports this module before its uvicorn server loads its HTTP protocol class.
-install_header_deadline(SERVING.header_timeout_seconds)
-keep_rejected_values_out_of_the_log(log_values=SERVING.log_rejected_values)
+    class Predictor(Serving):
+        model = bentoml.models.BentoModel(startup.model_tag)
+
+        @bentoml.api
+        async def predict(self, rows: Rows, ctx: bentoml.Context) -> Prediction:
+            """Predict for one or more rows; each row's fields are the training columns."""
+            return await self.answer(rows, ctx)
+
+        @bentoml.api
+        async def predict_one(self, row: Features, ctx: bentoml.Context) -> OnePrediction:
+            """Predict for one row; concurrent calls are batched together."""
+            return await self.answer_one(row, ctx)
+
+    Predictor.startup = startup
+    # @bentoml.service returns a bentoml.Service; mypy does not apply class decorators' return types.
+    service = cast(
+        "bentoml.Service[Serving]",
+        bentoml.service(
+            name=settings.model_name.replace("_", "-") + "-service",
+            workers=serving.workers,
+            traffic={"timeout": serving.timeout_seconds},
+        )(Predictor),
+    )
+
+    # BentoML sets the root logger to WARNING in its server processes; the library's INFO lines (the API key
+    # on or off, the runtime chosen) and the project's own belong in the server's log too.
+    for name in ("ml_lifecycle", PACKAGE):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+    # BentoML's documented hook for ASGI middleware. The API key stays in its environment variable.
+    api_key = key_env(serving.api_key_env, serving.api_key_block, PACKAGE)
+    if serving.api_key_block:
+        key_from_secret_block(serving.api_key_block, api_key)
+    api_key_from(api_key)  # a blank key stops `bentoml serve` here, before any worker starts
+    routes = [method.route for method in service.apis.values()]
+    service.add_asgi_middleware(
+        RequestGuard,
+        protected=routes,
+        api_key_env=api_key,
+        max_body_bytes=serving.max_body_bytes,
+        max_discarded_bytes=serving.max_discarded_bytes,
+        discard_seconds=serving.timeout_seconds,
+    )
+    # BentoML builds its middleware from this module attribute when a worker starts, after it asked for the
+    # service (and so after this patch).
+    instruments.RunnerTrafficMetricsMiddleware = bounded_endpoint_label(  # type: ignore[misc, assignment]
+        instruments.RunnerTrafficMetricsMiddleware, routes + BENTOML_ROUTES
+    )
+    # Each worker asks for the service before its uvicorn server loads its HTTP protocol class.
+    install_header_deadline(serving.header_timeout_seconds)
+    keep_rejected_values_out_of_the_log(log_values=serving.log_rejected_values)
+    return service
+
+
+def __getattr__(name: str) -> Any:
+    """`Predictor` is built when first asked for (`bentoml serve <package>.service:Predictor` asks at
+    start-up), so importing this module reads neither the settings nor the model store."""
+    if name == "Predictor":
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
