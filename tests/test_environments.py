@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import (
+    EVALUATION_WATCH,
     Project,
     explain,
     install_project,
@@ -93,48 +94,17 @@ async def main():
 asyncio.run(main())
 """
 
-# Run in the project's environment: a drift event about a model, posted with the monitor's own code, then a
-# marker event that `follows` it, matched by a throwaway automation of the test's. Prefect's triggers service
-# evaluates an event that follows another only after it has finished evaluating that one, so once the
-# marker's automation has fired, every automation that the drift event fires has fired too. Prints the
-# names of the automations the drift event fired and the deployment name of each retrain run.
-DRIFT_EVENT_THEN_RETRAINS = with_library("""
-import asyncio, json, sys, time, uuid
-from prefect.client.orchestration import get_client
-from prefect.events import Event
-from prefect.events.actions import DoNothing
-from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
-from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+# Run in the project's environment: a drift event about a model, posted with the monitor's own code; once the
+# server has finished evaluating it (EVALUATION_WATCH), print the names of the automations it fired and the
+# deployment name of each retrain run.
+DRIFT_EVENT_THEN_RETRAINS = with_library(
+    EVALUATION_WATCH
+    + """
+import asyncio, json
 
 settings = internal("config").get_settings()
 monitor = internal("flows.monitor")
-marker = f"test.marker.{uuid.uuid4().hex}"
 
-def fired_by(client, event_id):
-    \"\"\"Names of the automations whose triggered event names `event_id` as its triggering event.\"\"\"
-    related = EventRelatedFilter(resources_in_roles=[(f"prefect.event.{event_id}", "triggering-event")])
-    wanted = EventFilter(event=EventNameFilter(name=["prefect.automation.triggered"]), related=related)
-    page = client.read_events(filter=wanted, limit=50)
-    return sorted(e.resource.get("prefect.resource.name", e.resource.id) for e in page.events)
-
-def until(what, check, seconds=90):
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        time.sleep(1)
-    return found
-
-def post(event):
-    with get_client(sync_client=True) as client:
-        client.request("POST", "/events", json=[event.model_dump(mode="json")])
-
-async def sentinel():
-    trigger = EventTrigger(
-        expect={"test.marker"}, match={"prefect.resource.id": marker}, posture=Posture.Reactive, threshold=1
-    )
-    async with get_client() as client:
-        automation = AutomationCore(name=marker, trigger=trigger, actions=[DoNothing()])
-        return await client.create_automation(automation)
 
 async def retrain_runs():
     async with get_client() as client:
@@ -142,32 +112,18 @@ async def retrain_runs():
         runs = [names.get(r.deployment_id, "") for r in await client.read_flow_runs()]
         return sorted(name for name in runs if name.startswith("retrain-"))
 
-automation = asyncio.run(sentinel())
-with get_client(sync_client=True) as client:
-    def marker_fired(event):
-        return lambda: fired_by(client, event.id) == [marker]
 
-    def probe_fires():  # the server loads a new automation shortly after its creation: a fresh probe a try
-        probe = Event(event="test.marker", resource={"prefect.resource.id": marker})
-        post(probe)
-        deadline = time.monotonic() + 15  # the persister writes events in batches, by default every 5 s
-        while not (fired := marker_fired(probe)()) and time.monotonic() < deadline:
-            time.sleep(1)
-        return fired
-
-    until("the test's automation is live", probe_fires)
+with EvaluationWatch() as watch:
     payload = {"reason": "drift in a test", "drift_share": 0.5}
     resource = internal("registry.store").event_resource(settings, "v-test")
     drift = Event(event=settings.drift_event, resource=resource, payload=payload)
     monitor.post_event(drift)
-    after = Event(event="test.marker", resource={"prefect.resource.id": marker}, follows=drift.id)
-    post(after)
-    until("the drift event's evaluation is over", marker_fired(after))
-    fired = until("the drift event fired an automation", lambda: fired_by(client, drift.id))
-    runs = until("a retrain run exists", lambda: asyncio.run(retrain_runs()))
-    client.delete_automation(automation)
+    watch.wait_until_evaluated([drift.id])
+fired = until("the drift event fired an automation", lambda: automations_fired_by(drift.id))
+runs = until("a retrain run exists", lambda: asyncio.run(retrain_runs()))
 print(json.dumps({"fired": fired, "runs": runs}))
-""")
+"""
+)
 
 # The Job the Kubernetes worker would submit for a run of argv[2] (flow/deployment): prefect-kubernetes'
 # own job configuration, from the pool's base job template on the server and the deployment's job variables.
