@@ -105,8 +105,27 @@ def required_field(schema: dict, kind: str | None = None) -> str:
     )
 
 
-def test_copy_task_locks_the_dependencies(project):
-    assert (project.root / "uv.lock").is_file()
+def test_copy_task_locks_the_dependencies_and_commits_the_project(project, rendered, request):
+    """What the copy task did, checked and not redone: one commit (the task's) holding exactly the files
+    Copier rendered plus the uv.lock it wrote, that lock agreeing with pyproject.toml (`uv lock --check`
+    resolves and compares; it writes nothing), and no committed file changed since (so neither the install
+    nor any later step had to rewrite the lock)."""
+
+    def git(*args: str) -> str:
+        result = project.run("git", *args)
+        assert result.returncode == 0, explain(result)
+        return result.stdout
+
+    assert git("rev-list", "--count", "HEAD").strip() == "1"
+    assert git("log", "-1", "--format=%s").strip() == f"{project.root.name}: project from the template"
+    committed = set(git("ls-tree", "-r", "--name-only", "HEAD").splitlines())
+    copied = rendered(request.node.callspec.params["project"])  # the same answers, rendered without tasks
+    files = {str(p.relative_to(copied)) for p in copied.rglob("*") if p.is_file() and ".git" not in p.parts}
+    assert committed == files | {"uv.lock"}, committed ^ (files | {"uv.lock"})
+    changed = project.run("git", "diff", "--quiet", "HEAD", "--", *sorted(committed))
+    assert changed.returncode == 0, git("diff", "--stat", "HEAD", "--", *sorted(committed))
+    checked = project.run("uv", "lock", "--check")
+    assert checked.returncode == 0, explain(checked)
 
 
 def test_projects_own_test_suite_passes_and_leaves_no_scratch_behind(project, tmp_path):
