@@ -135,6 +135,18 @@ def test_projects_own_test_suite_passes_and_leaves_no_scratch_behind(project, tm
     assert sorted(p.name for p in tmp_path.glob(f"{project.package}-tests-*")) == []
 
 
+def test_the_contracts_data_checks_skip_without_data_and_fail_under_require_all_tools(project, tmp_path):
+    """data.path naming a file not brought yet: the contract's two data checks skip, as a new user expects;
+    with REQUIRE_ALL_TOOLS=1 (the project's CI sets it) the same checks fail, naming the variable."""
+    missing = {f"{project.package.upper()}_DATA__PATH": str(tmp_path / "not-brought-yet.csv")}
+    command = ("uv", "run", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_contract.py")
+    skipped = project.run(*command, "-k", "your_", REQUIRE_ALL_TOOLS="", **missing)
+    assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, explain(skipped)
+    failed = project.run(*command, "-k", "your_", REQUIRE_ALL_TOOLS="1", **missing)
+    assert failed.returncode == 1 and "2 failed" in failed.stdout, explain(failed)
+    assert "not-brought-yet.csv does not exist yet: bring your data (REQUIRE_ALL_TOOLS=1)" in failed.stdout
+
+
 def test_the_generated_settings_file_holds_the_codes_defaults(project):
     """A line deleted from a fresh settings.toml changes nothing. Checked here, on the template, not in the
     project's own tests: a user who changes a value in their settings.toml has not broken anything."""
