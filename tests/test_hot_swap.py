@@ -163,11 +163,18 @@ def stack(installed, tmp_path_factory) -> Iterator[Stack]:
             "--arg",
             f"model_tag={found['production']}",
         ]
+        # The pinned server sees the same model store and alias record, from a BentoML home of its own: two
+        # servers on one home share its prometheus_multiproc_dir, and the second one to start deletes the
+        # first one's metric files (its gauges then vanish from /metrics).
+        own = home / "pinned-bentoml"
+        own.mkdir()
+        for part in ("models", "aliases", "locks"):
+            (own / part).symlink_to(home / "bentoml" / part, target_is_directory=True)
         stack.enter_context(
             started(
                 command,
                 cwd=project.root,
-                env={**project.env, **env},
+                env={**project.env, **env, "BENTOML_HOME": str(own)},
                 log=home / "pinned.log",
                 ready_url=f"{pinned}/readyz",
             )
