@@ -11,7 +11,8 @@ from ml_lifecycle import get_settings, testing
 @pytest.fixture
 def your_data():
     """Skips while data.path names a file you have not brought yet (the demo data needs none); fails
-    instead under REQUIRE_ALL_TOOLS=1, as the CI sets it, so CI cannot pass without checking your data."""
+    instead under REQUIRE_ALL_TOOLS=1, as the CI sets it (docs/deploying.md#cicd), so CI cannot pass
+    without checking your data."""
     path = get_settings().data_path
     if path is not None and not path.exists():
         reason = f"data.path {path} does not exist yet: bring your data"
