@@ -343,6 +343,92 @@ def internal(name):
 """
 
 
+# Prepended to a script run in a project's environment (with or after LIBRARY_PRELUDE): "nothing else
+# happened on these events" checked against something that would have happened. Prefect's triggers service
+# evaluates an event that `follows` another only once it has finished evaluating that one; so a marker
+# event following each event, matched by a throwaway automation, fires that automation only after every
+# automation the event fires has fired (and published its prefect.automation.triggered event).
+EVALUATION_WATCH = """
+import time, uuid
+from prefect.client.orchestration import get_client
+from prefect.events import Event
+from prefect.events.actions import DoNothing
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+
+def until(what, check, seconds=90):
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(1)
+    return found
+
+
+def post_events(events):
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[e.model_dump(mode="json") for e in events])
+
+
+def automations_fired_by(event_id):
+    \"\"\"Names of the automations whose prefect.automation.triggered event names `event_id`.\"\"\"
+    related = EventRelatedFilter(resources_in_roles=[(f"prefect.event.{event_id}", "triggering-event")])
+    wanted = EventFilter(event=EventNameFilter(name=["prefect.automation.triggered"]), related=related)
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=wanted, limit=50)
+    return sorted(e.resource.get("prefect.resource.name", e.resource.id) for e in page.events)
+
+
+class EvaluationWatch:
+    \"\"\"A throwaway automation on marker events; `wait_until_evaluated(ids)` returns once the server's
+    triggers service has finished with each of those events.\"\"\"
+
+    def __enter__(self):
+        self.name = f"test.marker.{uuid.uuid4().hex}"
+        trigger = EventTrigger(
+            expect={"test.marker"},
+            match={"prefect.resource.id": self.name},
+            posture=Posture.Reactive,
+            threshold=1,
+        )
+        automation = AutomationCore(name=self.name, trigger=trigger, actions=[DoNothing()])
+        with get_client(sync_client=True) as client:
+            self.id = client.create_automation(automation)
+        until("the test's automation is live", self._probe_fires)
+        return self
+
+    def __exit__(self, *exc):
+        with get_client(sync_client=True) as client:
+            client.delete_automation(self.id)
+
+    def _marker(self, follows=None):
+        return Event(event="test.marker", resource={"prefect.resource.id": self.name}, follows=follows)
+
+    def _fired(self):
+        \"\"\"The ids of the marker events that fired the automation so far.\"\"\"
+        mine = EventResourceFilter(id=[f"prefect.automation.{self.id}"])
+        wanted = EventFilter(event=EventNameFilter(name=["prefect.automation.triggered"]), resource=mine)
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=wanted, limit=50)
+        causes = [r for e in page.events for r in e.related if r.role == "triggering-event"]
+        return {r.id.removeprefix("prefect.event.") for r in causes}
+
+    def _probe_fires(self):  # the server loads a new automation shortly after its creation: new probe a try
+        probe = self._marker()
+        post_events([probe])
+        deadline = time.monotonic() + 15  # the persister writes events in batches, by default every 5 s
+        while str(probe.id) not in (fired := self._fired()) and time.monotonic() < deadline:
+            time.sleep(1)
+        return str(probe.id) in fired
+
+    def wait_until_evaluated(self, event_ids, seconds=90):
+        markers = [self._marker(follows=event_id) for event_id in event_ids]
+        post_events(markers)
+        wanted = {str(m.id) for m in markers}
+        until("the events' evaluation is over", lambda: wanted <= self._fired(), seconds)
+"""
+
+
 def with_library(script: str) -> str:
     """`script` (run in the project's environment, the package as argv[1]) after a prelude that imports the
     project, whose __init__ binds the library, and defines `internal("registry.aliases")` etc. for the

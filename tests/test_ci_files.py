@@ -4,12 +4,14 @@ GitHub's workflow goes through actionlint, GitLab's pipeline through the GitLab 
 check-jsonschema bundles; both are the generator's dev dependencies, so this needs no network. Then what
 the pipelines promise: lint, type check and tests first, a short training run and `bentoml build` after
 them, and only on the main branch a deploy of prod that stops, naming the secret, when one is missing.
-Every command in them is one the generator's slow tests run in a generated project (TESTED_COMMANDS).
+Every command in them is one the generator's slow tests run in a generated project (TESTED_COMMANDS):
+test_project.py runs every job but the deploy, in order, with the job's variables (JOBS_NOT_RUN says why).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,15 +25,29 @@ ANSWERS = {"github": {}, "gitlab": {"ci_provider": "gitlab", "python_version": "
 CI_FILE = {"github": ".github/workflows/ci.yml", "gitlab": ".gitlab-ci.yml"}
 DEPLOY_PROD = "uv run prefect --no-prompt deploy --name '*-prod'"
 # Each command of the CI files, and the generator's test that runs it in a generated project and sees it pass.
+EVERY_JOB = "test_project.py::test_every_ci_job_runs_in_order"
 TESTED_COMMANDS = {
-    "uv sync --locked": "test_project.py::test_the_ci_build_job_passes",
-    "uv run ruff check .": "test_adoption.py (ruff)",
-    "uv run ruff format --check .": "test_adoption.py (ruff-format)",
-    "uv run mypy": "test_project.py::test_mypy_passes_on_the_fresh_project",
-    "uv run pytest": "test_project.py::test_projects_own_test_suite_passes_and_leaves_no_scratch_behind",
-    "uv run python -m {package} train --n-trials 2": "test_project.py::test_the_ci_build_job_passes",
-    "uv run bentoml build": "test_project.py::test_the_ci_build_job_passes",
+    "uv sync --locked": EVERY_JOB,
+    "uv run ruff check .": EVERY_JOB,
+    "uv run ruff format --check .": EVERY_JOB,
+    "uv run mypy": EVERY_JOB,
+    "uv run pytest": EVERY_JOB,
+    "uv run python -m {package} train --n-trials 2": EVERY_JOB,
+    "uv run bentoml build": EVERY_JOB,
     DEPLOY_PROD: "test_environments.py::test_deploying_one_environment_leaves_the_other_alone",
+}
+# The jobs test_every_ci_job_runs_in_order cannot run here, and why; it checks these are all it leaves out.
+JOBS_NOT_RUN = {
+    "deploy": "needs the team's Prefect server and its secrets: its secret check runs in "
+    "test_a_missing_secret_fails_the_deploy_naming_it, the deploy in test_environments.py (a local server)",
+}
+# Variables of the CI files that only make sense on the runner: not applied when the jobs run here.
+RUNNER_ONLY_VARIABLES = {
+    "github": {},
+    "gitlab": {
+        "UV_CACHE_DIR": "the folder GitLab's cache saves between pipelines; here uv keeps the machine's own "
+        "cache, and an empty one could not be filled without a network",
+    },
 }
 SECRETS = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
 
@@ -83,6 +99,27 @@ def job_lines(pipeline: dict, provider: str, name: str) -> list[str]:
         before = job.get("before_script", pipeline.get("default", {}).get("before_script", []))
         blocks = [*before, *job["script"]]
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def job_steps(pipeline: dict, provider: str, name: str, checkout: Path) -> list[tuple[str, dict[str, str]]]:
+    """Each shell block of a job, in order, with the variables its runner sets (workflow or pipeline, job,
+    step); the checkout folder and the secrets filled in as the runner does (a secret not set is empty)."""
+
+    def fill(value: object) -> str:
+        text = str(value)
+        for key in ("${{ github.workspace }}", "$CI_PROJECT_DIR"):
+            text = text.replace(key, str(checkout))
+        return re.sub(r"\$\{\{ secrets\.\w+ \}\}", "", text)
+
+    job = jobs(pipeline, provider)[name]
+    if provider == "github":
+        common = {**pipeline.get("env", {}), **job.get("env", {})}
+        steps = [(step["run"], {**common, **step.get("env", {})}) for step in job["steps"] if "run" in step]
+    else:
+        common = {**pipeline.get("variables", {}), **job.get("variables", {})}
+        before = job.get("before_script", pipeline.get("default", {}).get("before_script", []))
+        steps = [(block, common) for block in [*before, *job["script"]]]
+    return [(block, {key: fill(value) for key, value in env.items()}) for block, env in steps]
 
 
 def commands(pipeline: dict, provider: str, name: str) -> list[str]:
@@ -180,3 +217,16 @@ def test_every_command_is_one_the_generators_tests_run(pipeline, provider, proje
     used = {line for name in jobs(pipeline, provider) for line in commands(pipeline, provider, name)}
     tested = {command.format(package=package_of(project)) for command in TESTED_COMMANDS}
     assert used == tested
+
+
+def test_what_cannot_run_here_names_jobs_and_variables_the_file_has(pipeline, provider, project):
+    """JOBS_NOT_RUN and RUNNER_ONLY_VARIABLES stay true to the file: a renamed job or a dropped variable
+    fails here, in the fast tier, before test_project.py's run of every job would."""
+    assert set(JOBS_NOT_RUN) <= set(jobs(pipeline, provider))
+    variables = {
+        key
+        for name in jobs(pipeline, provider)
+        for _, env in job_steps(pipeline, provider, name, project)
+        for key in env
+    }
+    assert set(RUNNER_ONLY_VARIABLES[provider]) <= variables

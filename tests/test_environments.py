@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import (
+    EVALUATION_WATCH,
     Project,
     explain,
     install_project,
@@ -93,18 +94,17 @@ async def main():
 asyncio.run(main())
 """
 
-# Run in the project's environment: a drift event about a model, posted with the monitor's own code; then
-# wait up to 60 s for the triggers' flow runs, and print the deployment name of each retrain run.
-DRIFT_EVENT_THEN_RETRAINS = with_library("""
-import asyncio, json, sys, time
-from prefect.client.orchestration import get_client
-from prefect.events import Event
+# Run in the project's environment: a drift event about a model, posted with the monitor's own code; once the
+# server has finished evaluating it (EVALUATION_WATCH), print the names of the automations it fired and the
+# deployment name of each retrain run.
+DRIFT_EVENT_THEN_RETRAINS = with_library(
+    EVALUATION_WATCH
+    + """
+import asyncio, json
 
 settings = internal("config").get_settings()
 events = internal("monitoring.events")
-payload = {"reason": "drift in a test", "drift_share": 0.5}
-resource = internal("registry.store").event_resource(settings, "v-test")
-events.post_event(Event(event=settings.drift_event, resource=resource, payload=payload))
+
 
 async def retrain_runs():
     async with get_client() as client:
@@ -112,12 +112,18 @@ async def retrain_runs():
         runs = [names.get(r.deployment_id, "") for r in await client.read_flow_runs()]
         return sorted(name for name in runs if name.startswith("retrain-"))
 
-deadline = time.monotonic() + 60
-while not (found := asyncio.run(retrain_runs())) and time.monotonic() < deadline:
-    time.sleep(1)
-time.sleep(5)  # any other environment's trigger, evaluated on the same event, has fired by now
-print(json.dumps(asyncio.run(retrain_runs())))
-""")
+
+with EvaluationWatch() as watch:
+    payload = {"reason": "drift in a test", "drift_share": 0.5}
+    resource = internal("registry.store").event_resource(settings, "v-test")
+    drift = Event(event=settings.drift_event, resource=resource, payload=payload)
+    events.post_event(drift)
+    watch.wait_until_evaluated([drift.id])
+fired = until("the drift event fired an automation", lambda: automations_fired_by(drift.id))
+runs = until("a retrain run exists", lambda: asyncio.run(retrain_runs()))
+print(json.dumps({"fired": fired, "runs": runs}))
+"""
+)
 
 # The Job the Kubernetes worker would submit for a run of argv[2] (flow/deployment): prefect-kubernetes'
 # own job configuration, from the pool's base job template on the server and the deployment's job variables.
@@ -284,7 +290,9 @@ def test_a_drift_event_from_one_environment_retrains_that_environment_only(deplo
     """Environments sharing one Prefect server: staging's monitor (its runs have the variable set, as
     prefect.yaml does) reports drift; staging's retrain starts, dev's and prod's do not."""
     staging = {f"{project.package.upper()}_PROJECT__ENVIRONMENT": "staging"}
-    assert project.query(DRIFT_EVENT_THEN_RETRAINS, PREFECT_API_URL=api_url, **staging) == ["retrain-staging"]
+    found = project.query(DRIFT_EVENT_THEN_RETRAINS, PREFECT_API_URL=api_url, **staging)
+    assert found["runs"] == ["retrain-staging"], found
+    assert len(found["fired"]) == 1, found  # staging's automation only: dev's and prod's did not fire
 
 
 def test_deploying_one_environment_leaves_the_other_alone(deployed, project, api_url):

@@ -294,6 +294,19 @@ def test_a_kept_alive_connection_that_stalls_in_its_next_request_is_closed(serve
     assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
+def in_progress(base: str, endpoint: str) -> float:
+    """BentoML's gauge of the requests to `endpoint` its app has begun (headers read), not answered."""
+    lines = [line for line in metric_lines(base) if line.startswith("bentoml_service_request_in_progress{")]
+    return sum(float(line.rpartition(" ")[2]) for line in lines if f'endpoint="{endpoint}"' in line)
+
+
+def answers_readyz(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def bentoml_serve_pid(port: int) -> int:
     """The `bentoml serve` process (BentoML's arbiter) listening on `port`: the process Kubernetes signals."""
     for entry in Path("/proc").iterdir():
@@ -322,10 +335,10 @@ def test_sigterm_lets_the_requests_in_flight_finish(project, row, tmp_path):
         for connection in in_flight:
             connection.sendall(body[:half])
         assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
-        time.sleep(0.5)  # the worker has read their headers by now
+        wait_until(lambda: in_progress(base, "/predict_one") >= 8, "the worker began the 8 requests")
         server = bentoml_serve_pid(urlsplit(base).port)
         os.kill(server, signal.SIGTERM)
-        time.sleep(1)  # the server is shutting down now, with the requests half received
+        wait_until(lambda: not answers_readyz(base), "the server stops taking new requests")
         for connection in in_flight:
             connection.sendall(body[half:])
         answers = [read_response(connection) for connection in in_flight]

@@ -17,14 +17,23 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from conftest import Project, explain, free_port, install_project, prefect_server, require_tool, started
+from conftest import (
+    EVALUATION_WATCH,
+    Project,
+    explain,
+    free_port,
+    install_project,
+    prefect_server,
+    require_tool,
+    started,
+)
 from prefect_ui import capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -195,10 +204,21 @@ def test_the_webhook_received_the_drift_alert(stack):
 def test_a_storm_of_drift_events_starts_at_most_one_retrain(stack):
     """20 events in a second, after the demo's own event left the cooldown window: the first fires the
     trigger, the others are absorbed (the concurrency limit would cancel any second run)."""
-    time.sleep(COOLDOWN_SECONDS + 2)
+    retrain_events = [f"{stack.project.package}.{e}" for e in ("drift.detected", "performance.degraded")]
+    found = httpx.post(
+        f"{stack.api_url}/events/filter",
+        json={"filter": {"event": {"name": retrain_events}}, "limit": 50},
+        timeout=30,
+    )
+    found.raise_for_status()
+    last = max(datetime.fromisoformat(e["occurred"]) for e in found.json()["events"])
+    window_ends = last + timedelta(seconds=COOLDOWN_SECONDS + 1)  # the demo's own event's window
+    while datetime.now(UTC) < window_ends:  # the cooldown is measured in time: wait for the clock to pass it
+        time.sleep(0.5)
     storm_started = datetime.now(UTC)
-    emitted = stack.project.query(
-        f"""
+    fired = stack.project.query(
+        EVALUATION_WATCH
+        + f"""
 import json, sys
 from prefect.events import emit_event
 import {stack.project.package}  # the project first: importing it binds the library
@@ -207,21 +227,27 @@ from ml_lifecycle._internal.registry.aliases import production_tag
 from ml_lifecycle._internal.registry.store import event_resource
 settings = get_settings()
 tag = production_tag(settings)
-events = [
-    emit_event(
-        event=settings.drift_event,
-        resource=event_resource(settings, tag),  # the monitor's own: the model and its environment (dev)
-        payload={{"reason": f"storm {{i}}", "drift_share": 1.0}},
-    )
-    for i in range({STORM_EVENTS})
-]
-print(json.dumps(sum(e is not None for e in events)))
+with EvaluationWatch() as watch:
+    events = [
+        emit_event(
+            event=settings.drift_event,
+            resource=event_resource(settings, tag),  # the monitor's own: the model and its environment (dev)
+            payload={{"reason": f"storm {{i}}", "drift_share": 1.0}},
+        )
+        for i in range({STORM_EVENTS})
+    ]
+    assert all(e is not None for e in events), events
+    watch.wait_until_evaluated([e.id for e in events])
+until("the storm fired an automation", lambda: any(automations_fired_by(e.id) for e in events))
+print(json.dumps([name for e in events for name in automations_fired_by(e.id)]))
 """,
         PREFECT_API_URL=stack.api_url,
     )
-    assert emitted == STORM_EVENTS
-    time.sleep(COOLDOWN_SECONDS)
-    runs = flow_runs(stack.api_url, "retrain-dev", storm_started)
+    assert len(fired) == 1, fired  # the first event fired the trigger; the server has evaluated all 20
+    deadline = time.monotonic() + 60
+    while not (runs := flow_runs(stack.api_url, "retrain-dev", storm_started)):
+        assert time.monotonic() < deadline, "the storm's trigger fired, but no retrain run was created"
+        time.sleep(1)
     assert len(runs) == 1, [(r["name"], r["parameters"]) for r in runs]
     assert runs[0]["parameters"]["reason"].startswith("storm")
 

@@ -220,7 +220,10 @@ def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
         rolled_back = alias_record["rolled_back"]
         rolled_back_at = timestamp(rolled_back[-1]["since"]) if rolled_back else time.time()
         to_good = load.wait_for(good, rolled_back_at, 2 * SWITCH_SECONDS)
-        time.sleep(2)  # a little traffic after the switch back, checked for failures too
+        after = len(load.answers)
+        deadline = time.monotonic() + 60
+        while len(load.answers) < after + 20 and time.monotonic() < deadline:  # traffic after the switch
+            time.sleep(0.2)  # back, checked for failures too
         load.stop.set()
         thread.join(60)
         events = httpx.post(
