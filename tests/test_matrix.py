@@ -250,8 +250,13 @@ def render_pool(workers: int) -> ProcessPoolExecutor:
 
 
 # Lines a render from the snapshot may write differently from one of the git repository: which commit.
-# The pin of the library names the source too: its path and commit (hooks/render/pin.jinja).
-SOURCE_LINES = re.compile(r'^((_commit|_src_path|template_version)\b|\s*"ml-lifecycle @ ).*\n', re.MULTILINE)
+# The pin of the library names the source too: its path and commit (hooks/render/pin.jinja), and so does
+# the flow image's build of a local template (its build context and where the Dockerfile copies it).
+SOURCE_LINES = re.compile(
+    r"^((_commit|_src_path|template_version)\b|\s*\"ml-lifecycle @ "
+    r"|.*--build-context template=|COPY --from=template ).*\n",
+    re.MULTILINE,
+)
 
 
 def contents(root: Path) -> dict[str, str]:
