@@ -418,6 +418,45 @@ def benchmark_project(tmp_path_factory) -> Path:
     return workdir
 
 
+def copy_project(
+    source: Project, home: Path, prefect_home: Path, *, settings: dict[str, str] | None = None
+) -> Project:
+    """A module's own copy of an installed project, as install_project would have made it: the folder without
+    .venv (its scripts' shebangs and the editable install name the source) and with .state, the source's
+    model store in `home`, then `uv sync` from the same uv.lock (seconds, from uv's cache). The copy's store,
+    alias, studies and request log are its own; only rendering, resolving and training are shared."""
+    root = home / "project"
+    shutil.copytree(source.root, root, ignore=shutil.ignore_patterns(".venv"), symlinks=True)
+    store = Path(source.env["BENTOML_HOME"])
+    if store.exists():
+        shutil.copytree(store, home / "bentoml", symlinks=True)
+    env = project_env(
+        str(recorded_answers(root).get("python_version", "3.11")), prefect_home, home / "bentoml"
+    )
+    env.update({f"{source.package.upper()}_{key}": value for key, value in (settings or {}).items()})
+    project = Project(root, source.package, env)
+    synced = project.run("uv", "sync")
+    assert synced.returncode == 0, explain(synced)
+    return project
+
+
+@pytest.fixture(scope="session")
+def default_installed(tmp_path_factory, prefect_home) -> Project:
+    """One default project, rendered and installed once per session, never trained and never used by a
+    test itself: modules that need an untrained default project take a copy_project of it."""
+    return install_project({}, tmp_path_factory.mktemp("default-installed"), prefect_home)
+
+
+@pytest.fixture(scope="session")
+def default_trained(default_installed, tmp_path_factory, prefect_home) -> Project:
+    """A copy of default_installed trained once (3 trials) with a production model; never used by a test
+    itself: modules that serve or monitor the default project take a copy_project of it."""
+    project = copy_project(default_installed, tmp_path_factory.mktemp("default-trained"), prefect_home)
+    trained = project.cli("train", "--n-trials", "3")
+    assert trained.returncode == 0, explain(trained)
+    return project
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
