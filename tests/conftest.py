@@ -387,19 +387,22 @@ def prefect_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
+def installed(request, tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
     """Install a project once per session for the same answers, whichever test module asks first
     (test_project.py runs its whole suite, test_matrix.py type-checks the matrix with its environment).
-    A project answering a data_path gets the regression CSV a user would bring."""
+    A project answering a data_path gets the regression CSV a user would bring. The default answers get a
+    copy_project of default_installed, which other modules copy too: one render and lock a session."""
     cache: dict[str, Project] = {}
 
     def get(answers: dict[str, object]) -> Project:
         key = json.dumps(answers, sort_keys=True)
         if key not in cache:
-            data = write_regression_csv if answers.get("data_path") else None
-            cache[key] = install_project(
-                answers, tmp_path_factory.mktemp("installed"), prefect_home, data=data
-            )
+            home = tmp_path_factory.mktemp("installed")
+            if not answers:
+                cache[key] = copy_project(request.getfixturevalue("default_installed"), home, prefect_home)
+            else:
+                data = write_regression_csv if answers.get("data_path") else None
+                cache[key] = install_project(answers, home, prefect_home, data=data)
         return cache[key]
 
     return get
