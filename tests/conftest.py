@@ -390,16 +390,16 @@ def prefect_home(tmp_path_factory) -> Path:
 def installed(request, tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
     """Install a project once per session for the same answers, whichever test module asks first
     (test_project.py runs its whole suite, test_matrix.py type-checks the matrix with its environment).
-    A project answering a data_path gets the regression CSV a user would bring. The default answers get a
-    copy_project of default_installed, which other modules copy too: one render and lock a session."""
+    A project answering a data_path gets the regression CSV a user would bring. The SHARED_SETS get a
+    copy_project of their pristine install, which other modules copy too: one render and lock a session."""
     cache: dict[str, Project] = {}
 
     def get(answers: dict[str, object]) -> Project:
         key = json.dumps(answers, sort_keys=True)
         if key not in cache:
             home = tmp_path_factory.mktemp("installed")
-            if not answers:
-                cache[key] = copy_project(request.getfixturevalue("default_installed"), home, prefect_home)
+            if any(answers == ANSWER_SETS[name] for name in SHARED_SETS):
+                cache[key] = copy_project(request.getfixturevalue("pristine")(answers), home, prefect_home)
             else:
                 data = write_regression_csv if answers.get("data_path") else None
                 cache[key] = install_project(answers, home, prefect_home, data=data)
@@ -443,11 +443,34 @@ def copy_project(
     return project
 
 
+# Answer sets that several slow modules install: each is rendered, locked and synced once a session
+# (pristine) and every module, installed() included, takes a copy_project of it.
+SHARED_SETS = ("default", "regression_csv")
+
+
 @pytest.fixture(scope="session")
-def default_installed(tmp_path_factory, prefect_home) -> Project:
-    """One default project, rendered and installed once per session, never trained and never used by a
-    test itself: modules that need an untrained default project take a copy_project of it."""
-    return install_project({}, tmp_path_factory.mktemp("default-installed"), prefect_home)
+def pristine(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
+    """Install a project once per session for the same answers, never trained and never used by a test
+    itself (tests mutate what they get): modules take a copy_project of it. A data_path answer gets the
+    regression CSV a user would bring, written before the copies are taken."""
+    cache: dict[str, Project] = {}
+
+    def get(answers: dict[str, object]) -> Project:
+        key = json.dumps(answers, sort_keys=True)
+        if key not in cache:
+            data = write_regression_csv if answers.get("data_path") else None
+            cache[key] = install_project(
+                answers, tmp_path_factory.mktemp("pristine"), prefect_home, data=data
+            )
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_installed(pristine) -> Project:
+    """The default project, installed once a session and never trained: copy_project it."""
+    return pristine(ANSWER_SETS["default"])
 
 
 @pytest.fixture(scope="session")
