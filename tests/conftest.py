@@ -473,19 +473,22 @@ def prefect_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
+def installed(request, tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
     """Install a project once per session for the same answers, whichever test module asks first
     (test_project.py runs its whole suite, test_matrix.py type-checks the matrix with its environment).
-    A project answering a data_path gets the regression CSV a user would bring."""
+    A project answering a data_path gets the regression CSV a user would bring. The SHARED_SETS get a
+    copy_project of their pristine install, which other modules copy too: one render and lock a session."""
     cache: dict[str, Project] = {}
 
     def get(answers: dict[str, object]) -> Project:
         key = json.dumps(answers, sort_keys=True)
         if key not in cache:
-            data = write_regression_csv if answers.get("data_path") else None
-            cache[key] = install_project(
-                answers, tmp_path_factory.mktemp("installed"), prefect_home, data=data
-            )
+            home = tmp_path_factory.mktemp("installed")
+            if any(answers == ANSWER_SETS[name] for name in SHARED_SETS):
+                cache[key] = copy_project(request.getfixturevalue("pristine")(answers), home, prefect_home)
+            else:
+                data = write_regression_csv if answers.get("data_path") else None
+                cache[key] = install_project(answers, home, prefect_home, data=data)
         return cache[key]
 
     return get
@@ -502,6 +505,86 @@ def benchmark_project(tmp_path_factory) -> Path:
     result = run(command, cwd=REPO, env=subprocess_env(), timeout=1500)
     assert result.returncode == 0, explain(result)
     return workdir
+
+
+def link_venv(source: Path, target: Path) -> None:
+    """`target`/.venv as hard links to `source`/.venv, its compiled bytecode included (compiling ~30,000
+    files is most of a `uv sync`). Files naming the source folder (scripts' shebangs, activate) are written
+    anew, never through a link; Python and uv replace files by rename, so the source never changes."""
+    subprocess.run(["cp", "-al", str(source / ".venv"), str(target / ".venv")], check=True)
+    old, new = str(source).encode(), str(target).encode()
+    for path in (target / ".venv" / "bin").iterdir():
+        if path.is_symlink() or not path.is_file():
+            continue
+        content = path.read_bytes()
+        if old in content:
+            mode = path.stat().st_mode
+            path.unlink()
+            path.write_bytes(content.replace(old, new))
+            path.chmod(mode)
+
+
+def copy_project(
+    source: Project, home: Path, prefect_home: Path, *, settings: dict[str, str] | None = None
+) -> Project:
+    """A module's own copy of an installed project, as install_project would have made it: the folder with
+    .state, its .venv linked (link_venv), the source's model store in `home`, then `uv sync` from the same
+    uv.lock, which only reinstalls the project itself (its editable install names the source). The copy's
+    store, alias, studies and request log are its own; only rendering, resolving and training are shared."""
+    root = home / "project"
+    shutil.copytree(source.root, root, ignore=shutil.ignore_patterns(".venv"), symlinks=True)
+    link_venv(source.root, root)
+    store = Path(source.env["BENTOML_HOME"])
+    if store.exists():
+        shutil.copytree(store, home / "bentoml", symlinks=True)
+    env = project_env(
+        str(recorded_answers(root).get("python_version", "3.11")), prefect_home, home / "bentoml"
+    )
+    env.update({f"{source.package.upper()}_{key}": value for key, value in (settings or {}).items()})
+    project = Project(root, source.package, env)
+    synced = project.run("uv", "sync", "--reinstall-package", source.package)
+    assert synced.returncode == 0, explain(synced)
+    return project
+
+
+# Answer sets that several slow modules install: each is rendered, locked and synced once a session
+# (pristine) and every module, installed() included, takes a copy_project of it.
+SHARED_SETS = ("default", "regression_csv")
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Project]:
+    """Install a project once per session for the same answers, never trained and never used by a test
+    itself (tests mutate what they get): modules take a copy_project of it. A data_path answer gets the
+    regression CSV a user would bring, written before the copies are taken."""
+    cache: dict[str, Project] = {}
+
+    def get(answers: dict[str, object]) -> Project:
+        key = json.dumps(answers, sort_keys=True)
+        if key not in cache:
+            data = write_regression_csv if answers.get("data_path") else None
+            cache[key] = install_project(
+                answers, tmp_path_factory.mktemp("pristine"), prefect_home, data=data
+            )
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_installed(pristine) -> Project:
+    """The default project, installed once a session and never trained: copy_project it."""
+    return pristine(ANSWER_SETS["default"])
+
+
+@pytest.fixture(scope="session")
+def default_trained(default_installed, tmp_path_factory, prefect_home) -> Project:
+    """A copy of default_installed trained once (3 trials) with a production model; never used by a test
+    itself: modules that serve or monitor the default project take a copy_project of it."""
+    project = copy_project(default_installed, tmp_path_factory.mktemp("default-trained"), prefect_home)
+    trained = project.cli("train", "--n-trials", "3")
+    assert trained.returncode == 0, explain(trained)
+    return project
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, Project, explain, install_project, serving, with_library
+from conftest import REPO, Project, copy_project, explain, serving, with_library
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +136,8 @@ def git(project: Project, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def adopted(tmp_path_factory, prefect_home) -> Iterator[tuple[Project, list[dict]]]:
-    project = install_project({}, tmp_path_factory.mktemp("adoption"), prefect_home)
+def adopted(default_installed, tmp_path_factory, prefect_home) -> Iterator[tuple[Project, list[dict]]]:
+    project = copy_project(default_installed, tmp_path_factory.mktemp("adoption"), prefect_home)
     if not (project.root / ".git").exists():  # the copy task commits only where git knows the user
         git(project, "init", "-q")
     git(project, "add", "-A")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ANSWER_SETS, Project, explain, install_project, with_library, write_regression_csv
+from conftest import ANSWER_SETS, Project, copy_project, explain, with_library
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -28,11 +28,10 @@ print(json.dumps({"metrics": model.metadata["metrics"], "data": model.metadata["
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
+def project(pristine, tmp_path_factory, prefect_home) -> Project:
+    """A copy of the session's regression_csv install (its CSV included, not yet under DVC)."""
     assert ANSWERS["use_dvc"] and ANSWERS["data_path"] == DATA
-    installed = install_project(
-        ANSWERS, tmp_path_factory.mktemp("dvc"), prefect_home, data=write_regression_csv
-    )
+    installed = copy_project(pristine(ANSWERS), tmp_path_factory.mktemp("dvc"), prefect_home)
     added = dvc(installed, "add", DATA)
     assert added.returncode == 0, explain(added)
     return installed

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ANSWER_SETS, Project, explain, free_port, install_project, serving, started, with_library
+from conftest import Project, copy_project, free_port, serving, started, with_library
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,9 @@ HEADER_TIMEOUT = 3  # serving.header_timeout_seconds for the module's server
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
-    installed = install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("hostile"), prefect_home)
-    trained = installed.cli("train", "--n-trials", "2")
-    assert trained.returncode == 0, explain(trained)
-    return installed
+def project(default_trained, tmp_path_factory, prefect_home) -> Project:
+    """The module's own copy of the session's trained default project."""
+    return copy_project(default_trained, tmp_path_factory.mktemp("hostile"), prefect_home)
 
 
 def settings(project: Project, **values: str) -> dict[str, str]:

@@ -21,12 +21,11 @@ import yaml
 from conftest import (
     ANSWER_SETS,
     Project,
+    copy_project,
     explain,
     free_port,
-    install_project,
     started,
     with_library,
-    write_regression_csv,
 )
 
 pytestmark = pytest.mark.slow
@@ -88,9 +87,10 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(home, prefect_home) -> Iterator[Project]:
-    installed = install_project(
-        ANSWERS, home, prefect_home, data=write_regression_csv, settings={"SERVING__PORT": str(free_port())}
+def project(home, pristine, prefect_home) -> Iterator[Project]:
+    """A copy of the session's regression_csv install (its CSV included), trained here."""
+    installed = copy_project(
+        pristine(ANSWERS), home, prefect_home, settings={"SERVING__PORT": str(free_port())}
     )
     trained = installed.cli("train", "--n-trials", "3")
     assert trained.returncode == 0, explain(trained)

@@ -24,11 +24,10 @@ import httpx
 import pytest
 import yaml
 from conftest import (
-    ANSWER_SETS,
     REPO,
     Project,
+    copy_project,
     explain,
-    install_project,
     postgres_server,
     prefect_server,
     project_processes,
@@ -73,11 +72,11 @@ def tune_deployment(project: Project) -> dict:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+def stack(default_installed, tmp_path_factory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("postgres")
     with postgres_server("prefect", "optuna") as postgres:
-        project = install_project(
-            ANSWER_SETS["default"],
+        project = copy_project(
+            default_installed,
             home,
             home / "prefect-home",
             settings={

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    ANSWER_SETS,
     Project,
+    copy_project,
     explain,
     free_port,
-    install_project,
     prefect_server,
     require_tool,
 )
@@ -52,9 +51,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
+def project(default_installed, tmp_path_factory, prefect_home) -> Project:
     require_tool("chromium")
-    return install_project(ANSWER_SETS["default"], tmp_path_factory.mktemp("prefect-ui"), prefect_home)
+    return copy_project(default_installed, tmp_path_factory.mktemp("prefect-ui"), prefect_home)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Project, explain, install_project, prefect_server, serving
+from conftest import Project, copy_project, prefect_server, serving
 from test_monitoring_e2e import Receiver, webhook_receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -177,11 +177,11 @@ class Story:
 
 
 @pytest.fixture(scope="module")
-def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
+def story(default_trained, tmp_path_factory, prefect_home) -> Iterator[Story]:
     home = tmp_path_factory.mktemp("rollout")
     labels = home / "labels.csv"
-    project = install_project(
-        {},
+    project = copy_project(  # trained (3 trials): its production model is the good one
+        default_trained,
         home,
         prefect_home,
         settings={"ROLLOUT__MIN_ROWS": str(MIN_ROWS), "MONITORING__LABELS_PATH": str(labels)},
@@ -189,8 +189,6 @@ def story(tmp_path_factory, prefect_home) -> Iterator[Story]:
     package, prefix = project.package, project.package.upper()
     with contextlib.ExitStack() as stack:
         api_url = stack.enter_context(prefect_server(project, home)) + "/api"
-        trained = project.cli("train", "--n-trials", "3", PREFECT_API_URL=api_url)
-        assert trained.returncode == 0, explain(trained)
         data = project.query(script(ROWS_SCRIPT, package))
         good, rows, target = data["production"], data["rows"], data["target"]
         base = stack.enter_context(serving(project, home / "serve.log"))

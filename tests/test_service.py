@@ -26,10 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (
-    ANSWER_SETS,
     Project,
+    copy_project,
     explain,
-    install_project,
     serving,
     with_library,
     write_regression_csv,
@@ -79,14 +78,15 @@ def write_segment_csv(project: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
-    installed = install_project(
-        ANSWER_SETS["default"],
+def project(default_installed, tmp_path_factory, prefect_home) -> Project:
+    """A copy of the session's untrained default project, trained here on the segment CSV."""
+    installed = copy_project(
+        default_installed,
         tmp_path_factory.mktemp("service"),
         prefect_home,
-        data=write_segment_csv,
         settings={"DATA__PATH": "data/train.csv", "DATA__TARGET_COLUMN": TARGET},
     )
+    write_segment_csv(installed.root)
     trained = installed.cli("train", "--n-trials", "3")
     assert trained.returncode == 0, explain(trained)
     return installed

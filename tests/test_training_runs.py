@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, explain, install_project, stop_group, with_library
+from conftest import Project, copy_project, explain, stop_group, with_library
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,9 @@ print(json.dumps(internal("registry.aliases").production_tag(settings)))
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_home) -> Project:
-    return install_project({}, tmp_path_factory.mktemp("training-runs"), prefect_home)
+def project(default_installed, tmp_path_factory, prefect_home) -> Project:
+    """A copy of the session's untrained default project: the tests train from nothing."""
+    return copy_project(default_installed, tmp_path_factory.mktemp("training-runs"), prefect_home)
 
 
 def write_table(path: Path, *, with_id: bool = False, with_weight: bool = True, rows: int = 300) -> Path:
