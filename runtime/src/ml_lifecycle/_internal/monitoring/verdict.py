@@ -12,7 +12,7 @@ be unit-tested on a verdict made in a line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -166,15 +166,9 @@ class Rollout:
 
     @classmethod
     def watched(cls, watch: WatchVerdict) -> Rollout:
-        return cls(
-            watch.state,
-            watch.reason,
-            watch.live,
-            watch.previous,
-            watch.promoted_at,
-            watch.watch_until,
-            list(watch.evidence),
-        )
+        """The watch's verdict, field for field (its fields are the first ones here), before any rollback."""
+        found = {item.name: getattr(watch, item.name) for item in fields(watch)}
+        return cls(**found | {"evidence": list(watch.evidence)})
 
     @property
     def to_announce(self) -> bool:
@@ -182,15 +176,9 @@ class Rollout:
         return self.state in ("rolled back", "rollback failed")
 
     def as_dict(self) -> dict[str, Any]:
-        found = {
-            "state": self.state,
-            "reason": self.reason,
-            "live": self.live,
-            "previous": self.previous,
-            "promoted_at": self.promoted_at,
-            "watch_until": self.watch_until,
-            "evidence": [asdict(item) for item in self.evidence],
-        }
+        watched = [item.name for item in fields(self) if item.name not in ROLLBACK_FIELDS]
+        found = {name: getattr(self, name) for name in watched}
+        found["evidence"] = [asdict(item) for item in self.evidence]
         return found | {key: getattr(self, key) for key in ROLLBACK_FIELDS if getattr(self, key) is not None}
 
 
