@@ -59,3 +59,52 @@ class ModuleTimes:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ModuleTimes(), "module-times")
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (offline; conditional writes answered with 412 as AWS does), shared by
+    the library's tests and the generator's. `bucket()` makes a fresh bucket; `environ` points a process at
+    it."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.created = 0
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+
+    def bucket(self, prefix: str = "test") -> str:
+        """A new, empty bucket's name (moto takes an unsigned CreateBucket)."""
+        import httpx
+
+        self.created += 1
+        name = f"{prefix}-{self.created}"
+        httpx.put(f"{self.endpoint}/{name}", timeout=10).raise_for_status()
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def s3_environ(s3_server, monkeypatch) -> S3Server:
+    """This process pointed at the S3 server with test credentials."""
+    for name, value in s3_server.environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    return s3_server

@@ -234,6 +234,30 @@ class DeploySettings(Section):
     ready_timeout_seconds: float = Field(180, gt=0)
 
 
+class StorageSettings(Section):
+    """Where the state every machine shares lives (storage.py): models, the production alias, the request
+    log, labels and reports. A path is a folder on this machine (relative to the project root); for a
+    team, s3://bucket/prefix (endpoint and credentials from AWS_*), gs://bucket/prefix or az://container/prefix."""
+
+    url: str = ".state/store"
+    timeout_seconds: float = Field(30, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from .storage import STORAGE_SCHEMES
+
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if not value.strip():
+            raise ValueError("empty; use a folder (.state/store) or s3://bucket/prefix, gs://..., az://...")
+        if scheme and scheme not in STORAGE_SCHEMES:
+            raise ValueError(
+                f"{scheme}:// is not a store this project reads; use a folder, file://, s3://bucket/prefix, "
+                "gs://bucket/prefix or az://container/prefix"
+            )
+        return value
+
+
 class SettingsError(ValueError):
     """Settings that cannot be used; `problems` holds one line per problem."""
 
@@ -270,6 +294,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     onnx: OnnxSettings = OnnxSettings()
     deploy: DeploySettings = DeploySettings()
+    storage: StorageSettings = StorageSettings()
 
     @field_validator("project")
     @classmethod
