@@ -429,7 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(
         {
             MARKER: run_id,
-            f"{prefix}MONITORING__REPORTS_DIR": str(work / "reports"),
             f"{prefix}MONITORING__PUSHGATEWAY_URL": "",
             f"{prefix}ALERTS__WEBHOOK_BLOCK": "",
             f"{prefix}ALERTS__WEBHOOK_ENV": "",

@@ -58,7 +58,6 @@ SCRATCH_ENV = {
     f"{PACKAGE.upper()}_TUNING__STORAGE": f"sqlite:///{_SCRATCH / 'studies.db'}",
     f"{PACKAGE.upper()}_TUNING__N_TRIALS": "3",
     f"{PACKAGE.upper()}_TUNING__CV_FOLDS": "2",
-    f"{PACKAGE.upper()}_MONITORING__REPORTS_DIR": str(_SCRATCH / "reports"),
     f"{PACKAGE.upper()}_STORAGE__URL": str(_SCRATCH / "store"),
 }
 _OUTSIDE = {name: os.environ.get(name) for name in SCRATCH_ENV}

@@ -233,7 +233,7 @@ def test_the_model_store_and_every_state_file_default_to_the_projects_state_fold
         "training lock": lock_file(defaults),
         "Optuna studies": defaults.resolve(defaults.tuning.storage.removeprefix("sqlite:///")),
         "request log": defaults.resolve(defaults.serving.request_log_path),
-        "drift reports": defaults.resolve(defaults.monitoring.reports_dir),
+        "the store (drift reports)": defaults.resolve(defaults.storage.url),
         "deploy's server": defaults.resolve(defaults.deploy.state_dir),
     }
     assert defaults.state_dir == state

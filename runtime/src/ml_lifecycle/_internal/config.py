@@ -149,8 +149,8 @@ class MonitoringSettings(Section):
     labels_path: str = "data/labels.csv"
     # The primary metric worse than this (ROC AUC below it, RMSE above it) fires like drift; 0: no threshold.
     performance_threshold: float = Field(0.0, ge=0)
-    reports_dir: str = ".state/reports"
-    # Where reports_dir is served over HTTP (for links in the Prefect artifact); empty: no link.
+    # Where the store's reports/ folder is served over HTTP, for the artifact's link to each report; empty:
+    # a signed URL on object storage, a file:// link on a folder store.
     reports_url: str = ""
     # Prometheus Pushgateway, for example http://127.0.0.1:9091; empty: no push.
     pushgateway_url: str = ""
@@ -450,6 +450,14 @@ def _did_you_mean(suggestion: str | None) -> str:
     return f"; did you mean {suggestion}?" if suggestion else ""
 
 
+# Settings a release removed, with what replaced them: the line names the change instead of a near miss.
+RETIRED = {
+    "monitoring.reports_dir": (
+        "no longer a setting: drift reports are stored under reports/ in storage.url; delete this line"
+    ),
+}
+
+
 def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
     """One line per key in the settings file and per variable with the project's prefix that names no
     setting, each with the closest valid name; also a file that is not valid TOML."""
@@ -474,6 +482,9 @@ def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
             continue
         known = list(sections[section].model_fields)
         for key in values:
+            if f"{section}.{key}" in RETIRED:
+                problems.append(f"{section}.{key} in {path}: {RETIRED[f'{section}.{key}']}")
+                continue
             if key not in known:  # the closest key of this section, else the sections with it, else any
                 near = _closest(key, known)
                 homes = " or ".join(
@@ -496,6 +507,10 @@ def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
         if not upper.startswith(ENV_PREFIX) or upper in named or _SERVICE_LINK.search(upper):
             continue
         rest = upper.removeprefix(ENV_PREFIX)
+        retired = rest.lower().replace("__", ".", 1)
+        if retired in RETIRED:
+            problems.append(f"{name} (environment variable): {RETIRED[retired]}")
+            continue
         if rest in valid or rest.lower() in sections:  # a whole section as JSON is pydantic-settings' too
             continue
         others = [n.removeprefix(ENV_PREFIX) for n in named if n.startswith(ENV_PREFIX)]

@@ -93,16 +93,17 @@ class Storage:
         stored = self.read(key)
         return stored.data if stored else None
 
-    def write(self, key: str, data: bytes) -> None:
-        """Write or replace; readers see the old object or the new one, never part of one."""
+    def write(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """Write or replace; readers see the old object or the new one, never part of one. `content_type`
+        is what a signed link serves the object as (a browser shows text/html instead of downloading it)."""
         with self._errors(key):
-            obstore.put(self._store, key, data)
+            obstore.put(self._store, key, data, attributes=self._attributes(content_type))
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: bytes, content_type: str | None = None) -> bool:
         """Write only when nothing is there yet (If-None-Match); False when an object already is."""
         with self._errors(key):
             try:
-                obstore.put(self._store, key, data, mode="create")
+                obstore.put(self._store, key, data, mode="create", attributes=self._attributes(content_type))
             except FileExistsError:
                 return False
             except obstore.exceptions.AlreadyExistsError:
@@ -176,6 +177,13 @@ class Storage:
             return (self.local_root / key).as_uri()
         with self._errors(key):
             return str(obstore.sign(self._store, "GET", key, expires))  # type: ignore[arg-type]
+
+    def _attributes(self, content_type: str | None) -> dict[str, str] | None:
+        # A folder has no object metadata (obstore's LocalStore refuses attributes); a file:// link opens by
+        # the file's extension instead.
+        if content_type is None or self.local_root is not None:
+            return None
+        return {"Content-Type": content_type}
 
     def _swap_local(self, key: str, data: bytes, version: str) -> bool:
         assert self.local_root is not None

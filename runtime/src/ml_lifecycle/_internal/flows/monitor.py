@@ -30,6 +30,7 @@ from ..monitoring import check as checking
 from ..monitoring.events import SignalLost
 from ..monitoring.verdict import Rollout, Verdict
 from ..registry import aliases, promotion
+from ..storage import open_storage
 
 __all__ = ["ARTIFACT_KEY", "ROLLOUT_ARTIFACT_KEY", "SignalLost", "monitor"]
 
@@ -45,23 +46,22 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
 
 @task(cache_policy=NO_CACHE)
 def publish(checked: checking.Checked) -> Verdict:
-    """The full Evidently report in monitoring.reports_dir and the `drift-report` artifact."""
+    """The full Evidently report under reports/ in the store (storage.url) and the `drift-report` artifact
+    linking it."""
     verdict = checked.verdict
     if checked.snapshot is None:
         create_markdown_artifact(key=ARTIFACT_KEY, markdown=verdict.markdown())
         return verdict
-    options = get_settings().monitoring
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = drift.save_report(
-        checked.snapshot, get_settings().resolve(options.reports_dir), f"drift-{stamp}"
-    )
-    report_url = f"{options.reports_url.rstrip('/')}/{report.name}" if options.reports_url else None
+    settings = get_settings()
+    store = open_storage(settings)
+    key = drift.save_report(checked.snapshot, store, datetime.now(UTC))
+    report_url = drift.report_link(store, key, settings.monitoring.reports_url)
     create_markdown_artifact(
         key=ARTIFACT_KEY,
-        markdown=verdict.markdown(f"[{report.name}]({report_url})" if report_url else f"`{report}`"),
+        markdown=verdict.markdown(f"[{key.rsplit('/', 1)[-1]}]({report_url})"),
         description="Data and prediction drift of the current traffic against the training reference",
     )
-    return replace(verdict, report=str(report), report_url=report_url)
+    return replace(verdict, report=store.url_of(key), report_url=report_url)
 
 
 @task(cache_policy=NO_CACHE)

@@ -20,14 +20,16 @@ Which method, at which size (settings.toml, [monitoring])
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..config import MonitoringSettings, get_settings
+from ..storage import REPORTS, Storage, StorageError
 from ..tables import DataError, conform
 
 IGNORED_COLUMNS = "ignored_columns"  # key in a prepared batch's DataFrame.attrs
@@ -303,8 +305,21 @@ def quality_lines(quality: DataQuality) -> list[str]:
     return lines
 
 
-def save_report(snapshot: Any, reports_dir: Path, name: str) -> Path:
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / f"{name}.html"
-    snapshot.save_html(str(path))
-    return path
+def save_report(snapshot: Any, storage: Storage, when: datetime) -> str:
+    """The Evidently HTML report under `reports/` in the store, where every machine's runs put theirs (a
+    worker's own disk goes with its pod); the key, partitioned by day like the request log. Written
+    create-only with a random suffix, so two runs in the same second never overwrite each other."""
+    html = snapshot.get_html_str(as_iframe=False).encode()
+    key = f"{REPORTS}/date={when:%Y-%m-%d}/drift-{when:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.html"
+    if not storage.create(key, html, content_type="text/html; charset=utf-8"):
+        raise StorageError(f"{storage.url_of(key)}: a report is already there; run the monitor again")
+    return key
+
+
+def report_link(storage: Storage, key: str, reports_url: str = "") -> str:
+    """A link to the report that works for whoever opens the Prefect UI, not a path on the worker:
+    monitoring.reports_url when set (where the store's reports/ folder is served), else a signed URL on
+    object storage (valid 7 days, SigV4's longest) or a file:// link on a folder store."""
+    if reports_url:
+        return f"{reports_url.rstrip('/')}/{key.removeprefix(REPORTS + '/')}"
+    return storage.link(key)
