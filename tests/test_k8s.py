@@ -107,3 +107,13 @@ def test_kustomization_lists_every_manifest(project):
     kustomization = yaml.safe_load((project / "deploy" / "k8s" / "kustomization.yaml").read_text())
     assert kustomization["resources"] == MANIFESTS
     assert [image["name"] for image in kustomization["images"]] == [app_name(project)]
+
+
+def test_the_pod_reads_the_store_from_a_required_secret_and_needs_no_volume(resources, project):
+    """Every replica reads the model and alias from the store and writes its request log there: the settings
+    and credentials come from one Secret (the flow runs' Jobs read the same), never a volume, and a missing
+    Secret keeps the pod from starting instead of logging to a disk no monitor reads."""
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": f"{app_name(project)}-storage"}}]
+    assert "volumes" not in pod and "volumeMounts" not in container

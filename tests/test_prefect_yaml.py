@@ -106,3 +106,40 @@ def test_the_flow_image_is_built_where_the_runs_start(project, answers):
     assert f'COPY --from=template [".", {json.dumps(folder)}]' in text
     build = f'-f deploy/prefect/Dockerfile --build-context template="{folder}" -t {answers["flow_image"]} .'
     assert build in text and build in (project / "docs" / "deploying.md").read_text()
+
+
+@pytest.mark.parametrize("environment", ["dev", "staging", "prod"])
+def test_container_pools_carry_the_storage_settings_and_refuse_a_folder_at_deploy(
+    deployments, answers, environment
+):
+    """On a docker or kubernetes pool every run gets the store's URL and credentials from a secret (a
+    Kubernetes Secret through envFrom; a Prefect Secret block on docker) and no volume, and `prefect deploy`
+    runs the library's check first (tests/test_environments.py deploys it for real)."""
+    if environment not in answers["environments"]:
+        return
+    package = answers["package_name"]
+    secret = (
+        package.replace("_", "-").strip("-")
+        + "-storage"
+        + ("" if environment == "prod" else f"-{environment}")
+    )
+    shared = environment != "dev" and answers["work_pool_type"] != "process"
+    for name, deployment in in_environment(deployments, environment).items():
+        variables = deployment["work_pool"]["job_variables"]
+        assert "volumes" not in variables, name
+        if not shared:
+            assert "build" not in deployment and "env_from" not in variables, name
+            assert not any(key.startswith("AWS_") for key in variables["env"]), name
+            continue
+        (step,) = deployment["build"]
+        check = step[f"{package}.flows.require_shared_storage"]
+        assert check["pool_type"] == answers["work_pool_type"], name
+        if answers["work_pool_type"] == "kubernetes":
+            assert variables["env_from"] == [{"secretRef": {"name": secret}}], name
+            assert "storage_url_override" not in check, name
+            continue
+        from_block = f"{{{{ prefect.blocks.secret.{secret}.%s }}}}"
+        url = f"{package.upper()}_STORAGE__URL"
+        for key in (url, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert variables["env"][key] == from_block % key, name
+        assert check["storage_url_override"] == from_block % url, name

@@ -9,6 +9,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._internal.flows.deploy_checks import require_shared_storage
     from ._internal.flows.monitor import monitor
     from ._internal.flows.predict import predict
     from ._internal.flows.promote import promote_model, rollback_model
@@ -16,12 +17,22 @@ if TYPE_CHECKING:
     from ._internal.flows.train import train
     from ._internal.flows.tune import tune
 
-__all__ = ["monitor", "predict", "promote_model", "retrain", "rollback_model", "train", "tune"]
+__all__ = [
+    "monitor",
+    "predict",
+    "promote_model",
+    "require_shared_storage",
+    "retrain",
+    "rollback_model",
+    "train",
+    "tune",
+]
 
 _WHERE = {
     "monitor": "monitor",
     "predict": "predict",
     "promote_model": "promote",
+    "require_shared_storage": "deploy_checks",
     "retrain": "retrain",
     "rollback_model": "promote",
     "train": "train",
