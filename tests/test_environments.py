@@ -45,6 +45,9 @@ ANSWERS = {
 }
 DOCKER_ANSWERS = {"work_pool_type": "docker", "flow_image": "registry.example.com/ml/flows:2.0"}
 BASE_JOB_TEMPLATE = "deploy/prefect/k8s-base-job-template.json"
+# Where prefect deploy finds the store for staging and prod (their pools run containers; a folder is refused).
+# Only its form is checked at deploy time: nothing is read from it here.
+SHARED_STORE = {"MY_ML_PROJECT_STORAGE__URL": "s3://team-ml/my-ml-project"}
 # The oldest Kubernetes release still commonly run and the newest the validator knows (as tests/test_k8s.py).
 K8S_VERSIONS = ["1.29", kubernetes_validate.utils.latest_version()]
 
@@ -172,10 +175,11 @@ def answers(project) -> dict:
     return recorded_answers(project.root)
 
 
-def prefect(project: Project, api_url: str, *args: str, cwd: Path | None = None):
+def prefect(project: Project, api_url: str, *args: str, cwd: Path | None = None, **env: str):
     """The project's Prefect CLI against the test's server, from the project folder or `cwd`."""
     command = [str(project.root / ".venv" / "bin" / "prefect"), *args]
-    return run(command, cwd=cwd or project.root, env={**project.env, "PREFECT_API_URL": api_url}, timeout=300)
+    environ = {**project.env, "PREFECT_API_URL": api_url, **env}
+    return run(command, cwd=cwd or project.root, env=environ, timeout=300)
 
 
 def pool_of(answers: dict, environment: str) -> str:
@@ -193,7 +197,9 @@ def create_pool(project: Project, api_url: str, answers: dict, environment: str)
 
 
 def deploy(project: Project, api_url: str, environment: str, cwd: Path | None = None) -> None:
-    result = prefect(project, api_url, "--no-prompt", "deploy", "--name", f"*-{environment}", cwd=cwd)
+    result = prefect(
+        project, api_url, "--no-prompt", "deploy", "--name", f"*-{environment}", cwd=cwd, **SHARED_STORE
+    )
     assert result.returncode == 0, explain(result)
 
 
@@ -341,6 +347,27 @@ def test_the_job_the_kubernetes_worker_builds_is_valid_kubernetes(
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert job["metadata"]["namespace"] == "default"
+    # The store's settings and credentials from the environment's Secret, as the service's pods; no volume.
+    secret = "my-ml-project-storage" + ("" if environment == "prod" else f"-{environment}")
+    assert container["envFrom"] == [{"secretRef": {"name": secret}}]
+    assert "volumes" not in pod and "volumeMounts" not in container
+
+
+def test_a_folder_store_is_refused_when_deploying_to_the_kubernetes_pool(deployed, project, api_url):
+    """storage.url left at the project's folder while prod runs on kubernetes: `prefect deploy` stops at the
+    library's build step with one line naming storage.url and the fix, and prod stays as it was."""
+    before = read_back(project, api_url)
+    refused = prefect(project, api_url, "--no-prompt", "deploy", "--name", "*-prod")
+    assert refused.returncode != 0, explain(refused)
+    output = refused.stdout + refused.stderr
+    store = (project.root / ".state" / "store").resolve().as_uri()
+    (line,) = {line.strip() for line in output.splitlines() if f"storage.url = '{store}' is a folder" in line}
+    assert line.endswith(
+        "but runs on a kubernetes pool each have a disk of their own: set storage.url (settings.toml "
+        "[storage], or MY_ML_PROJECT_STORAGE__URL) to s3://bucket/prefix, gs://bucket/prefix or "
+        "az://container/prefix (runtime/docs/scaling.md)"
+    ), explain(refused)
+    assert read_back(project, api_url) == before
 
 
 def test_the_base_job_template_keeps_every_variable_of_prefects_default(project):
@@ -357,6 +384,7 @@ def test_the_base_job_template_keeps_every_variable_of_prefects_default(project)
         "node_selector",
         "tolerations",
         "gpu_limit",
+        "env_from",
     }
     assert set(default["job_configuration"]) == set(ours["job_configuration"])
 
@@ -370,6 +398,11 @@ def test_a_docker_pool_gets_the_image_as_answered(project, api_url, home, deploy
         project, api_url, "work-pool", "create", "docker-pool", "--type", "docker", "--overwrite"
     )
     assert created.returncode == 0, explain(created)
+    # The runs' store settings, in the Prefect Secret block prefect.yaml reads them from on a docker pool.
+    store = {**SHARED_STORE, "AWS_ACCESS_KEY_ID": "key-id", "AWS_SECRET_ACCESS_KEY": "secret"}
+    block = f"from prefect.blocks.system import Secret; Secret(value={store!r}).save('my-ml-project-storage')"
+    saved = project.run("uv", "run", "python", "-c", block, PREFECT_API_URL=api_url)
+    assert saved.returncode == 0, explain(saved)
     before = read_back(project, api_url)
     deploy(project, api_url, "prod", cwd=docker)
     after = read_back(project, api_url)
@@ -378,6 +411,8 @@ def test_a_docker_pool_gets_the_image_as_answered(project, api_url, home, deploy
     assert {d["work_pool"] for d in prod.values()} == {"docker-pool"}
     for name, found in prod.items():
         assert found["job_variables"]["image"] == DOCKER_ANSWERS["flow_image"]
+        # Resolved by prefect deploy from the block (so stored in the deployment: runtime/docs/scaling.md).
+        assert store.items() <= found["job_variables"]["env"].items(), name
         assert set(found["job_variables"]) <= set(after["pools"]["docker-pool"]["variables"]), name
     dev = {n: d for n, d in before["deployments"].items() if n.endswith("-dev")}
     assert {n: after["deployments"][n] for n in dev} == dev
