@@ -131,6 +131,8 @@ def leftover_jinja(name: str, text: str) -> list[str]:
             if text.count(template) != 1:
                 return [f"the retrain trigger's event parameter {template} {text.count(template)} times"]
             text = text.replace(template, "")
+        # Prefect's Secret block references (a docker pool's storage settings), resolved by `prefect deploy`.
+        text = re.sub(r"\{\{ prefect\.blocks\.secret\.[a-z0-9-]+\.[A-Z0-9_]+ \}\}", "", text)
     if name == ".github/workflows/ci.yml":  # GitHub's own expressions: ${{ secrets.NAME }}, the checkout
         text = re.sub(r"\$\{\{ (secrets\.[A-Z_]+|github\.workspace) \}\}", "", text)
     return re.findall(r".*(?:\{\{|\{%|\{#).*", text)
