@@ -15,8 +15,11 @@ from ..storage import storage_url
 CONTAINER_POOLS = ("docker", "kubernetes")
 
 
-class LocalStorageOnContainerPool(ValueError):
-    """storage.url names a folder, and the runs of a container pool would each write their own copy."""
+class LocalStorageOnContainerPool(SystemExit):
+    """storage.url names a folder, and the runs of a container pool would each write their own copy.
+
+    A SystemExit, so `prefect deploy` stops with this one line and status 1: Prefect's CLI prints any other
+    exception of a step as two chained tracebacks, with the line somewhere inside."""
 
 
 def require_shared_storage(pool_type: str, storage_url_override: str | None = None) -> dict[str, str]:
