@@ -2,6 +2,7 @@
 `drift-report` artifact links it with a URL that opens it for whoever reads the Prefect UI: a signed URL on
 object storage (moto's S3 server here), a file:// link or monitoring.reports_url on a folder store."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlparse
 from urllib.request import url2pathname
@@ -12,10 +13,11 @@ from ml_lifecycle._internal.config import get_settings
 from ml_lifecycle._internal.flows import monitor as monitor_flow
 from ml_lifecycle._internal.flows.monitor import monitor
 from ml_lifecycle._internal.flows.train import train
-from ml_lifecycle._internal.storage import REPORTS, open_storage
+from ml_lifecycle._internal.storage import REPORTS, StorageError, open_storage
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from ..conftest import PACKAGE, make_frame
 
@@ -88,6 +90,31 @@ def test_on_a_folder_store_the_artifact_links_the_file_or_where_reports_are_serv
     (newer,) = set(stored_reports()) - {key}  # a second report beside the first, never over it
     assert second["report_url"] == f"https://reports.example.com/ml/{newer.removeprefix(REPORTS + '/')}"
     assert f"]({second['report_url']})" in latest_drift_artifact()
+
+
+def test_a_store_that_refuses_the_report_fails_the_run_last_after_the_event(
+    csv_settings, monkeypatch, tmp_path, shifted
+):
+    """The retrain event is out before the report, and the alert and gauges still go after it: the run
+    then fails with the store's one line, and the artifact says the report was not stored."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / REPORTS).write_text("a file where the reports folder goes: every report write fails")
+    monkeypatch.setenv(f"{PACKAGE.upper()}_STORAGE__URL", str(store))
+    get_settings.cache_clear()
+    train(n_trials=3, reason="test")
+    since = datetime.now(UTC)
+    with pytest.raises(
+        StorageError, match=rf"^the drift report was not stored: storage.url = '{store.as_uri()}'"
+    ):
+        monitor(current_path=shifted)
+    assert f"Full report: not stored: storage.url = '{store.as_uri()}'" in latest_drift_artifact()
+    with get_client(sync_client=True) as client:
+        drift_name = EventNameFilter(name=[get_settings().drift_event])
+        page = client.read_events(
+            filter=EventFilter(event=drift_name, occurred=EventOccurredFilter(since=since)), limit=50
+        )
+    assert len(page.events) == 1, "the drift event went out before the report"
 
 
 def test_a_settings_file_that_still_names_reports_dir_is_told_where_reports_went(tmp_path):

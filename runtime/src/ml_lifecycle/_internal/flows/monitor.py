@@ -30,7 +30,7 @@ from ..monitoring import check as checking
 from ..monitoring.events import SignalLost
 from ..monitoring.verdict import Rollout, Verdict
 from ..registry import aliases, promotion
-from ..storage import open_storage
+from ..storage import StorageError, open_storage
 
 __all__ = ["ARTIFACT_KEY", "ROLLOUT_ARTIFACT_KEY", "SignalLost", "monitor"]
 
@@ -45,23 +45,31 @@ def check(current_path: str | None, model_tag: str, start: datetime, end: dateti
 
 
 @task(cache_policy=NO_CACHE)
-def publish(checked: checking.Checked) -> Verdict:
+def publish(checked: checking.Checked) -> tuple[Verdict, str | None]:
     """The full Evidently report under reports/ in the store (storage.url) and the `drift-report` artifact
-    linking it."""
+    linking it; with the reason when the store refused the report (the artifact says so too), so the run
+    still alerts and pushes its gauges, then fails."""
     verdict = checked.verdict
     if checked.snapshot is None:
         create_markdown_artifact(key=ARTIFACT_KEY, markdown=verdict.markdown())
-        return verdict
+        return verdict, None
     settings = get_settings()
-    store = open_storage(settings)
-    key = drift.save_report(checked.snapshot, store, datetime.now(UTC))
-    report_url = drift.report_link(store, key, settings.monitoring.reports_url)
+    description = "Data and prediction drift of the current traffic against the training reference"
+    try:
+        store = open_storage(settings)
+        key = drift.save_report(checked.snapshot, store, datetime.now(UTC))
+        report_url = drift.report_link(store, key, settings.monitoring.reports_url)
+    except StorageError as exc:
+        create_markdown_artifact(
+            key=ARTIFACT_KEY, markdown=verdict.markdown(f"not stored: {exc}"), description=description
+        )
+        return verdict, f"the drift report was not stored: {exc}"
     create_markdown_artifact(
         key=ARTIFACT_KEY,
         markdown=verdict.markdown(f"[{key.rsplit('/', 1)[-1]}]({report_url})"),
-        description="Data and prediction drift of the current traffic against the training reference",
+        description=description,
     )
-    return replace(verdict, report=store.url_of(key), report_url=report_url)
+    return replace(verdict, report=store.url_of(key), report_url=report_url), None
 
 
 @task(cache_policy=NO_CACHE)
@@ -131,9 +139,10 @@ def monitor(
     # The events go out as soon as the verdict is known: retraining need not wait for the report.
     lost = events.send(settings, events.retrain_events(settings, checked.verdict))
     signal_lost = events.signal_lost(settings, lost) if lost else None
-    verdict = replace(publish(checked), event_emitted=bool(why) and not lost, signal_lost=signal_lost)
-    if signal_lost:
-        logger.error(signal_lost)
+    published, report_lost = publish(checked)
+    verdict = replace(published, event_emitted=bool(why) and not lost, signal_lost=signal_lost)
+    for lost_what in filter(None, (signal_lost, report_lost)):
+        logger.error(lost_what)
     if why:
         logger.warning("Retraining asked for (%s); columns: %s", "; ".join(why), verdict.drifted_columns[:8])
         verdict = replace(verdict, alerted=alerts.notify(verdict, settings))
@@ -150,4 +159,6 @@ def monitor(
         print(f"Watch after rollout: {rollout.state}: {rollout.reason}")
     if signal_lost:  # after the report, the alert and the gauges: they still go out, then the run fails
         raise SignalLost(signal_lost)
+    if report_lost:  # likewise: a store that refuses the report fails the run, last
+        raise StorageError(report_lost)
     return replace(verdict, rollout=rollout).as_dict()
