@@ -357,3 +357,15 @@ def test_a_broken_store_record_after_a_good_one_leaves_the_poll_serving(shared, 
     assert poll.next_tag("m:other") == tag and level.value == 1
     open_storage(shared).write(aliases.key(shared), b'{"history": [{"since": "now"}]}')
     assert poll.next_tag(tag) is None and level.value == 0
+
+
+def test_a_replica_swaps_to_a_model_promoted_on_another_machine_by_importing_it(shared, task_type):
+    """What a service worker's poll does when the new production model was trained elsewhere: the version
+    is imported into its BentoML store before it is named for the swap."""
+    served, promoted = register(shared, task_type), register(shared, task_type, depth=3)
+    bentoml.models.delete(promoted)  # trained on another machine
+    for tag in (served, promoted):
+        aliases.change(shared, lambda record, tag=tag: record.history.append(aliases.entry(tag, "test")))
+    poll = ProductionPoll(shared, valid=Level())
+    assert poll.next_tag(served) == promoted
+    assert str(bentoml.models.get(promoted).tag) == promoted
