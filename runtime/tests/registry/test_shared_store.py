@@ -369,3 +369,13 @@ def test_a_replica_swaps_to_a_model_promoted_on_another_machine_by_importing_it(
     poll = ProductionPoll(shared, valid=Level())
     assert poll.next_tag(served) == promoted
     assert str(bentoml.models.get(promoted).tag) == promoted
+
+
+def test_the_command_line_says_a_store_problem_in_one_line(csv_settings, s3_environ, monkeypatch, capsys):
+    """`serve` reads the alias before anything starts: a missing bucket is one line, no traceback."""
+    from ml_lifecycle._internal.cli import main
+
+    on_store(monkeypatch, "s3://no-such-bucket/project")
+    assert main(["serve"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: storage.url = 's3://no-such-bucket/project'") and "\n" not in error
