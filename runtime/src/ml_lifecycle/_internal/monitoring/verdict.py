@@ -117,17 +117,9 @@ def shortfall_cause(settings: Settings, window: Window) -> str:
     serving = settings.serving
     if window.oldest_record is None:
         return "it has no records yet."
-    rotated = max((window.backups or {}).values(), default=0)
-    if serving.request_log_backups and rotated >= serving.request_log_backups:
-        return (
-            f"its size ceiling was reached (serving.request_log_backups = {serving.request_log_backups} "
-            f"rotated files of serving.request_log_max_bytes = {serving.request_log_max_bytes} bytes), so "
-            "older records were deleted; raise request_log_backups (or request_log_max_bytes) to keep "
-            "the whole window."
-        )
     if window.requested_hours > serving.request_log_retention_hours:
         return (
-            f"rotated files are kept serving.request_log_retention_hours = "
+            f"the log is kept serving.request_log_retention_hours = "
             f"{serving.request_log_retention_hours:g} h, less than the window asked for."
         )
     return "there are no older records (the service has been logging only since then)."
