@@ -161,10 +161,14 @@ def serve_rows(model_tag: str, batch: pd.DataFrame, prefix: str) -> list[str]:
 
 
 @pytest.fixture
-def request_log(trained, tmp_path, monkeypatch):
-    """The served model's request log in a scratch folder; `monitor()` reads its window by default."""
-    monkeypatch.setenv("MY_ML_PROJECT_STORAGE__URL", str(tmp_path / "store"))
-    get_settings.cache_clear()
+def request_log(trained):
+    """The served model's request log, emptied first (the store keeps the trained model and its alias);
+    `monitor()` reads its window by default."""
+    from ml_lifecycle._internal.storage import REQUESTS, open_storage
+
+    store = open_storage(get_settings())
+    for listed in store.list(REQUESTS):
+        store.delete(listed.key)
     return trained
 
 
