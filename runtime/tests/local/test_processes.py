@@ -42,6 +42,8 @@ while True:
     time.sleep(0.1)
 """
 
+IDLE_GRACE = 0.5  # short, so the suite waits little; the run below outlives it threefold
+
 
 def started_worker(tmp_path: Path, run_seconds: float) -> subprocess.Popen:
     script = tmp_path / "worker.py"
@@ -59,12 +61,12 @@ def test_an_idle_worker_that_ignores_the_stop_is_killed_within_seconds(tmp_path)
     """Before, it was given stop_group's 20 s grace every time."""
     process = started_worker(tmp_path, run_seconds=0)
     started = time.monotonic()
-    stop_worker(process)
+    stop_worker(process, idle_grace=IDLE_GRACE)
     assert process.poll() is not None
     assert time.monotonic() - started < 10
 
 
 def test_a_worker_with_a_run_going_is_left_to_finish_it(tmp_path):
-    process = started_worker(tmp_path, run_seconds=5)
-    stop_worker(process)
+    process = started_worker(tmp_path, run_seconds=3 * IDLE_GRACE)
+    stop_worker(process, idle_grace=IDLE_GRACE)
     assert process.returncode == 0, "killed while its run was going"
