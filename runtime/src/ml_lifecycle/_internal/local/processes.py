@@ -155,10 +155,10 @@ def prefect_worker(pool: str, api_url: str, cwd: Path, log_dir: Path) -> Iterato
 
 def stop_worker(process: subprocess.Popen, idle_grace: float = 3.0, grace: float = 20.0) -> None:
     """Stop a `prefect worker` (started by `spawn`). On SIGTERM it stops taking runs and waits for the runs
-    it started, its child processes; Prefect makes the next signal a SIGKILL. With no run left it mostly
-    exits at once, but now and then it stays idle until killed (20 s of the demo's stop): so once it has no
-    child process left for `idle_grace` seconds, it gets that second signal. A run still going keeps the
-    full `grace`."""
+    it started, its child processes; Prefect makes the next signal a SIGKILL. With no run left it should
+    exit at once, yet after the demo's runs it has idled through the whole grace: so once it has no child
+    process left for `idle_grace` seconds, it gets that second signal. A run still going keeps the full
+    `grace`."""
     import psutil
 
     if process.poll() is not None:
