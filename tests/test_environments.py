@@ -157,8 +157,8 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(home, prefect_home) -> Project:
-    installed = install_project(ANSWERS, home, prefect_home)
+def project(home, prefect_home, default_installed) -> Project:
+    installed = install_project(ANSWERS, home, prefect_home, venv_from=default_installed)
     worker = installed.run("uv", "sync", "--group", "worker")
     assert worker.returncode == 0, explain(worker)
     return installed

@@ -103,13 +103,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, prefect_home) -> Iterator[Stack]:
+def stack(default_installed, tmp_path_factory, prefect_home) -> Iterator[Stack]:
     prometheus_bin = require_tool("prometheus")
     pushgateway_bin = require_tool("prometheus-pushgateway")
     home = tmp_path_factory.mktemp("e2e")
     logs = home / "logs"
     logs.mkdir()
-    project = install_project({"retrain_cooldown_seconds": COOLDOWN_SECONDS}, home, prefect_home)
+    answers = {"retrain_cooldown_seconds": COOLDOWN_SECONDS}
+    project = install_project(answers, home, prefect_home, venv_from=default_installed)
     gateway_port, prometheus_port = free_port(), free_port()
     gateway = f"127.0.0.1:{gateway_port}"
     with contextlib.ExitStack() as stack, webhook_receiver() as receiver:

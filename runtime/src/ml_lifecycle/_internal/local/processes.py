@@ -147,7 +147,41 @@ def prefect_worker(pool: str, api_url: str, cwd: Path, log_dir: Path) -> Iterato
     env = prefect_env(api_url, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5")
     command = [venv_command("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
     with background("prefect-worker", command, log_dir=log_dir, env=env, cwd=cwd) as proc:
-        yield proc
+        try:
+            yield proc
+        finally:
+            stop_worker(proc.process)
+
+
+def stop_worker(process: subprocess.Popen, idle_grace: float = 3.0, grace: float = 20.0) -> None:
+    """Stop a `prefect worker` (started by `spawn`). On SIGTERM it stops taking runs and waits for the runs
+    it started, its child processes; Prefect makes the next signal a SIGKILL. With no run left it should
+    exit at once, yet after the demo's runs it has idled through the whole grace: so once it has no child
+    process left for `idle_grace` seconds, it gets that second signal. A run still going keeps the full
+    `grace`."""
+    import psutil
+
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    idle_since: float | None = None
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            children = psutil.Process(process.pid).children()
+            busy = any(child.status() != psutil.STATUS_ZOMBIE for child in children)
+        except psutil.Error:  # gone between poll() and here
+            busy = False
+        now = time.monotonic()
+        if busy:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= idle_grace:
+            break
+        time.sleep(0.1)
+    stop_group(process, grace=5.0)  # its second signal, then SIGKILL for the whole group
 
 
 @contextlib.contextmanager
