@@ -62,11 +62,11 @@ print(json.dumps({
 """
 
 DEPLOY_SCRIPT = """
-import json
+import json, os
 from ml_lifecycle import get_settings
 demo, processes = internal("local.demo"), internal("local.processes")
 settings = get_settings()
-demo.deploy(settings, sys.argv[2])
+demo.deploy(settings, os.environ["PREFECT_API_URL"])
 print(json.dumps({"pool": processes.work_pool(settings.root, demo.ENVIRONMENT)}))
 """
 
@@ -77,10 +77,10 @@ print(json.dumps(internal("registry.aliases").production_tag(get_settings())))
 """
 
 MONITOR_SCRIPT = """
-import json
+import json, os
 from datetime import datetime
 flows = importlib.import_module(package + ".flows")
-verdict = flows.monitor(start=datetime.fromisoformat(sys.argv[2]))
+verdict = flows.monitor(start=datetime.fromisoformat(os.environ["SHARED_STORE_WINDOW_START"]))
 print(json.dumps(verdict, default=str))
 """
 
@@ -245,7 +245,7 @@ def story(machines, s3_server, tmp_path_factory) -> Iterator[Story]:
     assert trained.returncode == 0, explain(trained)
     first = monitor.query(with_library(PRODUCTION_SCRIPT))  # read on another machine: from the store
     streams = monitor.query(with_library(STREAMS_SCRIPT))
-    deployed = worker.query(with_library(DEPLOY_SCRIPT), machines.api_url, **api)
+    deployed = worker.query(with_library(DEPLOY_SCRIPT), **api)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(prefect_worker(worker, deployed["pool"], machines.api_url, logs / "worker.log"))
@@ -262,7 +262,9 @@ def story(machines, s3_server, tmp_path_factory) -> Iterator[Story]:
             lambda: all(len(replica_records(store, name)) >= answered[name] for name in REPLICAS),
             60,
         )
-        verdict = monitor.query(with_library(MONITOR_SCRIPT), since.isoformat(), **api)
+        verdict = monitor.query(
+            with_library(MONITOR_SCRIPT), SHARED_STORE_WINDOW_START=since.isoformat(), **api
+        )
 
         loads = {name: Load(base, [{"row": row} for row in streams["after"]]) for name, base in bases.items()}
         threads = [threading.Thread(target=load.run, daemon=True) for load in loads.values()]
@@ -364,6 +366,8 @@ def test_the_monitor_reads_both_replicas_traffic_and_asks_for_a_retrain(story):
     sent = sum(len(answers) for answers in story.sent.values())
     assert story.verdict["n_current"] == sent, story.verdict  # neither replica alone has them all
     assert story.verdict["event_emitted"] is True, story.verdict
+    # the labels the user's system wrote under labels/ in the store, joined on both replicas' rows
+    assert (story.verdict["performance"] or {}).get("n_labelled") == sent, story.verdict["performance"]
 
 
 def test_the_drift_event_retrains_on_the_worker_and_promotes(story):
