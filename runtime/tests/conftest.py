@@ -75,6 +75,7 @@ from my_ml_project import dataset, features  # noqa: E402
 # isort: split
 from ml_lifecycle._internal.config import get_settings  # noqa: E402
 from ml_lifecycle._internal.registry import aliases, store  # noqa: E402
+from ml_lifecycle._internal.storage import open_storage  # noqa: E402
 from ml_lifecycle._internal.tables import data_hash, feature_schema, read_table  # noqa: E402
 from ml_lifecycle._internal.training.pipeline import build_pipeline  # noqa: E402
 from ml_lifecycle.testing import example_frame  # noqa: E402
@@ -227,12 +228,17 @@ def register(
     )
 
 
+def clear_alias(settings) -> None:
+    """No production model: the alias record gone from the store, and no 2.0 record left to take over."""
+    open_storage(settings).delete(aliases.key(settings))
+    aliases.legacy_file(settings).unlink(missing_ok=True)
+
+
 @pytest.fixture
 def production(csv_settings, task_type):
     """A production model in the suite's store: the service is built from its schema."""
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
     tag = register(csv_settings, task_type)
-    with aliases.locked(csv_settings) as record:
-        record.history.append(aliases.entry(tag, "test"))
+    aliases.change(csv_settings, lambda record: record.history.append(aliases.entry(tag, "test")))
     yield tag
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from ml_lifecycle._internal.cli import keep_prefect_state_in_the_project, main
@@ -21,7 +22,8 @@ from ml_lifecycle._internal.config import (
     unknown_keys,
 )
 from ml_lifecycle._internal.project import bound
-from ml_lifecycle._internal.registry.aliases import alias_file
+from ml_lifecycle._internal.registry.aliases import legacy_file
+from ml_lifecycle._internal.storage import storage_url
 from ml_lifecycle._internal.training.lock import lock_file
 from pydantic import BaseModel
 
@@ -229,7 +231,8 @@ def test_the_model_store_and_every_state_file_default_to_the_projects_state_fold
     state = defaults.root / ".state"
     paths = {
         "model store": defaults.bentoml_home,
-        "production alias": alias_file(defaults),
+        "production alias (2.0)": legacy_file(defaults),
+        "shared store": Path(urlparse(storage_url(defaults)).path),
         "training lock": lock_file(defaults),
         "Optuna studies": defaults.resolve(defaults.tuning.storage.removeprefix("sqlite:///")),
         "request log": defaults.resolve(defaults.serving.request_log_path),

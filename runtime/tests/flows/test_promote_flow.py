@@ -8,7 +8,7 @@ from ml_lifecycle._internal.flows.train import train
 from ml_lifecycle._internal.registry import aliases
 from prefect.artifacts import Artifact
 
-from ..conftest import make_frame, use_training_file
+from ..conftest import clear_alias, make_frame, use_training_file
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -24,7 +24,7 @@ def test_a_schema_change_waits_for_an_explicit_promotion(tmp_path, monkeypatch, 
     path = tmp_path / "train.csv"
     frame.to_csv(path, index=False)
     settings = use_training_file(monkeypatch, path)
-    aliases.alias_file(settings).unlink(missing_ok=True)
+    clear_alias(settings)
     first = train(n_trials=2, reason="test")
     assert aliases.production_tag(settings) == first
 
@@ -38,4 +38,4 @@ def test_a_schema_change_waits_for_an_explicit_promotion(tmp_path, monkeypatch, 
     result = promote_model(tag=changed, accept_schema_change=True)
     assert result["passed"] and aliases.production_tag(settings) == changed
     assert "Schema change: accepted explicitly" in gate_artifact()
-    aliases.alias_file(settings).unlink(missing_ok=True)
+    clear_alias(settings)

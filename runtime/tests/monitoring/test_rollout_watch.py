@@ -260,8 +260,11 @@ def watched_project(tmp_path, monkeypatch, settings):
     monkeypatch.setenv(f"{prefix}_ROLLOUT__SERVICE_URL", "http://127.0.0.1:9")
     get_settings.cache_clear()
     current = get_settings()
-    with aliases.locked(current) as alias_record:
+
+    def watched(alias_record: aliases.AliasRecord) -> None:
         alias_record.history[:] = record().history
+
+    aliases.change(current, watched)
     yield current
     get_settings.cache_clear()
 
@@ -278,8 +281,7 @@ def saved_previous(settings, task_type: str) -> tuple[str, store.RegisteredModel
         params={},
         data_hash="test_rollout_watch",
     )
-    with aliases.locked(settings) as alias_record:
-        alias_record.history[0]["tag"] = tag
+    aliases.change(settings, lambda alias_record: alias_record.history[0].update(tag=tag))
     return tag, previous
 
 

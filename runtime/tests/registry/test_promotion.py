@@ -1,6 +1,5 @@
 """The gate between a new model and production, and the way back, on a real (throwaway) BentoML store."""
 
-import json
 import threading
 
 import numpy as np
@@ -10,15 +9,15 @@ from ml_lifecycle._internal.local import demo_traffic
 from ml_lifecycle._internal.registry import aliases, promotion, store
 from ml_lifecycle._internal.training.metrics import METRICS
 
-from ..conftest import make_frame, register
+from ..conftest import clear_alias, make_frame, register
 
 
 @pytest.fixture
 def no_production(csv_settings):
     """Settings with an empty production record (the models of other tests stay in the store)."""
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
     yield csv_settings
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
 
 
 @pytest.fixture
@@ -82,7 +81,7 @@ def test_two_promotions_at_once_leave_the_best_model_in_production(no_production
         thread.start()
     for thread in threads:
         thread.join()
-    record = json.loads(aliases.alias_file(no_production).read_text())
+    record = aliases.read(no_production).as_json()
     tags = [entry["tag"] for entry in record["history"]]
     assert tags[0] == worse and len(tags) == len(set(tags))
     judged = [promotion.judge(no_production, store.load(tag), None, *holdout) for tag in candidates]
@@ -122,6 +121,7 @@ def test_a_schema_change_needs_an_explicit_decision(no_production, holdout, task
     assert accepted.passed and accepted.schema_change_accepted
     assert aliases.production_tag(no_production) == candidate
     assert aliases.read(no_production).history[-1]["schema_changes"] == ["column 'weight' is gone"]
+    assert aliases.read(no_production).history[-1]["reason"] == "new schema"  # the reason asked, kept
     assert promotion.rollback(no_production) == (candidate, production)
 
 

@@ -7,7 +7,7 @@ from ml_lifecycle._internal.registry import aliases, retention, store
 from ml_lifecycle._internal.tables import data_hash, feature_schema
 from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from ..conftest import make_frame
+from ..conftest import clear_alias, make_frame
 
 PARAMS = {"n_estimators": 5, "max_depth": 3, "min_samples_leaf": 2, "max_features": 0.8}
 
@@ -19,7 +19,7 @@ def isolated(settings, monkeypatch):
     yield settings
     for model in bentoml.models.list("retention_test"):
         bentoml.models.delete(model.tag)
-    aliases.alias_file(settings).unlink(missing_ok=True)
+    clear_alias(settings)
 
 
 def register(settings, task_type: str) -> str:
@@ -44,8 +44,10 @@ def stored() -> set[str]:
 
 def test_old_models_go_but_production_and_its_rollback_history_stay(isolated, task_type, monkeypatch):
     tags = [register(isolated, task_type) for _ in range(7)]  # oldest first
-    with aliases.locked(isolated) as record:  # two old models were production, one after the other
-        record.history += [aliases.entry(tags[0], "test"), aliases.entry(tags[2], "test")]
+    # two old models were production, one after the other
+    aliases.change(
+        isolated, lambda record: record.history.extend(aliases.entry(tags[t], "test") for t in (0, 2))
+    )
     monkeypatch.setattr(isolated.registry, "keep_models", 2)
     deleted = retention.prune(isolated)
     assert set(deleted) == {tags[1], tags[3], tags[4]}

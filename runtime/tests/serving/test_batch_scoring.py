@@ -9,7 +9,7 @@ from ml_lifecycle._internal.serving import batch_scoring
 from ml_lifecycle._internal.tables import DataError, data_hash, feature_schema
 from ml_lifecycle._internal.training.pipeline import build_pipeline
 
-from ..conftest import make_frame
+from ..conftest import clear_alias, make_frame
 
 PARAMS = {"n_estimators": 20, "max_depth": 5, "min_samples_leaf": 2, "max_features": 0.8}
 
@@ -30,10 +30,9 @@ def production(csv_settings, task_type):
         params=PARAMS,
         data_hash=data_hash(frame),
     )
-    with aliases.locked(csv_settings) as record:
-        record.history.append(aliases.entry(tag, "test"))
+    aliases.change(csv_settings, lambda record: record.history.append(aliases.entry(tag, "test")))
     yield tag
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
 
 
 @pytest.fixture
@@ -108,7 +107,7 @@ def test_a_failed_write_leaves_the_previous_output_whole(
 
 
 def test_without_a_production_model_nothing_is_written(csv_settings, batch, tmp_path):
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
     source = tmp_path / "in.csv"
     batch.to_csv(source, index=False)
     with pytest.raises(LookupError, match="no production model"):

@@ -15,6 +15,8 @@ from ml_lifecycle._internal.config import get_settings
 from ml_lifecycle._internal.registry import aliases
 from ml_lifecycle._internal.serving import bento
 
+from ..conftest import clear_alias
+
 STAND_IN = textwrap.dedent(
     """
     import http.server, sys, time
@@ -53,12 +55,14 @@ def local(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_ML_PROJECT_SERVING__PORT", str(free_port()))
     get_settings.cache_clear()
     local = get_settings()
-    aliases.alias_file(local).unlink(missing_ok=True)
-    with aliases.locked(local) as record:
-        record.history += [aliases.entry("model:old", "test"), aliases.entry("model:new", "test")]
+    clear_alias(local)
+    aliases.change(
+        local,
+        lambda record: record.history.extend(aliases.entry(t, "test") for t in ("model:old", "model:new")),
+    )
     yield local
     bento.stop(local)
-    aliases.alias_file(local).unlink(missing_ok=True)
+    clear_alias(local)
     get_settings.cache_clear()
 
 

@@ -12,7 +12,7 @@ from ml_lifecycle._internal.tables import data_hash, feature_schema
 from ml_lifecycle._internal.training.pipeline import build_pipeline
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ..conftest import make_frame
+from ..conftest import clear_alias, make_frame
 
 FAMILIES = ["random_forest", "gradient_boosting", "linear"]
 TOLERANCE = 1e-4
@@ -122,10 +122,9 @@ def production(csv_settings, task_type, tmp_path):
         params={},
         data_hash=data_hash(frame),
     )
-    with aliases.locked(csv_settings) as record:
-        record.history.append(aliases.entry(tag, "test"))
+    aliases.change(csv_settings, lambda record: record.history.append(aliases.entry(tag, "test")))
     yield tag
-    aliases.alias_file(csv_settings).unlink(missing_ok=True)
+    clear_alias(csv_settings)
 
 
 def test_export_writes_the_production_model_after_checking_it(csv_settings, production, tmp_path):

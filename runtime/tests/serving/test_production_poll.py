@@ -9,6 +9,7 @@ import bentoml
 import pytest
 from ml_lifecycle._internal.registry import aliases
 from ml_lifecycle._internal.serving.production_poll import ProductionPoll
+from ml_lifecycle._internal.storage import open_storage
 from sklearn.dummy import DummyClassifier
 
 POLL_LOGGER = "ml_lifecycle._internal.serving.production_poll"
@@ -26,8 +27,9 @@ class Level:
 
 @pytest.fixture
 def record(settings):
-    """The alias record's file, put back as it was after the test."""
-    path = aliases.alias_file(settings)
+    """The alias record's object in the suite's store (a folder, so a file), put back as it was after the
+    test."""
+    path = open_storage(settings).local_root / aliases.key(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = path.read_bytes() if path.exists() else None
     yield path

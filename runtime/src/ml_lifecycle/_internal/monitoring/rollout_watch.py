@@ -445,7 +445,7 @@ def watch(settings: Settings, now: datetime | None = None) -> WatchVerdict:
         labels = served_traffic.read_labels(
             settings.resolve(settings.monitoring.labels_path), settings.data.target_column, task_type
         )
-        before = store.load(previous)
+        before = store.load(previous, settings)
     except DataError as exc:
         performance = Evidence("performance", "unavailable", f"the labels cannot be read: {exc}")
     except bentoml.exceptions.NotFound:

@@ -5,9 +5,10 @@ than `registry.promotion_margin` on the primary metric (model.py's PRIMARY_METRI
 not surely worse by more than the margin on the other slice (the whole `registry.gate_confidence` interval
 of a paired bootstrap over that slice's rows below -margin: a 0.003 loss on 114 noisy rows is noise), and,
 when `registry.sensitive_column` is set, when
-the gap of that metric between the column's groups stays within `registry.max_group_gap`. The comparison
-and the change of the pointer happen under the alias lock, so two flows promoting at once are judged one
-after the other against the real production.
+the gap of that metric between the column's groups stays within `registry.max_group_gap`. The pointer
+changes by compare-and-swap of the alias record, and a verdict is written only against the production it
+was judged against, so two flows promoting at once (on two machines) are judged one after the other
+against the real production.
 
 Two slices of rows (docs/training.md#the-gates-two-slices): the usual holdout of the configured data, and the
 recent slice, the newest labelled production rows, held out by time (training/feedback.py). When the recent
@@ -247,16 +248,20 @@ def promote(
     allow_rolled_back: bool = False,
     recent: Rows | None = None,
 ) -> GateResult:
-    """Judge the candidate against production and, when it passes, make it production, all under the lock
-    (the candidate is loaded under it too, so the store's retention cannot remove it in between).
+    """Judge the candidate against production and, when it passes, make it production: one change of the
+    alias record by compare-and-swap (aliases.change), so the verdict is always against the production
+    the record names when it is written; when another promote or rollback wrote first, the candidate is
+    judged again against the new production.
 
     A model once rolled back is refused unless `allow_rolled_back` (a person's decision): no ping-pong
     between a retrain that promotes it and a watch that rolls it back."""
-    with aliases.locked(settings) as record:
-        candidate = store.load(candidate_tag)
-        rows = recent[0] if recent is not None and not recent[0].empty else features
-        reason = refusal(settings, record, candidate, rows, allow_rolled_back)
-        if reason:
+    candidate = store.load(candidate_tag, settings)
+    rows = recent[0] if recent is not None and not recent[0].empty else features
+    judged: dict[str | None, GateResult] = {}  # by production tag: a retry re-judges only a new production
+
+    def decide_and_record(record: aliases.AliasRecord) -> GateResult:
+        refused = refusal(settings, record, candidate, rows, allow_rolled_back)
+        if refused:
             return GateResult(
                 candidate=candidate.tag,
                 production=record.production,
@@ -265,24 +270,28 @@ def promote(
                 production_score=None,
                 margin=settings.registry.promotion_margin,
                 passed=False,
-                reason=reason,
+                reason=refused,
             )
-        production = store.load(record.production) if record.production else None
-        result = judge(
-            settings,
-            candidate,
-            production,
-            features,
-            labels,
-            accept_schema_change=accept_schema_change,
-            recent=recent,
-        )
+        if record.production not in judged:
+            production = store.load(record.production, settings) if record.production else None
+            judged[record.production] = judge(
+                settings,
+                candidate,
+                production,
+                features,
+                labels,
+                accept_schema_change=accept_schema_change,
+                recent=recent,
+            )
+        result = judged[record.production]
         if result.passed:
             details: dict[str, Any] = {"metric": result.metric, "score": result.candidate_score}
             if result.schema_change_accepted:
                 details["schema_changes"] = result.schema_changes
             record.history.append(aliases.entry(candidate.tag, reason, **details))
-    return result
+        return result
+
+    return aliases.change(settings, decide_and_record)
 
 
 def refusal(
@@ -332,8 +341,6 @@ def retired_twin(
 ) -> dict[str, Any] | None:
     """The rollback entry of a rolled-back model the candidate predicts like (with `agreement`), or None.
     A retired model no longer in the store, or that cannot read the rows, is not compared."""
-    import bentoml
-
     if rows.empty:
         return None
     seen = set()
@@ -344,9 +351,9 @@ def retired_twin(
         if len(seen) > RETIRED_COMPARED:
             break
         try:
-            retired = store.load(entry["tag"])
+            retired = store.load(entry["tag"], settings)
             share = agreement(candidate.pipeline, retired.pipeline, rows, candidate.metadata["task_type"])
-        except (bentoml.exceptions.NotFound, KeyError, ValueError):
+        except (store.ModelNotFound, KeyError, ValueError):
             continue
         if share >= settings.registry.retired_agreement:
             return entry | {"agreement": share}
@@ -362,10 +369,10 @@ def rollback(settings: Settings, reason: str = "manual", expected: str | None = 
     model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own.
 
     `expected`: roll back only if production is still this model (checked under the lock), so an automatic
-    rollback never retires a model promoted after it judged the one before."""
-    import bentoml
+    rollback never retires a model promoted after it judged the one before (checked in the same
+    compare-and-swap that writes the record)."""
 
-    with aliases.locked(settings) as record:
+    def restore_previous(record: aliases.AliasRecord) -> tuple[str, str]:
         if expected is not None and record.production != expected:
             done = record.was_rolled_back(expected)
             if done is not None:
@@ -377,13 +384,15 @@ def rollback(settings: Settings, reason: str = "manual", expected: str | None = 
         if len(record.history) < 2:
             raise LookupError(
                 f"nothing to roll back to: {len(record.history)} production model(s) recorded in "
-                f"{aliases.alias_file(settings)}"
+                f"{aliases.where(settings)}"
             )
         retired, restored = record.history[-1]["tag"], record.history[-2]["tag"]
         try:
-            bentoml.models.get(restored)
-        except bentoml.exceptions.NotFound as exc:
+            store.ensure_local(settings, restored)  # here too, so the services find it when they swap
+        except store.ModelNotFound as exc:
             raise LookupError(f"the previous production model {restored} is no longer in the store") from exc
         record.history.pop()
         record.rolled_back.append(aliases.entry(retired, reason))
-    return retired, restored
+        return retired, restored
+
+    return aliases.change(settings, restore_previous)

@@ -141,7 +141,7 @@ def score_file(
     if source.resolve() == target.resolve():
         raise DataError(f"{target}: the output would replace the input; choose another output file")
     check_output(target)
-    model = store.load(tag or aliases.production_tag(settings))
+    model = store.load(tag or aliases.production_tag(settings), settings)
     scored = predict_frame(model, read_table(source), str(source))
     write_table(scored, target)
     return ScoringResult(

@@ -28,7 +28,8 @@ import httpx
 from ..atomic_write import write_atomically
 from ..config import Settings
 from ..local.processes import Background, run, spawn, venv_command
-from ..registry import aliases
+from ..registry import aliases, store
+from ..storage import storage_url
 
 PID_FILE = "serve.pid"
 STATE_FILE = "serve.json"
@@ -62,6 +63,7 @@ def state_dir(settings: Settings) -> Path:
 
 def build_bento(settings: Settings, model_tag: str) -> str:
     """`bentoml build` in the project folder; returns the Bento's tag."""
+    store.ensure_local(settings, model_tag)  # the Bento packs the model: trained elsewhere, it is imported
     env = dict(os.environ)
     # The package is importable even when the project is not installed (src layout).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.root / "src"), env.get("PYTHONPATH")) if p)
@@ -102,6 +104,7 @@ def start(settings: Settings, bento: str, model: str) -> tuple[Serving, Backgrou
     prefix = settings.project.package.upper()
     env[f"{prefix}_REGISTRY__BENTOML_HOME"] = env["BENTOML_HOME"] = str(settings.bentoml_home)
     env[f"{prefix}_SERVING__REQUEST_LOG_PATH"] = str(settings.resolve(settings.serving.request_log_path))
+    env[f"{prefix}_STORAGE__URL"] = storage_url(settings)  # a relative folder would be the Bento's copy's
     command = [venv_command("bentoml"), "serve", bento, "--host", host, "--port", str(port)]
     process = spawn(command, log=log, env=env, cwd=settings.root)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -147,10 +150,13 @@ def wait_ready(state: Serving, proc: Background, timeout: float) -> str | None:
 def roll_back_alias(settings: Settings, failed: str) -> str | None:
     """Pop the production entry of the model that failed, when it is still production and has a
     predecessor; returns the production tag afterwards."""
-    with aliases.locked(settings) as record:
+
+    def pop_failed(record: aliases.AliasRecord) -> str | None:
         if record.production == failed and len(record.history) > 1:
             record.history.pop()
         return record.production
+
+    return aliases.change(settings, pop_failed)
 
 
 def switch(settings: Settings, bento: str, model: str, log=print) -> dict[str, Any]:

@@ -341,7 +341,7 @@ def default_path(settings: Settings, tag: str) -> Path:
 
 def export(settings: Settings, tag: str | None = None, output: str | Path | None = None) -> ExportResult:
     """Convert the production model (or `tag`), check it on real rows, then write it atomically."""
-    model = store.load(tag or aliases.production_tag(settings))
+    model = store.load(tag or aliases.production_tag(settings), settings)
     onx = convert(model)
     rows, label = check_rows(settings, model)
     largest, count = compare(model, session(onx), rows, settings.onnx.tolerance)

@@ -1,10 +1,12 @@
-"""What one service worker learns from polling the production alias record: which model to swap in, if any.
+"""What one service worker learns from polling the production alias record (in the project's store, so
+every replica on every machine follows the same one): which model to swap in, if any.
 
 A `latest` alias (or any tag that is not a version) is resolved to the version it names before it is
-compared with the one served, so the model is loaded again only when production really changed. A record
-that cannot be read (not JSON, fields missing) or a model that cannot be loaded is logged once per change,
-not on every poll, and shown on /metrics (`<package>_alias_record_valid`, 0 while the record is broken,
-alert AliasRecordBroken); the worker keeps serving the model it has.
+compared with the one served, so the model is loaded again only when production really changed; a version
+this process lacks is imported from the store then (store.ensure_local). A record that cannot be read (not
+JSON, fields missing, the store unreachable or refusing) or a model that cannot be loaded is logged once per
+change, not on every poll, and shown on /metrics (`<package>_alias_record_valid`, 0 while the record cannot
+be read, alert AliasRecordBroken); the worker keeps serving the model it has.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-import bentoml
 from prometheus_client import Gauge
 
 from ..config import PACKAGE, Settings
-from ..registry import aliases
+from ..registry import aliases, store
+from ..storage import StorageError
 
 ALIAS_VALID = Gauge(
     f"{PACKAGE}_alias_record_valid",
@@ -29,11 +32,6 @@ ALIAS_VALID = Gauge(
 LOGGER = logging.getLogger(__name__)
 
 
-def resolved_tag(tag: str) -> str:
-    """The version a tag names in the model store (`name:latest` -> `name:<version>`)."""
-    return str(bentoml.models.get(tag).tag)
-
-
 class ProductionPoll:
     """One worker's view of the alias record between polls: what it last logged, and the gauge."""
 
@@ -42,11 +40,12 @@ class ProductionPoll:
         settings: Settings,
         *,
         valid: Any = ALIAS_VALID,
-        resolve: Callable[[str], str] = resolved_tag,
+        resolve: Callable[[str], str] | None = None,
     ) -> None:
         self.settings = settings
         self._valid = valid
-        self._resolve = resolve
+        # The version a tag names (`name:latest` -> `name:<version>`), in this process's model store.
+        self._resolve = resolve or partial(store.ensure_local, settings)
         self._reported: str | None = None  # the failure last logged, so each is logged once
         valid.set(1)
 
@@ -55,7 +54,7 @@ class ProductionPoll:
         promoted, or when the record cannot be read (logged once; the served model stays)."""
         try:
             tag, broken = aliases.read(self.settings).production, None
-        except aliases.AliasRecordError as exc:
+        except (aliases.AliasRecordError, StorageError) as exc:
             tag, broken = None, f"{exc}; still serving {serving}"
         self._valid.set(0 if broken else 1)
         if broken:

@@ -47,7 +47,7 @@ from ..config import PACKAGE, Settings, get_settings
 from ..records import RequestRecord
 from ..registry import aliases
 from ..registry.promotion import schema_changes
-from ..registry.store import RegisteredModel, load
+from ..registry.store import RegisteredModel, ensure_local, load
 from . import predictors
 from .batching import Batcher
 from .http_guard import (
@@ -133,7 +133,8 @@ class Startup:
         """A clear error (LookupError) when no model is pinned and none has been promoted yet."""
         settings = get_settings()
         pinned = bentoml.use_arguments(ServiceArguments).model_tag
-        tag = pinned or aliases.production_tag(settings)
+        # Imported from the project's store when this machine has not seen it (trained elsewhere).
+        tag = ensure_local(settings, pinned or aliases.production_tag(settings))
         metadata: dict[str, Any] = dict(bentoml.models.get(tag).info.metadata)
         return cls(settings, pinned, tag, metadata["feature_schema"])
 
@@ -198,7 +199,7 @@ class Serving:
                 )
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
-        model = load(tag)  # once: its schema is checked and the same object is served
+        model = load(tag, self.startup.settings)  # once: its schema is checked and the same object is served
         changes = schema_changes(model.schema, self.startup.feature_schema)
         if changes:
             refused.add(tag)
