@@ -168,6 +168,28 @@ def send_rows(bases: dict[str, str], rows: list[dict]) -> dict[str, list[Answer]
     return sent
 
 
+def steer_pending(base: str, package: str, rows: list[dict], wanted, seconds: float = 60) -> list[Answer]:
+    """`rows` (in turn, from the first) to the replica until its pending-records metric is
+    `wanted`; while FLUSH_RECORDS or more are pending a flush is due, so it waits for it instead of sending.
+    Between the last request and the return no flush is due: with no timer, the count stays as it is."""
+    answers: list[Answer] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=30) as client:
+        while (
+            not wanted(pending := metric(base, f"{package}_request_log_pending")) or pending >= FLUSH_RECORDS
+        ):
+            assert time.monotonic() < deadline, f"{base}: {pending} records pending after {seconds:g} s"
+            if pending >= FLUSH_RECORDS:
+                time.sleep(0.2)  # the writer's flush is due: poll until it is done
+                continue
+            index = len(answers) % len(rows)
+            response = client.post(f"{base}/predict_one", json={"row": rows[index]})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            answers.append(Answer(time.time(), 200, body["model_version"], body["request_id"], index))
+    return answers
+
+
 def labels_csv(sent: dict[str, list[Answer]], labels: list, target: str) -> bytes:
     """What the user's system writes under labels/ once the truth is known: request id, row, target."""
     buffer = io.StringIO()
@@ -255,9 +277,12 @@ def story(machines, s3_server, tmp_path_factory) -> Iterator[Story]:
         }
         since = datetime.now(UTC)
         sent = send_rows(bases, streams["changed"])
+        sent["west"] += steer_pending(  # until west flushed the last of them: it flushes on no timer
+            bases["west"], worker.package, streams["changed"], lambda pending: pending == 0
+        )
         store.write("labels/shared-store-test.csv", labels_csv(sent, streams["labels"], streams["target"]))
         answered = {name: sum(a.status == 200 for a in answers) for name, answers in sent.items()}
-        until(  # east flushes every second; west every FLUSH_RECORDS records, and it got a multiple of them
+        until(  # east flushes every second, west flushed above
             "both replicas' rows of the changed world are in the store",
             lambda: all(len(replica_records(store, name)) >= answered[name] for name in REPLICAS),
             60,
@@ -310,14 +335,7 @@ def kill_west(store, base: str, answers: list[Answer], row: dict, machine: Proje
     and the kill, so what it loses is exactly what was pending."""
     package = machine.package
     served = sum(a.status == 200 for a in answers)
-    with httpx.Client(timeout=30) as client:
-        # at least one row more, and until some are pending (the traffic may have ended on a flush)
-        while True:
-            response = client.post(f"{base}/predict_one", json={"row": row})
-            assert response.status_code == 200, response.text
-            served += 1
-            if metric(base, f"{package}_request_log_pending") > 0:
-                break
+    served += len(steer_pending(base, package, [row], lambda pending: pending > 0))
     pending = metric(base, f"{package}_request_log_pending")
     written = metric(base, f"{package}_request_log_written")
     dropped = metric(base, f"{package}_request_log_dropped")
