@@ -173,20 +173,22 @@ def prefect_server():
 
 
 def log_traffic(
-    path: Path,
+    store: Path,
     frame: pd.DataFrame,
     prefix: str,
     start: datetime,
     seconds_apart: float = 1,
     ids: list[str] | None = None,
 ) -> list[str]:
-    """Write `frame`'s rows to a request log as served one by one from `start` on, as the service logs them
-    (features as sent, a missing value as null); returns their request ids (`ids`, or prefix-0, ...)."""
+    """Write `frame`'s rows to the request log in the folder store `store` as served one by one from `start`
+    on, as the service logs them (features as sent, a missing value as null); returns their request ids
+    (`ids`, or prefix-0, ...)."""
     from ml_lifecycle._internal.records import RequestRecord
     from ml_lifecycle._internal.serving.request_log import RequestLog
+    from ml_lifecycle._internal.storage import Storage
 
     ids = ids or [f"{prefix}-{i}" for i in range(len(frame))]
-    sink = RequestLog(path)
+    sink = RequestLog(Storage(store.as_uri()), replica="test", retention_hours=1e6)
     sink.submit(
         RequestRecord(
             request_id=request_id,

@@ -140,7 +140,7 @@ def serve_rows(model_tag: str, batch: pd.DataFrame, prefix: str) -> list[str]:
         probabilities = [dict(zip(classes, map(float, p), strict=True)) for p in proba]
     now = datetime.now(UTC)
     ids = [f"{prefix}-{i}" for i in range(len(batch))]
-    sink = RequestLog(settings.resolve(settings.serving.request_log_path))
+    sink = RequestLog.of(settings)
     sink.submit(
         RequestRecord(
             request_id=request_id,
@@ -163,7 +163,7 @@ def serve_rows(model_tag: str, batch: pd.DataFrame, prefix: str) -> list[str]:
 @pytest.fixture
 def request_log(trained, tmp_path, monkeypatch):
     """The served model's request log in a scratch folder; `monitor()` reads its window by default."""
-    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(tmp_path / "requests.jsonl"))
+    monkeypatch.setenv("MY_ML_PROJECT_STORAGE__URL", str(tmp_path / "store"))
     get_settings.cache_clear()
     return trained
 
@@ -185,19 +185,22 @@ def test_monitoring_reads_the_traffic_the_service_logged(request_log, task_type)
     assert {"size", "weight"} <= set(verdict["drifted_columns"])
 
 
-def test_a_torn_line_in_the_log_is_skipped_and_reported(request_log, task_type, tmp_path):
-    """A service killed mid-write leaves part of a line; the monitor reads the rest and says what it
-    skipped, in the verdict and in the artifact."""
+def test_a_line_that_is_no_record_is_skipped_and_reported(request_log, task_type):
+    """A line in the log that is no record (an object edited by hand, or not the service's) is skipped; the
+    monitor reads the rest and says what it skipped, in the verdict and in the artifact."""
+    from ml_lifecycle._internal.serving.request_log import partition
+    from ml_lifecycle._internal.storage import open_storage
+
     started = datetime.now(UTC)
     batch = make_frame(task_type, rows=120, seed=13).drop(columns=["label"])
     serve_rows(request_log, batch.iloc[:60], "before")
-    log = tmp_path / "requests.jsonl"
-    with log.open("a") as file:
-        file.write('{"request_id": "torn", "time": "20')  # no newline: the writer was killed here
-    serve_rows(request_log, batch.iloc[60:], "after")  # the restarted service's writer
+    store = open_storage(get_settings())
+    key = f"{partition(datetime.now(UTC))}/foreign.jsonl"
+    store.write(key, b'{"request_id": "torn", "time": "20\n')
+    serve_rows(request_log, batch.iloc[60:], "after")
     verdict = monitor(start=started)
     assert verdict["n_current"] == 120
-    assert verdict["skipped_lines"] == 1 and verdict["skipped_where"][0].startswith(f"{log}:61 ")
+    assert verdict["skipped_lines"] == 1 and verdict["skipped_where"][0].startswith(f"{store.url_of(key)}:1 ")
     assert any("1 unreadable lines skipped" in w for w in verdict["log_warnings"])
     assert "1 unreadable lines skipped" in latest_drift_artifact()
 

@@ -255,7 +255,7 @@ def watched_project(tmp_path, monkeypatch, settings):
     URL where nothing listens."""
     prefix = "MY_ML_PROJECT"
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    monkeypatch.setenv(f"{prefix}_SERVING__REQUEST_LOG_PATH", str(tmp_path / "requests.jsonl"))
+    monkeypatch.setenv(f"{prefix}_STORAGE__URL", str(tmp_path / "store"))
     monkeypatch.setenv(f"{prefix}_MONITORING__LABELS_PATH", str(tmp_path / "labels.csv"))
     monkeypatch.setenv(f"{prefix}_ROLLOUT__SERVICE_URL", "http://127.0.0.1:9")
     get_settings.cache_clear()
@@ -287,7 +287,7 @@ def saved_previous(settings, task_type: str) -> tuple[str, store.RegisteredModel
 
 def write_served(settings, rows: pd.DataFrame, previous_tag: str) -> None:
     """The request log of `rows` (features as sent, what each version answered), served half an hour ago."""
-    log = RequestLog(settings.resolve(settings.serving.request_log_path))
+    log = RequestLog.of(settings)
     log.submit(
         RequestRecord(
             request_id=row["request_id"],

@@ -9,7 +9,8 @@ import pytest
 from ml_lifecycle._internal.monitoring import labels as label_table
 from ml_lifecycle._internal.monitoring.served_traffic import performance, read_labels, read_window
 from ml_lifecycle._internal.records import RequestRecord
-from ml_lifecycle._internal.serving.request_log import RequestLog, worker_path
+from ml_lifecycle._internal.serving.request_log import RequestLog, partition
+from ml_lifecycle._internal.storage import Storage
 from ml_lifecycle._internal.tables import DataError
 
 NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
@@ -31,14 +32,19 @@ def served(
     )
 
 
-def write_log(path, records) -> None:
-    sink = RequestLog(path)
+def folder(tmp_path) -> Storage:
+    return Storage((tmp_path / "store").as_uri())
+
+
+def write_log(store: Storage, records, replica: str = "a") -> None:
+    """The records as one replica's service writes them (kept whatever their age)."""
+    sink = RequestLog(store, replica=replica, retention_hours=1e6)
     sink.submit(records)
     sink.close()
 
 
 def test_the_window_holds_only_the_requests_served_in_it(tmp_path):
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     write_log(log, [served("old", 90, 1), served("a", 30, 0), served("b", 10, 1), served("future", -5, 1)])
     window = read_window(log, NOW - timedelta(hours=1), NOW)
     assert list(window.request_ids) == ["a", "b"]
@@ -47,19 +53,37 @@ def test_the_window_holds_only_the_requests_served_in_it(tmp_path):
     assert len(read_window(log, NOW - timedelta(minutes=5), NOW)) == 0
 
 
-def test_a_torn_line_is_skipped_and_named_and_the_window_still_read(tmp_path):
-    log = tmp_path / "requests.jsonl"
-    write_log(log, [served("a", 30, 0)])
-    with log.open("a") as file:  # a service killed mid-write, then restarted: its next record on a new line
-        file.write(served("torn", 20, 1).line()[:40] + "\n")
-    write_log(log, [served("b", 10, 1)])
+def test_a_line_that_is_no_record_is_skipped_and_named_and_the_window_still_read(tmp_path):
+    log = folder(tmp_path)
+    write_log(log, [served("a", 30, 0), served("b", 10, 1)])
+    key = f"{partition(NOW - timedelta(minutes=20))}/foreign.jsonl"  # edited by hand, or not ours
+    log.write(key, (served("torn", 20, 1).line()[:40] + "\n").encode())
     window = read_window(log, NOW - timedelta(hours=1), NOW)
     assert list(window.request_ids) == ["a", "b"]
-    assert [(bad.file, bad.line) for bad in window.bad_lines] == [(log, 2)]
+    assert [(bad.file, bad.line) for bad in window.bad_lines] == [(log.url_of(key), 1)]
+
+
+def test_the_2_0_0_file_log_is_read_beside_the_store_until_it_ages_out(tmp_path, settings, monkeypatch):
+    """After an upgrade the window still holds what 2.0.0 logged to its rotating files (a torn line there
+    skipped and named), merged with the store's records by time."""
+    legacy = tmp_path / "requests.jsonl"
+    legacy.write_text(served("old-a", 50, 0).line() + "\n" + served("torn", 45, 1).line()[:40] + "\n")
+    (tmp_path / "requests.jsonl.1").write_text(served("old-b", 55, 1).line() + "\n")
+    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(legacy))
+    monkeypatch.setenv("MY_ML_PROJECT_STORAGE__URL", str(tmp_path / "store"))
+    from ml_lifecycle._internal.config import get_settings
+
+    get_settings.cache_clear()
+    write_log(folder(tmp_path), [served("new", 10, 1)])
+    window = read_window(get_settings(), NOW - timedelta(hours=1), NOW)
+    assert list(window.request_ids) == ["old-b", "old-a", "new"]
+    assert [(bad.file, bad.line) for bad in window.bad_lines] == [(str(legacy), 2)]
+    assert window.oldest_record == NOW - timedelta(minutes=55)
+    get_settings.cache_clear()
 
 
 def test_the_window_says_how_much_of_the_requested_time_the_log_covers(tmp_path):
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     write_log(log, [served("a", 192, 0), served("b", 60, 1)])  # the log reaches back 3.2 h
     window = read_window(log, NOW - timedelta(hours=24), NOW)
     assert window.complete is False
@@ -72,22 +96,70 @@ def test_the_window_says_how_much_of_the_requested_time_the_log_covers(tmp_path)
     assert "covers" not in whole.describe()
     just_before = read_window(log, NOW - timedelta(minutes=192.5), NOW)  # opened just before the traffic
     assert just_before.complete is True
-    empty = read_window(tmp_path / "none.jsonl", NOW - timedelta(hours=24), NOW)
+    empty = read_window(Storage((tmp_path / "empty").as_uri()), NOW - timedelta(hours=24), NOW)
     assert empty.complete is False and empty.covered_hours == 0
     assert empty.coverage() == "covers 0.0 h of the requested 24 h (empty)"
 
 
-def test_with_several_workers_the_window_covers_what_every_worker_log_covers(tmp_path):
-    log = tmp_path / "requests.jsonl"
-    write_log(log, [served("a", 600, 0)])
-    write_log(worker_path(log, 2), [served("b", 120, 1)])  # this worker's older files are gone
-    window = read_window(log, NOW - timedelta(hours=24), NOW)
-    assert window.covered_hours == pytest.approx(2)
+class ListingStore(Storage):
+    """A store that notes the prefixes it is asked to list, to show which partitions a read touched."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.listed: list[str] = []
+
+    def list(self, prefix: str):
+        self.listed.append(prefix)
+        return super().list(prefix)
+
+
+@pytest.fixture(params=["folder", "s3"])
+def shared_store(request, tmp_path):
+    """One store two replicas share: a folder, or a bucket on the S3 server."""
+    if request.param == "folder":
+        return (tmp_path / "store").as_uri()
+    server = request.getfixturevalue("s3_environ")
+    return f"s3://{server.bucket()}/team/project"
+
+
+def test_two_replicas_in_one_store_are_one_window_read_from_the_hours_in_it(shared_store):
+    """Two replicas write into one store; the window holds both, oldest first, and lists only its hours:
+    an unreadable object an hour before it, and a whole day after it, are never read."""
+    store = ListingStore(shared_store)
+    write_log(store, [served("a1", 150, 0), served("a2", 50, 1), served("a3", 5, 0)], replica="web-a")
+    write_log(store, [served("b1", 100, 1), served("b2", 30, 0), served("b3", 240, 1)], replica="web-b")
+    store.write(f"{partition(NOW - timedelta(hours=4))}/foreign.jsonl", b"not a record\n")
+    write_log(store, [served("tomorrow", -24 * 60, 1)], replica="web-b")
+    window = read_window(store, NOW - timedelta(hours=3), NOW)
+    assert list(window.request_ids) == ["a1", "b1", "a2", "b2", "a3"]
+    assert window.bad_lines == () and window.complete  # an older partition exists: the log reaches back
+    keys = [listed.key for listed in store.list("requests") if not listed.key.endswith("foreign.jsonl")]
+    assert {key.rsplit("/", 1)[1].rsplit("-", 1)[0] for key in keys} == {"web-a-1", "web-b-1"}
+    store.listed.clear()
+    read_window(store, NOW - timedelta(hours=3), NOW)
+    assert store.listed == [
+        "requests/date=2026-01-10/hour=09",
+        "requests/date=2026-01-10/hour=10",
+        "requests/date=2026-01-10/hour=11",
+    ]
+
+
+def test_a_window_of_whole_days_lists_each_day_once():
+    from ml_lifecycle._internal.serving.request_log import window_prefixes
+
+    start = datetime(2026, 1, 8, 22, tzinfo=UTC)
+    assert window_prefixes(start, datetime(2026, 1, 10, 1, 30, tzinfo=UTC)) == [
+        "requests/date=2026-01-08/hour=22",
+        "requests/date=2026-01-08/hour=23",
+        "requests/date=2026-01-09",
+        "requests/date=2026-01-10/hour=00",
+        "requests/date=2026-01-10/hour=01",
+    ]
 
 
 def classified_window(tmp_path):
     """Four binary predictions whose probabilities rank the true classes perfectly (ROC AUC 1)."""
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     proba = [{"0": 0.9, "1": 0.1}, {"0": 0.7, "1": 0.3}, {"0": 0.4, "1": 0.6}, {"0": 0.2, "1": 0.8}]
     write_log(log, [served(f"r{i}", 40 - i, int(p["1"] > 0.5), p) for i, p in enumerate(proba)])
     return read_window(log, NOW - timedelta(hours=1), NOW)
@@ -123,7 +195,7 @@ def test_one_class_among_the_labels_is_reported_not_failed(tmp_path):
 
 
 def test_regression_performance_is_rmse_and_a_higher_one_is_worse(tmp_path):
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     write_log(log, [served("a", 20, 1.0), served("b", 10, 3.0)])
     window = read_window(log, NOW - timedelta(hours=1), NOW)
     labels = read_labels(labels_file(tmp_path, {"a": 2, "b": 5}), "label")
@@ -142,7 +214,7 @@ def test_a_label_that_is_no_class_of_the_model_is_skipped_and_counted(tmp_path):
 
 
 def test_a_regression_label_that_is_not_a_number_is_skipped_and_counted(tmp_path):
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     write_log(log, [served("a", 20, 1.0), served("b", 10, 3.0)])
     window = read_window(log, NOW - timedelta(hours=1), NOW)
     labels = read_labels(labels_file(tmp_path, {"a": 2, "b": "n/a (pending)"}), "label")
@@ -208,7 +280,7 @@ def test_a_regression_target_that_is_not_a_number_is_counted_by_the_reader(tmp_p
 
 def test_request_ids_that_look_like_numbers_are_compared_as_text(tmp_path):
     """An X-Request-ID of 00042 is logged as "00042"; its label must match it, not 42.0."""
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     proba = [{"0": 0.8, "1": 0.2}, {"0": 0.3, "1": 0.7}, {"0": 0.6, "1": 0.4}]
     write_log(
         log,
@@ -319,7 +391,7 @@ def test_r2_chosen_in_model_py_is_what_the_monitor_computes(tmp_path, monkeypatc
     from sklearn.metrics import r2_score
 
     monkeypatch.setitem(model.PRIMARY_METRIC, "regression", "r2")
-    log = tmp_path / "requests.jsonl"
+    log = folder(tmp_path)
     truth = {"a": 2.0, "b": 5.0, "c": 9.0, "d": 1.0}
     predicted = {"a": 2.5, "b": 4.5, "c": 8.0, "d": 1.5}
     write_log(log, [served(key, 20 - i, predicted[key]) for i, key in enumerate(truth)])

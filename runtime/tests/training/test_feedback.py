@@ -18,10 +18,12 @@ NOW = datetime.now(UTC)
 def traffic(tmp_path, monkeypatch, task_type):
     """100 rows served over the last 100 minutes: (settings, the rows with their labels, ids, labels path)."""
     frame = make_frame(task_type, rows=100, seed=5)
-    log = tmp_path / "requests.jsonl"
-    ids = log_traffic(log, frame.drop(columns=["label"]), "r", NOW - timedelta(minutes=100), seconds_apart=60)
+    store = tmp_path / "store"
+    ids = log_traffic(
+        store, frame.drop(columns=["label"]), "r", NOW - timedelta(minutes=100), seconds_apart=60
+    )
     labels = tmp_path / "labels.csv"
-    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(log))
+    monkeypatch.setenv("MY_ML_PROJECT_STORAGE__URL", str(store))
     monkeypatch.setenv("MY_ML_PROJECT_MONITORING__LABELS_PATH", str(labels))
     get_settings.cache_clear()
     yield get_settings(), frame, ids, labels
@@ -106,12 +108,12 @@ def test_a_blank_text_or_huge_row_is_skipped_and_counted_not_a_crash(traffic, ta
 def test_request_ids_that_look_like_numbers_match_their_requests(tmp_path, monkeypatch, task_type):
     """Ids such as 00042 (a client's X-Request-ID) stay text: read as numbers they matched nothing."""
     frame = make_frame(task_type, rows=100, seed=5)
-    log = tmp_path / "requests.jsonl"
+    store = tmp_path / "store"
     numbers = [f"{i:05d}" for i in range(100)]
-    log_traffic(log, frame.drop(columns=["label"]), "", NOW - timedelta(minutes=100), 60, ids=numbers)
+    log_traffic(store, frame.drop(columns=["label"]), "", NOW - timedelta(minutes=100), 60, ids=numbers)
     labels = tmp_path / "labels.csv"
     pd.DataFrame({"request_id": numbers, "label": frame["label"]}).to_csv(labels, index=False)
-    monkeypatch.setenv("MY_ML_PROJECT_SERVING__REQUEST_LOG_PATH", str(log))
+    monkeypatch.setenv("MY_ML_PROJECT_STORAGE__URL", str(store))
     monkeypatch.setenv("MY_ML_PROJECT_MONITORING__LABELS_PATH", str(labels))
     get_settings.cache_clear()
     found = feedback.load(get_settings(), configured(task_type), "label", now=NOW)

@@ -121,13 +121,23 @@ class ServingSettings(Section):
     max_discarded_bytes: int = Field(100_000_000, ge=0)
     max_batch_size: int = Field(100, ge=1)
     max_latency_ms: int = Field(2000, ge=1)
+    # The request log (serving/request_log.py): each worker writes its records to the store (storage.url,
+    # requests/date=.../hour=.../) every flush_seconds, or sooner once flush_records are waiting; what a
+    # killed replica loses is at most one flush. buffer: records held while the store is slow or failing,
+    # beyond which they are dropped and counted.
+    request_log_flush_seconds: float = Field(5, gt=0)
+    request_log_flush_records: int = Field(1000, ge=1)
+    request_log_buffer: int = Field(10_000, ge=1)
+    # Partitions are deleted once their hour ended longer ago than this (at least the monitor's window).
+    request_log_retention_hours: float = Field(24, gt=0)
+    # The name in this replica's request-log objects; empty: $HOSTNAME (a pod's name), else the host name.
+    replica: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,63}$")
+    # Release 2.0.0's rotating file: nothing writes it any more; its files at request_log_path are still
+    # read by the monitor and training until they age out. max_bytes and backups are accepted (settings
+    # files from 2.0.0 still load) and unused.
     request_log_path: str = ".state/logs/requests.jsonl"
     request_log_max_bytes: int = Field(10_000_000, ge=1024)
-    # Rotated files are deleted once their newest record is older than this (at least the monitor's
-    # window); backups is only the ceiling on their number.
-    request_log_retention_hours: float = Field(24, gt=0)
     request_log_backups: int = Field(100, ge=0)
-    request_log_buffer: int = Field(10_000, ge=1)
     api_key_env: str = f"{ENV_PREFIX}API_KEY"
     api_key_block: str = ""
     runtime: Literal["auto", "onnx", "sklearn"] = "auto"
@@ -139,13 +149,14 @@ class ServingSettings(Section):
 
 class MonitoringSettings(Section):
     drift_threshold: float = Field(0.3, gt=0, le=1)
-    # "requests": the service's request log (serving.request_log_path), its last window_hours;
+    # "requests": the service's request log (requests/ in storage.url), its last window_hours;
     # "file": the table at current_path. The monitor flow's `current_path` parameter overrides both.
     source: Literal["requests", "file"] = "requests"
     window_hours: float = Field(24, gt=0)
     min_rows: int = Field(50, ge=1)
     current_path: str = "data/current.csv"
-    # Labels for served requests: a CSV/Parquet table with request_id and the target column.
+    # Labels for served requests: a CSV/Parquet table with request_id and the target column, read together
+    # with the CSV, Parquet or JSON-lines objects under labels/ in storage.url.
     labels_path: str = "data/labels.csv"
     # The primary metric worse than this (ROC AUC below it, RMSE above it) fires like drift; 0: no threshold.
     performance_threshold: float = Field(0.0, ge=0)
@@ -334,6 +345,16 @@ class Settings(BaseSettings):
                 f"serving.request_log_retention_hours: {retention:g} h is shorter than "
                 f"monitoring.window_hours ({window:g} h), so the monitor would find its window cut; make it "
                 f"at least {window:g}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _request_log_flushes_within_its_buffer(self) -> Settings:
+        flush, buffer = self.serving.request_log_flush_records, self.serving.request_log_buffer
+        if flush > buffer:
+            raise ValueError(
+                f"serving.request_log_flush_records: {flush} is more than serving.request_log_buffer "
+                f"({buffer}), so records would be dropped before a flush is due; make it at most {buffer}"
             )
         return self
 

@@ -147,6 +147,13 @@ class Storage:
             key=lambda listed: listed.key,
         )
 
+    def folders(self, prefix: str) -> list[str]:
+        """The folders directly under `prefix` (their keys), in key order: one listing call, however many
+        objects they hold (the request log's date and hour partitions)."""
+        with self._errors(prefix):
+            found = obstore.list_with_delimiter(self._store, prefix=prefix.rstrip("/") + "/")
+        return sorted(str(folder).rstrip("/") for folder in found["common_prefixes"])
+
     def delete(self, key: str) -> None:
         with self._errors(key), contextlib.suppress(FileNotFoundError):
             obstore.delete(self._store, key)

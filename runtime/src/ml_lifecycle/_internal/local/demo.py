@@ -51,11 +51,13 @@ def wait_for_logged(settings: Settings, since: datetime, rows: int, timeout: flo
     request path, a few milliseconds behind the answers)."""
     from ..monitoring.served_traffic import read_window
 
-    path = settings.resolve(settings.serving.request_log_path)
     deadline = time.monotonic() + timeout
-    while (found := len(read_window(path, since, datetime.now(UTC)))) < rows:
+    while (found := len(read_window(settings, since, datetime.now(UTC)))) < rows:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{path}: {found} of {rows} served rows logged after {timeout:g} s")
+            raise RuntimeError(
+                f"the request log in {settings.storage.url}: {found} of {rows} served rows logged after "
+                f"{timeout:g} s"
+            )
         time.sleep(0.2)
     return found
 
@@ -188,7 +190,10 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
     labels_path = run_dir / "labels.csv"
     labels_path.unlink(missing_ok=True)
     settings = use_demo_settings(
-        settings, MONITORING__LABELS_PATH=str(labels_path), ROLLOUT__POLL_SECONDS="1"
+        settings,
+        MONITORING__LABELS_PATH=str(labels_path),
+        ROLLOUT__POLL_SECONDS="1",
+        SERVING__REQUEST_LOG_FLUSH_SECONDS="0.5",  # the demo's monitor reads right after its traffic
     )
     target = settings.data.target_column
     summary: dict[str, Any] = {"started": datetime.now(UTC).isoformat()}

@@ -40,7 +40,7 @@ def load_current(
     if current_path or settings.monitoring.source == "file":
         path = settings.resolve(current_path or settings.monitoring.current_path)
         return tables.read_table(path), None, None, str(path)
-    window = served_traffic.read_window(settings.resolve(settings.serving.request_log_path), start, end)
+    window = served_traffic.read_window(settings, start, end)
     return window.features, window.predictions, window, window.describe()
 
 
@@ -110,7 +110,7 @@ def judge(
     )
     performance = None
     labels, label_report = label_table.read(
-        settings.resolve(options.labels_path), settings.data.target_column, model.metadata["task_type"]
+        settings, settings.data.target_column, model.metadata["task_type"]
     )
     if window is not None and labels is not None:
         labels, label_report = label_table.served_only(labels, window, label_report)

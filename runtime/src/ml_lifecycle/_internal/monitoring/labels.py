@@ -1,5 +1,12 @@
-"""Labels as they come back from your system: a CSV or Parquet table of `request_id`, `row` (optional, 0
-when absent) and the target column, read so that no label can stop the monitor or a retrain.
+"""Labels as they come back from your system: tables of `request_id`, `row` (optional, 0 when absent) and
+the target column, read so that no label can stop the monitor or a retrain.
+
+They come from two places, read together: the file at `monitoring.labels_path` (CSV or Parquet, which your
+system appends to or replaces), and objects under `labels/` in the project's store (storage.url; CSV,
+Parquet or JSON lines, one object per batch, which any machine can write without sharing a disk). Sources
+are taken oldest first by their modification time, so across them as within one the last written label of
+a request row wins. A source that cannot be used at all (a foreign object, a table without the columns)
+is named in the report and the others are still used.
 
 A label that cannot be used is skipped and counted by its cause in a `LabelReadReport`: the monitor's
 `drift-report` artifact shows the counts and the training run logs them in one line. A later usable label
@@ -18,22 +25,27 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ..tables import DataError, normalize_column, normalize_columns, read_table
+from ..storage import LABELS, Storage
+from ..tables import DataError, normalize_column, normalize_columns
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from .served_traffic import Window
 
 # Why a label was skipped; the texts are the keys of LabelReadReport.skipped and what the counts are shown as.
 EXTRA_FIELDS = "a line with more fields than the header"
+NOT_AN_OBJECT = "a JSON line that is no object"
 NO_REQUEST_ID = "no request id"
 ROW_BLANK = "row is blank"
 ROW_NOT_INTEGER = "row is not a whole number"
@@ -56,6 +68,8 @@ class LabelReadReport:
     skipped: Mapping[str, int] = field(default_factory=dict)
     pending_line: bool = False
     problem: str | None = None
+    # Sources that could not be used at all, each with why, while others could.
+    unusable: tuple[str, ...] = ()
 
     def skip(self, cause: str, count: int) -> LabelReadReport:
         """This report with `count` more labels skipped for `cause`."""
@@ -70,8 +84,8 @@ class LabelReadReport:
     def warnings(self) -> list[str]:
         """The summary, when a label was unusable or the file was; labels for requests outside the window
         are expected (the file keeps every label ever written) and need no warning."""
-        unusable = any(cause != NOT_SERVED for cause in self.skipped)
-        return [self.summary()] if self.problem or unusable else []
+        skipped = any(cause != NOT_SERVED for cause in self.skipped)
+        return [self.summary()] if self.problem or skipped or self.unusable else []
 
     def summary(self) -> str:
         """One line for a log: the file, the labels read, the skipped ones by cause (e.g. "3 skipped: 2 row
@@ -84,6 +98,8 @@ class LabelReadReport:
         )
         if self.pending_line:
             text += "; the last line, still being written (no newline yet), is left for the next read"
+        if self.unusable:
+            text += f"; not used: {'; '.join(self.unusable)}"
         return text
 
     def markdown(self) -> str:
@@ -96,6 +112,8 @@ class LabelReadReport:
             text += "\n".join(f"| {cause} | {count} |" for cause, count in self.skipped.items())
         if self.pending_line:
             text += "\n\nThe last line has no newline yet: left for the next read."
+        if self.unusable:
+            text += "\n\nNot used:\n" + "\n".join(f"- {why}" for why in self.unusable)
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,29 +123,94 @@ class LabelReadReport:
             "skipped": dict(self.skipped),
             "pending_line": self.pending_line,
             "problem": self.problem,
+            "unusable": list(self.unusable),
         }
 
 
 def read(
-    path: str | Path, target: str, task_type: str | None = None
+    source: Settings | str | Path, target: str, task_type: str | None = None
 ) -> tuple[pd.DataFrame | None, LabelReadReport]:
     """The usable labels (request_id and row as text and int, `label`), the last written of each request
-    row (`latest`), in file order, and the report; None when there is no labels file (or it cannot be used
-    at all: the report's `problem` says why). `task_type` "regression": targets that are not numbers are
-    skipped (and so replace no earlier label)."""
-    path = Path(path)
-    report = LabelReadReport(str(path))
+    row (`latest`), oldest source first and in file order within one, and the report; None when there are
+    no labels yet (or none can be used at all: the report's `problem` says why). `source`: the project's
+    settings (the file at monitoring.labels_path and the objects under labels/ in the store), or the path
+    of one file. `task_type` "regression": targets that are not numbers are skipped (and so replace no
+    earlier label)."""
+    if isinstance(source, str | Path):
+        return _read_file(Path(source), target, task_type)
+    from ..storage import open_storage
+
+    return read_sources(
+        source.resolve(source.monitoring.labels_path), open_storage(source), target, task_type
+    )
+
+
+def read_sources(
+    path: Path | None, store: Storage | None, target: str, task_type: str | None = None
+) -> tuple[pd.DataFrame | None, LabelReadReport]:
+    """The labels of the file at `path` and of the objects under labels/ in `store`, as one table (`read`)."""
+    found: list[tuple[datetime, str, pd.DataFrame | None, LabelReadReport]] = []
+    if path is not None and path.exists():
+        labels, report = _read_file(path, target, task_type)
+        found.append((datetime.fromtimestamp(path.stat().st_mtime, UTC), str(path), labels, report))
+    objects = store.list(LABELS) if store is not None else []
+    for listed in objects:
+        assert store is not None
+        name = store.url_of(listed.key)
+        data = store.read_bytes(listed.key)
+        if data is None:  # deleted since the listing
+            continue
+        labels, report = _read_data(name, data, target, task_type)
+        found.append((listed.modified, name, labels, report))
+    where = [str(path)] if path is not None and path.exists() else []
+    if objects and store is not None:
+        where.append(f"{len(objects)} object(s) under {store.url_of(LABELS)}/")
+    total = LabelReadReport(" and ".join(where) or str(path or ""))
+    if not found:
+        return None, total
+    found.sort(key=lambda part: (part[0], part[1]))
+    if len(found) == 1:
+        return found[0][2], found[0][3]
+    frames, problems = [], []
+    for _, _, labels, report in found:
+        total = replace(
+            total, read=total.read + report.read, pending_line=total.pending_line or report.pending_line
+        )
+        for cause, count in report.skipped.items():
+            total = total.skip(cause, count)
+        if report.problem:
+            problems.append(report.problem)
+        if labels is not None:
+            frames.append(labels)
+    if not frames:
+        return None, replace(total, problem="; ".join(problems))
+    return latest(pd.concat(frames, ignore_index=True), replace(total, unusable=tuple(problems)))
+
+
+def _read_file(path: Path, target: str, task_type: str | None) -> tuple[pd.DataFrame | None, LabelReadReport]:
+    """The labels of one file; None when there is no file (or it cannot be used: the report says why)."""
     if not path.exists():
-        return None, report
+        return None, LabelReadReport(str(path))
     try:
-        table, report = _read_text_table(path, report)
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, LabelReadReport(str(path), problem=f"{path}: cannot be read ({exc})")
+    return _read_data(str(path), data, target, task_type)
+
+
+def _read_data(
+    name: str, data: bytes, target: str, task_type: str | None
+) -> tuple[pd.DataFrame | None, LabelReadReport]:
+    report = LabelReadReport(name)
+    try:
+        table, report = _read_text_table(name, data, report)
     except DataError as exc:
         return None, replace(report, problem=str(exc))
     target = normalize_column(target)
     missing = [c for c in ("request_id", target) if c not in table.columns]
     if missing:
         problem = (
-            f"{path}: labels need the columns request_id and {target} (the training target); missing: "
+            f"{name}: labels need the columns request_id and {target} (the training target); missing: "
             f"{', '.join(missing)}"
         )
         return None, replace(report, problem=problem)
@@ -182,16 +265,18 @@ def served_only(
     return joined.drop(columns="position"), report
 
 
-def _read_text_table(path: Path, report: LabelReadReport) -> tuple[pd.DataFrame, LabelReadReport]:
+def _read_text_table(name: str, data: bytes, report: LabelReadReport) -> tuple[pd.DataFrame, LabelReadReport]:
     """Every cell as text ("" when empty), column names normalized as in training."""
-    if path.suffix.lower() != ".csv":
-        table = read_table(path)  # Parquet is written whole (a writer should write it aside, then rename)
+    suffix = Path(name).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return _read_json_lines(name, data, report)
+    if suffix != ".csv":
+        table = _read_parquet(name, data, suffix)  # written whole (a writer writes it aside, then renames)
         text = table.map(lambda value: "" if _missing(value) else str(value))
         return text, replace(report, read=len(text))
     # The csv module up to the last newline, by hand: pandas cannot leave a half-written last line for the
     # next read, nor count lines with a field too many without its slower engine
     # (docs/decisions.md#reading-labels).
-    data = path.read_bytes()
     complete = data.rfind(b"\n") + 1  # a last line without its newline is still being written
     report = replace(report, pending_line=bool(data[complete:].strip()))
     rows = list(csv.reader(io.StringIO(data[:complete].decode("utf-8-sig", errors="replace"), newline="")))
@@ -202,7 +287,43 @@ def _read_text_table(path: Path, report: LabelReadReport) -> tuple[pd.DataFrame,
     width = len(header)
     report = replace(report, read=len(rows)).skip(EXTRA_FIELDS, sum(len(row) > width for row in rows))
     rows = [row + [""] * (width - len(row)) for row in rows if len(row) <= width]
-    return normalize_columns(pd.DataFrame(rows, columns=header, dtype=object), str(path)), report
+    return normalize_columns(pd.DataFrame(rows, columns=header, dtype=object), name), report
+
+
+def _read_parquet(name: str, data: bytes, suffix: str) -> pd.DataFrame:
+    if suffix not in (".parquet", ".pq"):
+        raise DataError(f"{name}: unsupported file type {suffix!r}; use .csv, .parquet, .pq or .jsonl")
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises many types for unreadable files
+        raise DataError(f"{name}: cannot be read as {suffix[1:]} ({exc})") from exc
+    if frame.empty:
+        raise DataError(f"{name}: the file has no data rows")
+    return normalize_columns(frame, name)
+
+
+def _read_json_lines(name: str, data: bytes, report: LabelReadReport) -> tuple[pd.DataFrame, LabelReadReport]:
+    """One JSON object per line; a line that is no object is skipped and counted, a last line without its
+    newline left for the next read (as for CSV)."""
+    complete = data.rfind(b"\n") + 1
+    report = replace(report, pending_line=bool(data[complete:].strip()))
+    rows, bad = [], 0
+    for line in data[:complete].decode("utf-8-sig", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append({str(k): "" if _missing(v) else str(v) for k, v in row.items()})
+        else:
+            bad += 1
+    report = replace(report, read=len(rows) + bad).skip(NOT_AN_OBJECT, bad)
+    if not rows:
+        return pd.DataFrame(columns=["request_id"]), report
+    table = pd.DataFrame(rows, dtype=object).fillna("")
+    return normalize_columns(table, name), report
 
 
 def _usable(

@@ -439,12 +439,10 @@ def watch(settings: Settings, now: datetime | None = None) -> WatchVerdict:
         return WatchVerdict("not watched", pair)
     live, previous = pair.live["tag"], pair.previous["tag"]
     start = when(pair.previous["since"])
-    window = served_traffic.read_window(settings.resolve(settings.serving.request_log_path), start, now)
+    window = served_traffic.read_window(settings, start, now)
     task_type = settings.data.task_type
     try:
-        labels = served_traffic.read_labels(
-            settings.resolve(settings.monitoring.labels_path), settings.data.target_column, task_type
-        )
+        labels = served_traffic.read_labels(settings, settings.data.target_column, task_type)
         before = store.load(previous, settings)
     except DataError as exc:
         performance = Evidence("performance", "unavailable", f"the labels cannot be read: {exc}")

@@ -1,13 +1,16 @@
 """The traffic the service saw, as the monitor reads it: a time window of the request log, and labels.
 
 The service writes every predicted row to its request log (serving/request_log.py): request id, time,
-model version, features and prediction. The monitor takes the rows of the last `monitoring.window_hours`,
-so drift is measured on what users really sent, not on a file someone prepared. A window says how much of
-the requested time the log really covers (it may start later: a service started since, or files rotated
-out) and which lines of the log it had to skip (torn lines, named by file and line).
+model version, features and prediction, as objects in hourly partitions of the store, one writer per
+worker of each replica. The monitor takes the rows of the last `monitoring.window_hours` by listing only
+the partitions of those hours, across every replica, so drift is measured on what users really sent, not
+on a file someone prepared. A window says how much of the requested time the log really covers (it may
+start later: a service started since, or partitions past their retention) and which lines of the log it
+had to skip (named by object or file and line).
 
-Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are a CSV or Parquet
-table with a `request_id` column, the target column, and optionally `row` (the row's position in a
+Labels usually arrive later (a sale happens or not, a claim turns out fraudulent). They are tables (a file
+at monitoring.labels_path, objects under labels/ in the store) with a `request_id` column, the target
+column, and optionally `row` (the row's position in a
 /predict request; 0 when absent, which is right for /predict_one), read by monitoring/labels.py (every label
 that cannot be used skipped and counted by cause, ids as text). Joined on those (labels.join, the join
 training and the watch use too), they give the model's performance on the window with the metric the
@@ -25,7 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..serving.request_log import BadLine, ReadReport, read_records
+from ..config import Settings
+from ..records import RequestRecord
+from ..serving.request_log import BadLine, ReadReport, log_files, read_records, read_store
+from ..storage import Storage, open_storage
 from ..tables import DataError
 from ..training.metrics import Metric, Output, class_text, primary_metric
 from . import labels as label_table
@@ -84,13 +90,34 @@ class Window:
         return text if self.complete else f"{text}, which {self.coverage()}"
 
 
-def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
-    """The request log's records with start <= time < end (an empty window when there are none); lines
-    that are no record are skipped and listed in the window's `bad_lines`."""
-    report = ReadReport()
-    records = [r for r in read_records(log_path, report) if start <= r.time < end]
-    # With several workers, each writing its own file, the window is whole only where every one reaches.
-    oldest = max(report.oldest.values(), default=None)
+def read_window(
+    source: Settings | Storage | str | Path, start: datetime, end: datetime, *, legacy: bool = True
+) -> Window:
+    """The request log's records with start <= time < end, oldest first (an empty window when there are
+    none); lines that are no record are skipped and listed in the window's `bad_lines`.
+
+    `source`: the project's settings (every replica's partitions in storage.url, plus 2.0.0's files at
+    serving.request_log_path while they last), a Storage (its partitions), or the path of a 2.0.0 file."""
+    store: Storage | None = None
+    path: Path | None = None
+    if isinstance(source, Storage):
+        store = source
+    elif isinstance(source, str | Path):
+        path = Path(source)
+    else:
+        store = open_storage(source)
+        path = source.resolve(source.serving.request_log_path) if legacy else None
+    records: list[RequestRecord] = []
+    oldest: list[datetime] = []
+    stored, old = ReadReport(), ReadReport()
+    if store is not None:
+        records += read_store(store, start, end, stored)
+        oldest += stored.oldest.values()
+    if path is not None and (path.exists() or log_files(path)):
+        records += [r for r in read_records(path, old) if start <= r.time < end]
+        # With several 2.0.0 workers, each writing its own file, those reach back only where every one does.
+        oldest += [max(old.oldest.values())] if old.oldest else []
+        records.sort(key=lambda record: record.time)
     features = pd.DataFrame([r.features for r in records])
     probabilities = [r.probabilities for r in records]
     return Window(
@@ -103,18 +130,21 @@ def read_window(log_path: str | Path, start: datetime, end: datetime) -> Window:
         model_versions=pd.Series([r.model_version for r in records], dtype=object),
         start=start,
         end=end,
-        oldest_record=oldest,
-        bad_lines=tuple(report.bad_lines),
-        backups=dict(report.backups),
+        oldest_record=min(oldest, default=None),
+        bad_lines=tuple(stored.bad_lines + old.bad_lines),
+        backups=dict(old.backups),
     )
 
 
-def read_labels(path: str | Path, target: str, task_type: str | None = None) -> pd.DataFrame | None:
-    """The usable labels (request_id, row, label; monitoring/labels.py), the last written of each request
-    row, or None when there is no labels file yet; a file that cannot be used at all is a DataError.
+def read_labels(
+    source: Settings | str | Path, target: str, task_type: str | None = None
+) -> pd.DataFrame | None:
+    """The usable labels (request_id, row, label; monitoring/labels.py `read`: the file, and for settings
+    the objects under labels/ too), the last written of each request row, or None when there are none yet;
+    labels that cannot be used at all are a DataError.
     `task_type` "regression": targets that are not numbers are skipped (and supersede nothing), as the
     monitor flow and training read them."""
-    labels, report = label_table.read(path, target, task_type)
+    labels, report = label_table.read(source, target, task_type)
     if report.problem:
         raise DataError(report.problem)
     return labels

@@ -127,7 +127,7 @@ def shortfall_cause(settings: Settings, window: Window) -> str:
         )
     if window.requested_hours > serving.request_log_retention_hours:
         return (
-            f"rotated files are kept serving.request_log_retention_hours = "
+            f"the log is kept serving.request_log_retention_hours = "
             f"{serving.request_log_retention_hours:g} h, less than the window asked for."
         )
     return "there are no older records (the service has been logging only since then)."

@@ -1,29 +1,33 @@
 """The request log: every prediction the service makes, one JSON line each (a RequestRecord, records.py),
-for the monitor flow and training's feedback.
+for the monitor flow and training's feedback, kept in the project's store (storage.url) so that every
+replica's traffic reaches a monitor running anywhere.
 
 Writing must never slow down or fail a prediction, so the service only puts records into a bounded
-in-memory queue (`put_nowait`, no waiting) and one background thread writes them to disk. A record that
-does not reach the file is counted in the `<package>_request_log_dropped_total` Prometheus metric by cause:
-`buffer_full` (the disk is slower than the traffic), `write_failed` (the file cannot be written: a folder
-without permission, a full disk) or `unserializable`; so a gap in the log is visible on /metrics instead of
-silent. While the file cannot be written, `problem()` names it and the cause (the service's /readyz answers
-503 with it), the service log says so once and then at most every REPEAT_SECONDS with the records lost,
-and each readiness check asks the writer to try again, so the log recovers without waiting for traffic.
+in-memory queue (`put_nowait`, no waiting) and one background thread per worker writes them out as
+immutable objects, every `serving.request_log_flush_seconds` or `request_log_flush_records` records:
 
-Files rotate by size with the standard library's RotatingFileHandler: it is the rotation every Python
-operator already knows (`requests.jsonl`, `requests.jsonl.1`, ...), needs no extra dependency and is safe
-across threads. It is not safe for several processes sharing one file, so with more than one BentoML
-worker each worker writes its own file (`requests.w2.jsonl` for worker 2); `log_files` and `read_records`
-find them all.
+    requests/date=YYYY-MM-DD/hour=HH/<replica>-<worker>-<seq>.jsonl
 
-Retention follows time: a rotated file is kept until its newest record is older than
-`serving.request_log_retention_hours` (at least the monitor's window), so the monitor's window is whole
-whatever the traffic; `backups` (rotated files at most) is only the ceiling on disk use. The standard
-library has no handler that rotates by size and keeps by age, hence the small subclass below.
+partitioned by the records' own time (UTC), the layout SageMaker's data capture uses, so a reader lists
+only the hours of its window. Objects are written whole and create-only: no two writers ever share one,
+none is appended to, so there is no rotation, no lock and no torn line from a killed writer. `seq` grows
+with the clock (microseconds), so a restarted replica of the same name never collides with its past.
 
-A line can be torn: a process killed in the middle of a write, a full disk. The reader skips and counts
-such lines (naming file and line) instead of failing on them, and the writer starts on a fresh line when
-it finds the file ending mid-line, so the next record is never glued onto the fragment.
+What a replica loses when killed is what it had not flushed yet: at most one flush, shown beforehand by
+`<package>_request_log_pending`. Nothing is dropped silently: `<package>_request_log_dropped_total` counts
+by cause `buffer_full` (the queue is full: traffic faster than the writer), `write_failed` (the store has
+failed for so long that the records kept for it passed `serving.request_log_buffer`) and
+`unserializable`; `<package>_request_log_written_total` counts what reached the store. A store that fails
+(unreachable, refusing, a full disk) costs no request: its records are kept, the write is retried with a
+growing pause, and the service log says so once, then at most every REPEAT_SECONDS with the count.
+
+Retention follows time: the writer deletes partitions whose hour ended more than
+`serving.request_log_retention_hours` ago (at least the monitor's window), at start and hourly; several
+replicas doing so at once delete the same objects, which is harmless.
+
+Release 2.0.0 wrote a rotating file per worker at `serving.request_log_path`; nothing writes it any more,
+but `read_records` still reads it, so the monitor's and training's windows keep the traffic logged before
+an upgrade until it ages out.
 """
 
 from __future__ import annotations
@@ -33,185 +37,277 @@ import logging
 import os
 import queue
 import re
-import sys
+import socket
 import threading
 import time
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from logging.handlers import RotatingFileHandler
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from ..config import PACKAGE
 from ..records import RequestRecord
+from ..storage import REQUESTS, Storage, StorageError
 
-DROPPED = Counter(
-    f"{PACKAGE}_request_log_dropped",
-    "Request log records dropped, by cause: buffer_full (the disk is slower than the traffic), write_failed "
-    "(the file cannot be written: /readyz and the service log name it and why), unserializable",
-    ["cause"],
-)
+if TYPE_CHECKING:
+    from ..config import Settings
+
 BUFFER_FULL, WRITE_FAILED, UNSERIALIZABLE = "buffer_full", "write_failed", "unserializable"
-REPEAT_SECONDS = 60.0  # a write failure that goes on is logged again at most this often, with its count
-_STOP = object()
-_PROBE = object()  # asks the writer to try the file again while it cannot be written
-WRITE_BATCH = 1000  # records per write at most
+REPEAT_SECONDS = 60.0  # a store failure that goes on is logged again at most this often, with its count
+MAX_RETRY_SECONDS = 60.0  # the longest pause between two tries of a failing store
+PRUNE_SECONDS = 3600.0  # how often a writer deletes partitions past the retention
+READ_THREADS = 8  # objects fetched at once by a window read (object stores answer each in tens of ms)
 OPEN_ATTEMPTS = 5
+_STOP = object()
 LOGGER = logging.getLogger(__name__)
 
 
-def worker_path(path: str | Path, worker: int | None) -> Path:
-    """The file one worker writes: the configured path for worker 1 (or no worker), else `<stem>.w<n>`."""
-    path = Path(path)
-    if not worker or worker == 1:
-        return path
-    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+@dataclass(frozen=True)
+class LogMetrics:
+    """The writer's Prometheus metrics; tests make their own on a fresh registry to see only their counts."""
+
+    written: Counter
+    pending: Gauge
+    dropped: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> LogMetrics:
+        metrics = cls(
+            Counter(
+                f"{PACKAGE}_request_log_written",
+                "Request log records written to the store (storage.url, requests/)",
+                registry=registry,
+            ),
+            Gauge(
+                f"{PACKAGE}_request_log_pending",
+                "Request log records accepted but not yet in the store: what killing the service now loses",
+                multiprocess_mode="livesum",
+                registry=registry,
+            ),
+            Counter(
+                f"{PACKAGE}_request_log_dropped",
+                "Request log records dropped, by cause: buffer_full (traffic faster than the writer), "
+                "write_failed (the store failed until serving.request_log_buffer records waited for it: the "
+                "service log names it and why), unserializable",
+                ["cause"],
+                registry=registry,
+            ),
+        )
+        for cause in (BUFFER_FULL, WRITE_FAILED, UNSERIALIZABLE):  # every cause on /metrics from the start
+            metrics.dropped.labels(cause=cause)
+        return metrics
+
+
+METRICS = LogMetrics.create()
+DROPPED = METRICS.dropped
+
+
+def replica_name(configured: str = "") -> str:
+    """This replica's name in the objects it writes: serving.replica, else $HOSTNAME (a pod's name), else the
+    host name; characters a key should not carry become `_`."""
+    name = configured or os.environ.get("HOSTNAME") or socket.gethostname() or "replica"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def partition(hour: datetime) -> str:
+    """The folder of the records served in `hour` (UTC)."""
+    hour = hour.astimezone(UTC)
+    return f"{REQUESTS}/date={hour:%Y-%m-%d}/hour={hour:%H}"
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 class RequestLog:
-    """A bounded, non-blocking JSON-lines sink, rotated by size and kept by age."""
+    """A bounded, non-blocking sink that writes its records to the store as immutable objects."""
 
     def __init__(
         self,
-        path: str | Path,
+        store: Storage,
         *,
-        max_bytes: int = 10_000_000,
-        backups: int = 100,
+        replica: str = "",
+        worker: int | None = None,
+        flush_seconds: float = 5.0,
+        flush_records: int = 1000,
         buffer: int = 10_000,
-        retention_hours: float | None = None,
-        dropped: Any = DROPPED,
+        retention_hours: float = 24.0,
+        metrics: LogMetrics = METRICS,
     ) -> None:
-        """`retention_hours`: rotated files whose newest record is older are deleted; None: the setting
-        serving.request_log_retention_hours (the service passes the size settings only)."""
-        if retention_hours is None:
-            from ..config import get_settings
-
-            retention_hours = get_settings().serving.request_log_retention_hours
-        self.path = Path(path)
+        self.store = store
+        self.name = f"{replica_name(replica)}-{worker or 1}"
+        self.flush_seconds = flush_seconds
+        self.flush_records = max(1, min(flush_records, buffer))
+        self.buffer = buffer
+        self.retention = timedelta(hours=retention_hours)
+        self.metrics = metrics
+        self.written = 0
         self.dropped = 0
-        self._dropped_metric = dropped
-        for cause in (BUFFER_FULL, WRITE_FAILED, UNSERIALIZABLE):  # every cause on /metrics from the start
-            dropped.labels(cause=cause)
-        self._outage: _Outage | None = None  # set and cleared by the writer thread once it runs
+        self._pending: deque[RequestRecord] = deque()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=buffer)
-        self._handler = _RotatingByAge(
-            self.path, max_bytes=max_bytes, backups=backups, retention_seconds=retention_hours * 3600
-        )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
-        try:  # a folder that cannot be written shows at once, not at the first request
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.open("a", encoding="utf-8").close()
-            self._handler.prune()
-        except OSError as exc:
-            self._failed(exc, 0)
-        self._chunk_bytes = max(1, max_bytes // 10)
-        self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
+        self._flushed = threading.Condition()
+        self._flush_asked = 0  # flush() calls asked for / answered, under _flushed
+        self._flush_done = 0
+        self._seq = 0
+        self._outage: _Outage | None = None
+        self._retry_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def of(cls, settings: Settings, worker: int | None = None) -> RequestLog:
+        """The log of one service worker, as the settings say."""
+        from ..storage import open_storage
+
+        serving = settings.serving
+        return cls(
+            open_storage(settings),
+            replica=serving.replica,
+            worker=worker,
+            flush_seconds=serving.request_log_flush_seconds,
+            flush_records=serving.request_log_flush_records,
+            buffer=serving.request_log_buffer,
+            retention_hours=serving.request_log_retention_hours,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Records accepted and not yet in the store (queued, or waiting for the next flush)."""
+        return self._queue.qsize() + len(self._pending)
 
     def submit(self, records: Iterable[RequestRecord]) -> int:
         """Queue records without ever waiting; returns how many were dropped (and counted): no room."""
-        lost = 0
+        accepted = lost = 0
         for record in records:
             try:
                 self._queue.put_nowait(record)
+                accepted += 1
             except queue.Full:
                 lost += 1
+        if accepted:
+            self.metrics.pending.inc(accepted)
         self._count_dropped(lost, BUFFER_FULL)
         return lost
+
+    def problem(self) -> str | None:
+        """Why records cannot be logged at all: only a stopped writer (a store that fails costs no
+        request; its records wait, counted in the pending metric). None when the writer runs."""
+        if not self._thread.is_alive():
+            return f"the request log writer for {self.store.url_of(REQUESTS)} has stopped"
+        return None
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write everything accepted so far now (tests and shutdown); True when nothing is left pending
+        (False: the store failed, the records are still kept)."""
+        with self._flushed:
+            self._flush_asked += 1
+            asked = self._flush_asked
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_FLUSH, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        with self._flushed:
+            while self._flush_done < asked and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._flushed.wait(left):
+                    break
+        return self.pending == 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_STOP, timeout=timeout)
+            self._thread.join(timeout)
 
     def _count_dropped(self, lost: int, cause: str) -> None:
         if lost:
             self.dropped += lost
-            self._dropped_metric.labels(cause=cause).inc(lost)
+            self.metrics.dropped.labels(cause=cause).inc(lost)
 
-    def problem(self) -> str | None:
-        """Why records cannot be written now, naming the file and the cause; None when they can. While they
-        cannot, each call asks the writer to try the file again (an empty line), since a service that
-        reports not ready gets no traffic whose records would."""
-        if not self._thread.is_alive():
-            return f"the request log writer for {self.path} has stopped"
-        outage = self._outage
-        if outage is None:
-            return None
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_PROBE)
-        return f"cannot write the request log {self.path}: {outage.cause} ({outage.dropped} records dropped)"
-
-    def _failed(self, exc: BaseException, lost: int) -> None:
-        """Note a failed write of `lost` records: logged when it starts or its cause changes, then at most
-        every REPEAT_SECONDS with the records lost meanwhile, never once per record."""
-        cause = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
-        outage, now = self._outage, time.monotonic()
-        if outage is None or outage.cause != cause:
-            LOGGER.error(
-                "request log: cannot write %s (%s); its records are dropped and counted in "
-                '%s_request_log_dropped_total{cause="%s"}, and /readyz answers 503 until it can be written',
-                self.path,
-                cause,
-                PACKAGE,
-                WRITE_FAILED,
-            )
-            before = outage.dropped if outage else 0
-            self._outage = _Outage(cause, before + lost, now, reported=before)
-            return
-        outage.dropped += lost
-        if now - outage.logged >= REPEAT_SECONDS:
-            LOGGER.error(
-                "request log: still cannot write %s (%s): %d records dropped in the last %.0f s",
-                self.path,
-                cause,
-                outage.dropped - outage.reported,
-                now - outage.logged,
-            )
-            outage.logged, outage.reported = now, outage.dropped
-
-    def _written(self) -> None:
-        outage = self._outage
-        if outage is not None:
-            self._outage = None
-            LOGGER.warning(
-                "request log: writing to %s again; %d records were dropped in the %.0f s it could not be "
-                "written",
-                self.path,
-                outage.dropped,
-                time.monotonic() - outage.since,
-            )
-
-    def _drain(self) -> None:
+    def _run(self) -> None:
+        """The writer thread: collect, write when due, retry a failing store, prune by age. It must not die:
+        a failure of one step is logged and the loop goes on."""
+        next_flush = time.monotonic() + self.flush_seconds
+        next_prune = time.monotonic()
         while True:
-            records = [self._queue.get()]
-            # Whatever else is queued goes out in few writes: one write (and flush) per record cost the
-            # service CPU on every request (docs/decisions.md#request-log-writes). Each write is at most a
-            # tenth of max_bytes, so files still rotate before they pass max_bytes.
-            with contextlib.suppress(queue.Empty):
-                while len(records) < WRITE_BATCH:
-                    records.append(self._queue.get_nowait())
-            stop = any(record is _STOP for record in records)
+            items = self._take(max(0.0, min(next_flush, next_prune) - time.monotonic()))
+            stop = any(item is _STOP for item in items)
+            asked = sum(item is _FLUSH for item in items)
+            self._pending.extend(item for item in items if isinstance(item, RequestRecord))
+            now = time.monotonic()
+            due = stop or asked or now >= next_flush or len(self._pending) >= self.flush_records
             try:
-                lines = [line for record in records if not _signal(record) and (line := self._line(record))]
-                for message, count in chunks(lines, self._chunk_bytes):
-                    self._write(message, count)
-                if not lines and self._outage is not None and any(record is _PROBE for record in records):
-                    self._write("", 0)  # an empty line (readers skip it): can the file be written?
-            except Exception:  # a failed write must not stop the thread: the records after it still count
-                LOGGER.exception("request log: %d records could not be written", len(records))
-            finally:
-                for _ in records:
-                    self._queue.task_done()
+                if due and self._pending and (stop or asked or now >= self._retry_at):
+                    self._write_pending()
+                self._drop_beyond_buffer()
+                if now >= next_prune:
+                    next_prune = now + PRUNE_SECONDS
+                    self._prune_quietly()
+            except Exception:  # the next round tries again; the records stay pending
+                LOGGER.exception("request log: the writer's round failed; retrying")
+            if due:
+                next_flush = time.monotonic() + self.flush_seconds
+            if asked:
+                with self._flushed:
+                    self._flush_done += asked
+                    self._flushed.notify_all()
             if stop:
                 return
 
-    def _write(self, message: str, count: int) -> None:
-        self._handler.handle(logging.makeLogRecord({"msg": message, "levelno": logging.INFO}))
-        failure, self._handler.failure = self._handler.failure, None
+    def _take(self, wait: float) -> list[Any]:
+        """What is queued: the first item waiting at most `wait` seconds, then the rest without waiting."""
+        items: list[Any] = []
+        with contextlib.suppress(queue.Empty):
+            items.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            while len(items) < self.buffer:
+                items.append(self._queue.get_nowait())
+        return items
+
+    def _write_pending(self) -> None:
+        """One object per hour among the pending records; what the store refuses stays pending."""
+        by_hour: dict[datetime, list[RequestRecord]] = defaultdict(list)
+        for record in self._pending:
+            by_hour[_hour(record.time)].append(record)
+        kept: list[RequestRecord] = []
+        failure: BaseException | None = None
+        for hour, records in sorted(by_hour.items()):
+            good = [(record, line) for record in records if (line := self._line(record)) is not None]
+            if len(good) < len(records):  # unserializable: dropped and counted by _line
+                self.metrics.pending.dec(len(records) - len(good))
+            if not good:
+                continue
+            lines = [line for _, line in good]
+            if failure is None:
+                try:
+                    self._put(hour, ("\n".join(lines) + "\n").encode())
+                except Exception as exc:  # a store error of any kind: keep the records, try again later
+                    failure = exc
+            if failure is not None:
+                kept += [record for record, _ in good]
+                continue
+            self.written += len(lines)
+            self.metrics.written.inc(len(lines))
+            self.metrics.pending.dec(len(lines))
+        self._pending = deque(kept)
         if failure is None:
-            self._written()
-        else:  # not in the log (a folder without permission, a full disk): count them
-            self._count_dropped(count, WRITE_FAILED)
-            self._failed(failure, count)
+            self._recovered()
+        else:
+            self._failed(failure)
+
+    def _put(self, hour: datetime, data: bytes) -> None:
+        for _ in range(OPEN_ATTEMPTS):
+            self._seq = max(self._seq + 1, time.time_ns() // 1000)
+            if self.store.create(f"{partition(hour)}/{self.name}-{self._seq}.jsonl", data):
+                return
+        raise RuntimeError(
+            f"{OPEN_ATTEMPTS} object names under {partition(hour)} taken: another writer is "
+            f"named {self.name} (set serving.replica)"
+        )
 
     def _line(self, record: RequestRecord) -> str | None:
         try:
@@ -221,108 +317,229 @@ class RequestLog:
             self._count_dropped(1, UNSERIALIZABLE)
             return None
 
-    def flush(self) -> None:
-        """Wait until every queued record is on disk (tests and shutdown)."""
-        self._queue.join()
+    def _drop_beyond_buffer(self) -> None:
+        """While the store fails, at most `buffer` records wait for it; older ones are dropped, counted."""
+        excess = len(self._pending) - self.buffer
+        if excess > 0:
+            for _ in range(excess):
+                self._pending.popleft()
+            self.metrics.pending.dec(excess)
+            self._count_dropped(excess, WRITE_FAILED)
+            if self._outage is not None:
+                self._outage.dropped += excess
 
-    def close(self, timeout: float = 10) -> None:
-        """Write what is queued, then stop the thread and close the file."""
-        if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=timeout)
-            self._thread.join(timeout)
-        self._handler.close()
+    def _failed(self, exc: BaseException) -> None:
+        """Note a failed write: logged when it starts or its cause changes, then at most every
+        REPEAT_SECONDS with the records dropped meanwhile; the next try waits longer each time."""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # The same cause whatever object and however long it took: the store's explanation, not its details.
+        cause = re.sub(r"\S*requests/date=\S*", "...", text.split(" [", 1)[0])
+        outage, now = self._outage, time.monotonic()
+        if outage is None or outage.cause != cause:
+            LOGGER.error(
+                "request log: cannot write to %s (%s); %d records are kept and retried (up to "
+                "serving.request_log_buffer, then dropped and counted in "
+                '%s_request_log_dropped_total{cause="%s"})',
+                self.store.url_of(REQUESTS),
+                cause,
+                len(self._pending),
+                PACKAGE,
+                WRITE_FAILED,
+            )
+            failures = outage.failures if outage else 0
+            self._outage = outage = _Outage(cause, outage.dropped if outage else 0, now, failures=failures)
+        elif now - outage.logged >= REPEAT_SECONDS:
+            LOGGER.error(
+                "request log: still cannot write to %s (%s): %d records wait, %d dropped in the last %.0f s",
+                self.store.url_of(REQUESTS),
+                cause,
+                len(self._pending),
+                outage.dropped - outage.reported,
+                now - outage.logged,
+            )
+            outage.logged, outage.reported = now, outage.dropped
+        outage.failures += 1
+        self._retry_at = now + min(MAX_RETRY_SECONDS, self.flush_seconds * 2 ** min(outage.failures, 10))
+
+    def _recovered(self) -> None:
+        outage, self._outage, self._retry_at = self._outage, None, 0.0
+        if outage is not None:
+            LOGGER.warning(
+                "request log: writing to %s again; %d records were dropped in the %.0f s it failed",
+                self.store.url_of(REQUESTS),
+                outage.dropped,
+                time.monotonic() - outage.since,
+            )
+
+    def _prune_quietly(self) -> None:
+        """Retention must not disturb writing: a store that refuses it is said once an hour, in one line."""
+        try:
+            self.prune()
+        except StorageError as exc:
+            LOGGER.warning("request log: old partitions not deleted this hour: %s", exc)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete the partitions whose hour ended more than the retention ago; returns the objects deleted."""
+        return prune(self.store, (now or datetime.now(UTC)) - self.retention)
 
 
-def _signal(record: Any) -> bool:
-    return record is _STOP or record is _PROBE
+_FLUSH = object()
 
 
 @dataclass
 class _Outage:
-    """A time the file could not be written: the cause, the records lost, when the log last said so."""
+    """A time the store refused the writes: the cause, records dropped, when the log last said so."""
 
     cause: str
     dropped: int
     since: float
     reported: int = 0
+    failures: int = 0
     logged: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.logged = self.since
 
 
-class _RotatingByAge(RotatingFileHandler):
-    """RotatingFileHandler that deletes rotated files by age (backups is the ceiling), starts on a fresh
-    line when the file ends mid-line (a writer killed mid-write), and notes a failed write's error."""
-
-    def __init__(self, path: Path, *, max_bytes: int, backups: int, retention_seconds: float) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
-        self.retention_seconds = retention_seconds
-        self.failure: BaseException | None = None
-        self._fresh_line_checked = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self._fresh_line_checked:
-            self._fresh_line_checked = end_torn_line(Path(self.baseFilename))
-        super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
-        # The write may have left part of a line on disk and the rest in the stream's buffer: drop the
-        # stream (and that rest), and start the next write on a fresh line of a reopened file. RequestLog
-        # reports the error (once, not per write).
-        self.failure = sys.exc_info()[1] or OSError(f"a write to {self.baseFilename} failed")
-        self._fresh_line_checked = False
-        if self.stream is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.close()
-            self.stream = None  # reopened by the next emit (delay=True)
-
-    def doRollover(self) -> None:  # noqa: N802 (logging's name)
-        super().doRollover()
-        self.prune()
-
-    def prune(self) -> None:
-        """Delete rotated files whose newest record is older than the retention (oldest first)."""
-        oldest_kept = time.time() - self.retention_seconds
-        for number in range(self.backupCount, 0, -1):
-            backup = Path(f"{self.baseFilename}.{number}")
-            with contextlib.suppress(FileNotFoundError):
-                if backup.stat().st_mtime < oldest_kept:
-                    backup.unlink()
+def prune(store: Storage, cutoff: datetime) -> int:
+    """Delete every request-log partition whose hour ended before `cutoff`: one listing of the dates, one
+    of the hours of the day the cutoff falls in, then the objects of what is past it."""
+    deleted = 0
+    for day_folder in store.folders(REQUESTS):
+        day = _folder_value(day_folder, "date")
+        if day is None or day > cutoff.astimezone(UTC).date():
+            continue
+        for hour_folder in store.folders(day_folder):
+            start = _partition_hour(hour_folder)
+            if start is not None and start + timedelta(hours=1) <= cutoff:
+                for listed in store.list(hour_folder):
+                    store.delete(listed.key)
+                    deleted += 1
+    return deleted
 
 
-def end_torn_line(path: Path) -> bool:
-    """Add a newline when `path` ends mid-line, so the next record starts on its own line; True when the
-    file is now safe to append to (also when it does not exist yet)."""
-    try:
-        with path.open("rb+") as file:
-            if file.seek(0, os.SEEK_END) == 0:
-                return True
-            file.seek(-1, os.SEEK_END)
-            if file.read(1) != b"\n":
-                file.write(b"\n")
-                LOGGER.warning("request log: %s ended mid-line (torn write); continuing on a new line", path)
-    except FileNotFoundError:
-        pass
-    except OSError:  # the write that follows fails too, and is reported: no second message for one cause
-        return False
-    return True
+def _folder_value(folder: str, name: str) -> date | None:
+    match = re.search(rf"{name}=(\d{{4}}-\d{{2}}-\d{{2}})$", folder)
+    return date.fromisoformat(match.group(1)) if match else None
 
 
-def chunks(lines: list[str], max_bytes: int) -> Iterator[tuple[str, int]]:
-    """The lines joined into messages of at most max_bytes characters (a longer line goes alone), each
-    with its number of lines."""
-    chunk: list[str] = []
-    size = 0
-    for line in lines:
-        if chunk and size + len(line) + 1 > max_bytes:
-            yield "\n".join(chunk), len(chunk)
-            chunk, size = [], 0
-        chunk.append(line)
-        size += len(line) + 1
-    if chunk:
-        yield "\n".join(chunk), len(chunk)
+def _partition_hour(folder: str) -> datetime | None:
+    """The hour a partition folder holds (`.../date=2026-01-10/hour=12`), None for a foreign folder."""
+    match = re.search(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$", folder)
+    if not match:
+        return None
+    return datetime.fromisoformat(f"{match.group(1)}T{match.group(2)}:00+00:00")
+
+
+def window_prefixes(start: datetime, end: datetime) -> list[str]:
+    """The folders holding the records from `start` to `end`: a whole day as one date folder (one listing),
+    the hours of a day the window cuts one by one, so nothing outside the window is listed."""
+    first, last = _hour(start), _hour(end - timedelta(microseconds=1))
+    prefixes: list[str] = []
+    hour = first
+    while hour <= last:
+        day_start = hour.replace(hour=0)
+        if hour == day_start and day_start + timedelta(days=1) <= last + timedelta(hours=1):
+            prefixes.append(partition(hour).rsplit("/", 1)[0])
+            hour = day_start + timedelta(days=1)
+        else:
+            prefixes.append(partition(hour))
+            hour += timedelta(hours=1)
+    return prefixes
+
+
+def read_store(store: Storage, start: datetime, end: datetime, report: ReadReport) -> list[RequestRecord]:
+    """Every replica's records from the partitions of the window (start <= time < end), oldest first; a
+    line that is no record is skipped and counted in `report`, named by its object and line. The report's
+    `oldest` is the oldest record read, or the start of an older partition when one exists (the log then
+    reaches back before the window)."""
+    if end <= start:
+        return []
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        keys = [listed.key for found in pool.map(store.list, window_prefixes(start, end)) for listed in found]
+        contents = list(pool.map(store.read_bytes, keys))
+    records: list[RequestRecord] = []
+    name = store.url_of(REQUESTS)
+    for key, data in zip(keys, contents, strict=True):
+        if data is None:  # deleted by retention between the listing and the read
+            continue
+        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+        records += [r for r in _parse(store.url_of(key), lines, name, report) if start <= r.time < end]
+    records.sort(key=lambda record: record.time)
+    if name not in report.oldest or report.oldest[name] > start:
+        older = _older_partition(store, start)
+        if older is not None:
+            report.oldest[name] = older
+    return records
+
+
+def _older_partition(store: Storage, start: datetime) -> datetime | None:
+    """The start of a partition older than the window's first hour, if there is one."""
+    first = _hour(start)
+    days = [d for f in store.folders(REQUESTS) if (d := _folder_value(f, "date")) and d <= first.date()]
+    for day in sorted(days, reverse=True):
+        day_folder = partition(datetime(day.year, day.month, day.day, tzinfo=UTC)).rsplit("/", 1)[0]
+        hours = [h for f in store.folders(day_folder) if (h := _partition_hour(f)) and h < first]
+        if hours:
+            return min(hours)
+    return None
+
+
+def _parse(where: str, lines: Iterable[str], name: str, report: ReadReport) -> Iterator[RequestRecord]:
+    """The records of one object or file (named `where`), counting the oldest under `name` and each line
+    that is no record; a last line without its newline (a file still being written) is left out."""
+    bad = []
+    for number, line in enumerate(lines, start=1):
+        if not line.endswith("\n") or not line.strip():
+            continue
+        try:
+            record = RequestRecord.parse(line.rstrip("\n"))
+        except ValueError as exc:
+            bad.append(BadLine(where, number, str(exc)))
+            continue
+        if name not in report.oldest or record.time < report.oldest[name]:
+            report.oldest[name] = record.time
+        yield record
+    if bad:
+        LOGGER.warning("request log %s: %s", where, describe_bad_lines(bad))
+        report.bad_lines += bad
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of the log that is no record: an object or file edited by hand or not ours, or a 2.0.0 file
+    torn by a killed writer or a full disk."""
+
+    file: str | Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} ({self.reason})"
+
+
+@dataclass
+class ReadReport:
+    """What reading the log found besides its records: the lines it skipped, the oldest record of each
+    source (the store, or a 2.0.0 worker's file), and how many rotated files each 2.0.0 file has."""
+
+    bad_lines: list[BadLine] = field(default_factory=list)
+    oldest: dict[str, datetime] = field(default_factory=dict)
+    backups: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, shown: int = 5) -> str:
+        """One line: how many lines were skipped and where (the first `shown` of them)."""
+        return describe_bad_lines(self.bad_lines, shown)
+
+
+def describe_bad_lines(bad_lines: list[BadLine], shown: int = 5) -> str:
+    where = ", ".join(str(bad) for bad in bad_lines[:shown])
+    more = f" and {len(bad_lines) - shown} more" if len(bad_lines) > shown else ""
+    return f"{len(bad_lines)} unreadable lines skipped: {where}{more}"
+
+
+# 2.0.0's rotating files, read only: `requests.jsonl`, `requests.jsonl.1`, ... and `requests.w2.jsonl` for
+# worker 2.
 
 
 def log_files(path: str | Path) -> list[Path]:
@@ -343,38 +560,6 @@ def _name_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(path.stem)}(\.w\d+)?{re.escape(path.suffix)}(\.(\d+))?$")
 
 
-@dataclass(frozen=True)
-class BadLine:
-    """A line of the log that is no record: torn by a killed writer or a full disk, or edited by hand."""
-
-    file: Path
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line} ({self.reason})"
-
-
-@dataclass
-class ReadReport:
-    """What reading the log found besides its records: the lines it skipped, and for each worker's log
-    (named by its live file) the oldest record's time and how many rotated files it has."""
-
-    bad_lines: list[BadLine] = field(default_factory=list)
-    oldest: dict[str, datetime] = field(default_factory=dict)
-    backups: dict[str, int] = field(default_factory=dict)
-
-    def summary(self, shown: int = 5) -> str:
-        """One line: how many lines were skipped and where (the first `shown` of them)."""
-        return describe_bad_lines(self.bad_lines, shown)
-
-
-def describe_bad_lines(bad_lines: list[BadLine], shown: int = 5) -> str:
-    where = ", ".join(str(bad) for bad in bad_lines[:shown])
-    more = f" and {len(bad_lines) - shown} more" if len(bad_lines) > shown else ""
-    return f"{len(bad_lines)} unreadable lines skipped: {where}{more}"
-
-
 def read_records(path: str | Path, report: ReadReport | None = None) -> Iterator[RequestRecord]:
     """The records in every file of the log, oldest file first. A line that is no RequestRecord (not JSON,
     a key it requires missing, a time without its zone, ...) is skipped, logged with its file and line,
@@ -391,22 +576,8 @@ def read_records(path: str | Path, report: ReadReport | None = None) -> Iterator
 
 
 def _records_of(file: Path, lines: IO[str], live: str, report: ReadReport) -> Iterator[RequestRecord]:
-    bad = []
     with lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.endswith("\n") or not line.strip():
-                continue
-            try:
-                record = RequestRecord.parse(line.rstrip("\n"))
-            except ValueError as exc:
-                bad.append(BadLine(file, number, str(exc)))
-                continue
-            if live not in report.oldest or record.time < report.oldest[live]:
-                report.oldest[live] = record.time
-            yield record
-    if bad:
-        LOGGER.warning("request log %s: %s", file, describe_bad_lines(bad))
-        report.bad_lines += bad
+        yield from _parse(str(file), lines, live, report)
 
 
 def _open_at_once(path: str | Path, opened: contextlib.ExitStack) -> list[tuple[Path, IO[str]]]:

@@ -60,7 +60,7 @@ from .http_guard import (
 from .production_poll import ProductionPoll
 from .rejected_requests import install as keep_rejected_values_out_of_the_log
 from .request_deadline import install as install_header_deadline
-from .request_log import RequestLog, worker_path
+from .request_log import RequestLog
 from .request_schema import OnePrediction, Prediction, RowPrediction, row_model
 
 # No `from __future__ import annotations` here: the endpoints are defined inside build(), and BentoML reads
@@ -150,12 +150,7 @@ class Serving:
         settings = self.startup.settings
         serving = settings.serving
         self.served = Served.of(load(str(self.model.tag)), settings)
-        self.requests = RequestLog(
-            worker_path(settings.resolve(serving.request_log_path), server_context.worker_index),
-            max_bytes=serving.request_log_max_bytes,
-            backups=serving.request_log_backups,
-            buffer=serving.request_log_buffer,
-        )
+        self.requests = RequestLog.of(settings, server_context.worker_index)
         self.served.announce(1)
         self.batcher = Batcher(
             self.predict_rows,
@@ -168,9 +163,10 @@ class Serving:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
 
     def __is_ready__(self) -> bool:
-        """/readyz: the model is loaded and the request log can be written. BentoML answers False with a bare
-        503; the HTTPException raised instead (BentoML calls this inside its Starlette route, which turns
-        it into the answer) tells the prober which file and why."""
+        """/readyz: the model is loaded and the request log's writer runs (a failing store costs no
+        readiness: its records wait and are counted). BentoML answers False with a bare 503; the
+        HTTPException raised instead (BentoML calls this inside its Starlette route, which turns it into
+        the answer) tells the prober why."""
         problem = self.requests.problem()
         if problem is not None:
             raise HTTPException(503, detail=f"not ready: {problem}")

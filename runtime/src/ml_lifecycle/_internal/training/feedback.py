@@ -1,7 +1,8 @@
 """What production taught us, as training rows: the request log's rows joined with their labels.
 
-The service logs every row it predicted (features as sent, request id, row, time); labels arrive later in
-`monitoring.labels_path` (request_id, the target column, optional row). Joined on request id and row by
+The service logs every row it predicted (features as sent, request id, row, time) to the store, each
+replica its own objects; labels arrive later in `monitoring.labels_path` or as objects under labels/ in the
+store (request_id, the target column, optional row). Joined on request id and row by
 the monitor's own join (monitoring/labels.py `join`: the last label of a request row wins), the
 labelled rows of the last `feedback.window_hours` become training data beside the configured data, so a
 retrain after the world changed learns the change instead of resuming the same study on the same file.
@@ -80,15 +81,13 @@ def load(settings: Settings, configured: pd.DataFrame, target: str, now: datetim
     columns = list(configured.columns)
     if options.window_hours == 0:
         return none("feedback.window_hours is 0: training on the configured data alone", columns)
-    labels_path = settings.resolve(settings.monitoring.labels_path)
-    labels, report = label_table.read(labels_path, target, settings.data.task_type)
+    labels, report = label_table.read(settings, target, settings.data.task_type)
     if labels is None or labels.empty:
-        why = report.problem or f"no {'labels' if labels is None else 'usable label'} in {labels_path}"
+        where = report.path or settings.monitoring.labels_path
+        why = report.problem or f"no {'labels' if labels is None else 'usable label'} in {where}"
         return none(f"{why}: training on the configured data alone", columns, report)
     now = now or datetime.now(UTC)
-    window = read_window(
-        settings.resolve(settings.serving.request_log_path), now - timedelta(hours=options.window_hours), now
-    )
+    window = read_window(settings, now - timedelta(hours=options.window_hours), now)
     joined, report = label_table.join(window, labels, report)  # oldest first, as the log
     values, causes = _labels_like(joined["label"], configured[target], settings.data.task_type)
     bad = pd.Series(False, index=values.index)
