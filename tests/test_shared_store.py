@@ -314,6 +314,13 @@ def story(machines, s3_server, tmp_path_factory) -> Iterator[Story]:
 
         west = [*sent["west"], *loads["west"].answers]
         kill = kill_west(store, bases["west"], west, streams["after"][0], machines.replicas["west"])
+        print(  # shown with `pytest -rP`: the figures behind the assertions
+            f"sent {', '.join(f'{n} {len(a)}' for n, a in sent.items())}; "
+            f"window {verdict['n_current']} rows, drift share {verdict['drift_share']}; "
+            f"retrain {retrain['state_type']} in {retrain.get('total_run_time')} s; {first} -> {promoted}; "
+            "steady answers "
+            f"{', '.join(f'{n} {len(load.answers)}' for n, load in loads.items())}; kill -9 of west: {kill}"
+        )
         yield Story(
             machines=machines,
             first=first,
