@@ -124,7 +124,8 @@ ALIAS_FILE = with_library("""
 import json, sys
 settings = internal("config").get_settings()
 aliases = internal("registry.aliases")
-print(json.dumps({"path": str(aliases.alias_file(settings)), "poll": settings.rollout.poll_seconds}))
+path = internal("storage").open_storage(settings).local_root / aliases.key(settings)
+print(json.dumps({"path": str(path), "poll": settings.rollout.poll_seconds}))
 """)
 
 

@@ -73,8 +73,7 @@ tag = store.save(
     settings, pipeline, schema=schema, reference=good.reference, metrics={}, params={},
     data_hash=f"{sys.argv[2]} (tests/test_hot_swap.py)",
 )
-with aliases.locked(settings) as record:
-    record.history.append(aliases.entry(tag, "test: forced"))
+aliases.change(settings, lambda record: record.history.append(aliases.entry(tag, "test: forced")))
 print(json.dumps(tag))
 """)
 

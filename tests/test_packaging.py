@@ -68,8 +68,9 @@ tag = registry.save(
     settings, Vanishing(), schema=production.schema, reference=production.reference,
     metrics={}, params={}, data_hash="broken",
 )
-with aliases.locked(settings) as record:
-    record.history.append(aliases.entry(tag, "cannot be loaded, on purpose"))
+aliases.change(
+    settings, lambda record: record.history.append(aliases.entry(tag, "cannot be loaded, on purpose"))
+)
 print(json.dumps({"tag": tag}))
 """)
 READ_TABLE = """

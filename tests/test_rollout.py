@@ -117,9 +117,9 @@ tag = store.save(
     settings, worse, schema=good.schema, reference=good.reference, metrics={}, params={},
     data_hash="inverted labels (tests/test_rollout.py)",
 )
-with aliases.locked(settings) as record:
-    record.history.append(aliases.entry(tag, "test: forced"))
-print(json.dumps({"good": good.tag, "worse": tag, "since": record.history[-1]["since"]}))
+forced = aliases.entry(tag, "test: forced")
+aliases.change(settings, lambda record: record.history.append(forced))
+print(json.dumps({"good": good.tag, "worse": tag, "since": forced["since"]}))
 """
 
 MONITOR_SCRIPT = """

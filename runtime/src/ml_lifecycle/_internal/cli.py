@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from .config import PACKAGE, Settings, SettingsError, get_settings
+from .registry.aliases import AliasRecordError
+from .storage import StorageError
 from .tables import DataError
 from .training.lock import TrainingBusy
 
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             from .bench.serving import bench
 
             return bench(args)
-    except (DataError, LookupError, TrainingBusy) as exc:
+    except (DataError, LookupError, TrainingBusy, StorageError, AliasRecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

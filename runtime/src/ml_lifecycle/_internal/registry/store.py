@@ -24,7 +24,6 @@ from typing import Any
 
 import bentoml
 import pandas as pd
-from bentoml.exceptions import BentoMLException
 
 from ..config import Settings, get_settings
 from ..storage import MODELS, StorageError, open_storage
@@ -167,7 +166,7 @@ def _import(settings: Settings, tag: str) -> None:
         try:
             # Read before it is saved: an archive holding another model must not enter the store.
             model = bentoml.models.Model.import_from(str(archive))
-        except (BentoMLException, OSError, ValueError, EOFError) as exc:
+        except Exception as exc:  # whatever a foreign object makes tar, lzma or BentoML raise: one line
             raise StorageError(
                 f"{storage.url_of(key)} is not a BentoML model archive ({_line(exc)}); delete it, or export "
                 "the model again from a machine that has it"

@@ -12,6 +12,7 @@ be read, alert AliasRecordBroken); the worker keeps serving the model it has.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -68,11 +69,13 @@ class ProductionPoll:
 
     def failed(self, problem: str | None, serving: str = "") -> None:
         """Log `problem` when it differs from the last one logged (with the traceback of the exception being
-        handled, if any); None: nothing is wrong now, said once after a problem."""
-        if problem == self._reported:
+        handled, if any); None: nothing is wrong now, said once after a problem. Problems that differ only
+        in numbers (a store client's timings, retries, ports) are the same problem."""
+        seen = None if problem is None else re.sub(r"\d+(\.\d+)?", "#", problem)
+        if seen == self._reported:
             return
         if problem is None:
             LOGGER.warning("Following the production alias record again; serving %s", serving)
         else:
             LOGGER.error("%s", problem, exc_info=sys.exc_info()[0] is not None)
-        self._reported = problem
+        self._reported = seen
