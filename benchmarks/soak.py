@@ -1,4 +1,4 @@
-"""Soak: the service under steady load for minutes, across request-log rotations, with a monitor run in the
+"""Soak: the service under steady load for minutes, across many request-log flushes, with a monitor run in the
 middle. Does every answer leave a record (or a counted drop), and does the worker's memory stay flat?
 
     uv run python benchmarks/soak.py [--minutes 10] [--concurrency 64] [--quick] [--keep]
@@ -6,13 +6,14 @@ middle. Does every answer leave a record (or a counted drop), and does the worke
 Needs `hey` (apt-get install hey) and a production model (`python -m <package> train` promotes one).
 
 `python -m <package> serve` gets single-row POST /predict_one requests from `hey` with --concurrency clients
-for --minutes, its request log in a temporary folder, rotated every `--rotate-mb` MB (small, so the soak
-crosses several rotations) and with enough backups that no record ages out during the run. Halfway,
-`python -m <package> monitor` reads that log's window, as the scheduled monitor would.
+for --minutes. Its request log goes to the project's store (storage.url) under a replica name of this run's
+own, flushed every `--flush-seconds` (short, so the soak crosses many flushes); the run's objects are deleted
+at the end (unless --keep), so the project's monitor never sees the soak's traffic. Halfway,
+`python -m <package> monitor` reads the window, as the scheduled monitor would.
 
-Keys: `answers` (2xx answers hey saw), `records` (lines in the log files, every worker's and every
-rotation's), `dropped` (the service's request_log_dropped_total), `accounted` (answers == records + dropped),
-`rotations` (files the log rotated into), `rss_mb_start` / `rss_mb_end` (the workers' resident memory after
+Keys: `answers` (2xx answers hey saw), `records` (lines in this run's objects, every worker's), `dropped`
+(the service's request_log_dropped_total), `accounted` (answers == records + dropped), `objects` (objects
+the log was written as), `rss_mb_start` / `rss_mb_end` (the workers' resident memory after
 the first tenth of the run and at its end) and `rss_growth` (end / start - 1; goal under 0.05),
 `monitor_exit_code` and `monitor_rows`, `non_2xx`, `rps`. The last line printed is one JSON object; the exit
 code is non-zero only on errors (hey missing, no model, a server that does not start), never because a goal
@@ -36,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from _common import clean_up, load_project, log, production_tag, run
 from ml_lifecycle._internal.bench.serving import HOST, free_port, hey, parse_hey, server, summarize
@@ -50,15 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--minutes", type=float, default=10, help="length of the load (default 10)")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients (default 64)")
-    parser.add_argument("--rotate-mb", type=float, default=2, help="request log rotation size (default 2)")
+    parser.add_argument("--flush-seconds", type=float, default=1, help="request log flushes (default 1 s)")
     parser.add_argument("--quick", action="store_true", help="a 30 s run with 16 clients (the wiring only)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder with logs")
     args = parser.parse_args(argv)
     if args.quick:
-        # Rotation every 100 KB (about 300 records): the quick run crosses rotations on a slow machine, and
-        # on a fast one (about 1,000 answers a second) the writer is not buried in rotations: each renames
-        # every backup, and at 20 KB a quiet machine's 31,000 answers made 500 files and 20,000 drops.
-        args.minutes, args.concurrency, args.rotate_mb = 0.5, 16, 0.1
+        args.minutes, args.concurrency, args.flush_seconds = 0.5, 16, 0.5
     return args
 
 
@@ -72,8 +71,30 @@ def metric(base: str, name: str) -> float:
     return total
 
 
-def count_records(files: list[Path]) -> int:
-    return sum(1 for path in files for line in path.read_text(errors="replace").splitlines() if line.strip())
+class RunObjects:
+    """This run's request-log objects in the project's store: those named after its replica."""
+
+    def __init__(self, store: Any, replica: str) -> None:
+        self.store, self.replica = store, replica
+
+    def keys(self) -> list[str]:
+        return [
+            listed.key
+            for listed in self.store.list("requests")
+            if listed.key.rpartition("/")[2].startswith(self.replica + "-")
+        ]
+
+    def records(self) -> int:
+        return sum(
+            1
+            for key in self.keys()
+            for line in (self.store.read_bytes(key) or b"").decode(errors="replace").splitlines()
+            if line.strip()
+        )
+
+    def delete(self) -> None:
+        for key in self.keys():
+            self.store.delete(key)
 
 
 def drained(base: str, package: str, records: Callable[[], int], answers: int, timeout: float = 120) -> float:
@@ -82,10 +103,7 @@ def drained(base: str, package: str, records: Callable[[], int], answers: int, t
     deadline = time.monotonic() + timeout
     while True:
         dropped = metric(base, f"{package}_request_log_dropped")
-        try:
-            written = records()
-        except FileNotFoundError:  # a rotation renamed a file between listing and reading it
-            written = 0
+        written = records()
         if written + dropped >= answers or time.monotonic() > deadline:
             return dropped
         time.sleep(0.5)
@@ -98,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    package, settings, modules = load_project("training.validation", "serving.request_log")
+    package, settings, modules = load_project("training.validation", "storage")
     if production_tag(settings, modules["aliases"]) is None:
         return 2
     run_id, work = uuid.uuid4().hex, Path(tempfile.mkdtemp(prefix="soak-benchmark-"))
     (work / "logs").mkdir()
-    request_log, log_files = work / "requests.jsonl", modules["request_log"].log_files
+    replica = f"soak-{run_id[:12]}"
+    logged = RunObjects(modules["storage"].open_storage(settings), replica)
     frame = modules["validation"].load_dataset(settings).features
     body = work / "body.json"
     body.write_text(json.dumps({"row": json.loads(frame.head(1).to_json(orient="records"))[0]}))
@@ -113,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     env.update(
         {
             MARKER: run_id,
-            f"{prefix}SERVING__REQUEST_LOG_PATH": str(request_log),
-            f"{prefix}SERVING__REQUEST_LOG_MAX_BYTES": str(int(args.rotate_mb * 2**20)),
-            f"{prefix}SERVING__REQUEST_LOG_BACKUPS": "10000",
+            f"{prefix}SERVING__REPLICA": replica,
+            f"{prefix}SERVING__REQUEST_LOG_FLUSH_SECONDS": str(args.flush_seconds),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
     )
@@ -141,15 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                 figures = summarize(parse_hey(load.result()))
             rss_end = sum(running.rss_mb())
             answers = sum(n for code, n in figures["status_codes"].items() if code.startswith("2"))
-            dropped = drained(running.base, package, lambda: count_records(log_files(request_log)), answers)
-        files = log_files(request_log)  # the service has stopped: every file is closed
-        records = count_records(files)
+            dropped = drained(running.base, package, logged.records, answers)
+        records, objects = logged.records(), len(logged.keys())  # the service has stopped: all flushed
         report = {
             "answers": answers,
             "records": records,
             "dropped": int(dropped),
             "accounted": answers == records + int(dropped),
-            "rotations": max(len(files) - 1, 0),
+            "objects": objects,
             "rss_mb_start": round(rss_start, 1),
             "rss_mb_end": round(rss_end, 1),
             "rss_growth": round(rss_end / rss_start - 1, 4) if rss_start else None,
@@ -161,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms": figures["p99_ms"],
             "minutes": args.minutes,
             "concurrency": args.concurrency,
-            "rotate_mb": args.rotate_mb,
+            "flush_seconds": args.flush_seconds,
         }
         if monitored.returncode != 0:
             log(f"monitor failed:\n{monitored.stdout[-2000:]}\n{monitored.stderr[-2000:]}")
     finally:
         clean_up(MARKER, run_id, work, args.keep)
+        if not args.keep:
+            logged.delete()
     print(json.dumps(report))
     return 0
 

@@ -369,28 +369,42 @@ def test_a_blank_api_key_stops_the_service(project, blank):
     assert f"{project.package.upper()}_API_KEY" in output and "set but blank" in output, output[-3000:]
 
 
-def test_a_request_log_that_cannot_be_written_fails_readiness_naming_it_and_is_logged_once(
-    project, row, tmp_path
-):
-    blocked = tmp_path / "logs" / "requests.jsonl"
-    blocked.mkdir(parents=True)  # the file's place is taken by a folder: it cannot be written, even by root
+def test_a_store_that_refuses_the_request_log_costs_no_request_and_loses_no_record(project, row, tmp_path):
+    """The request log's folder in the store is taken by a file (no write can succeed, even by root): the
+    service stays ready and answers, the records wait (pending says how many), the log says why once, and
+    once the store is fixed they are written, none dropped."""
+    requests = project.root / ".state" / "store" / "requests"
+    aside = requests.with_name("requests.aside")
+    if requests.exists():
+        requests.rename(aside)
+    requests.write_text("a file where the request log's folder goes")
     log = tmp_path / "serve.log"
     base = f"http://127.0.0.1:{free_port()}"
     command = ["uv", "run", "python", "-m", project.package, "serve", "--port", base.rpartition(":")[2]]
-    env = {**project.env, **settings(project, SERVING__REQUEST_LOG_PATH=str(blocked))}
-    dropped = f'{project.package}_request_log_dropped_total{{cause="write_failed"}}'
-    with started(command, cwd=project.root, env=env, log=log, ready_url=f"{base}/livez"):
-        ready = httpx.get(f"{base}/readyz", timeout=30)
-        assert ready.status_code == 503, ready.text
-        assert str(blocked) in ready.text and "IsADirectoryError" in ready.text
-        answers = [httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60) for _ in range(10)]
-        assert [a.status_code for a in answers] == [200] * 10  # predictions go on; their records are lost
-        wait_until(lambda: metric_value(base, dropped) == 10, "10 records counted as write_failed")
-        blocked.rmdir()  # fixed; a service that is not ready gets no traffic, only its probes
-        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=30).status_code == 200, "ready again")
-        assert httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60).status_code == 200
-        wait_until(lambda: blocked.is_file() and '"request_id"' in blocked.read_text(), "a record written")
+    env = {**project.env, **settings(project, SERVING__REQUEST_LOG_FLUSH_SECONDS="0.2")}
+    metric = f"{project.package}_request_log"
+    try:
+        with started(command, cwd=project.root, env=env, log=log, ready_url=f"{base}/livez"):
+            assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+            answers = [httpx.post(f"{base}/predict_one", json={"row": row}, timeout=60) for _ in range(10)]
+            assert [a.status_code for a in answers] == [200] * 10
+            wait_until(lambda: metric_value(base, f"{metric}_pending") == 10, "10 records kept for the store")
+            assert metric_value(base, f'{metric}_dropped_total{{cause="write_failed"}}') == 0
+            assert httpx.get(f"{base}/readyz", timeout=30).status_code == 200
+            requests.unlink()  # fixed: the next retry writes what waited
+            wait_until(
+                lambda: metric_value(base, f"{metric}_written_total") == 10, "the kept records written"
+            )
+            assert metric_value(base, f"{metric}_pending") == 0
+    finally:
+        if requests.is_file():
+            requests.unlink()
+        if aside.exists():
+            for moved in aside.rglob("*.jsonl"):  # the log written before this test goes back in place
+                target = requests / moved.relative_to(aside)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                moved.rename(target)
     text = log.read_text(errors="replace")
-    assert text.count(f"cannot write {blocked}") == 1, text[-3000:]  # once, not per request
+    assert text.count("request log: cannot write to") == 1, text[-3000:]  # once, not per retry
     assert "Traceback" not in text, text[-3000:]
-    assert f"writing to {blocked} again; 10 records were dropped" in text
+    assert "writing to" in text and "again; 0 records were dropped" in text

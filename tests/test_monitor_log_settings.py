@@ -20,6 +20,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -41,7 +42,7 @@ for column in shifted.select_dtypes("number").columns:
 shifted.to_csv(sys.argv[2], index=False)
 print(json.dumps({
     "rows": json.loads(features.to_json(orient="records")),
-    "log": str(settings.resolve(settings.serving.request_log_path)),
+    "log": str(settings.resolve(settings.storage.url) / "requests"),
     "labels": str(settings.resolve(settings.monitoring.labels_path)),
     "target": settings.data.target_column,
 }))
@@ -93,31 +94,34 @@ def send(base: str, rows: list[dict]) -> None:
             assert response.status_code == 200, response.text
 
 
-def logged_lines(path: Path, count: int, timeout: float = 30) -> list[str]:
-    """The log's lines once it has at least `count` (the service writes a little behind its answers)."""
+def logged_lines(requests: Path, count: int, timeout: float = 30) -> list[str]:
+    """The log's lines once it has at least `count` (each worker writes its objects every flush)."""
     for _ in range(int(timeout * 5)):
-        lines = path.read_text().splitlines() if path.exists() else []
+        files = sorted(requests.rglob("*.jsonl")) if requests.exists() else []
+        lines = [line for file in files for line in file.read_text().splitlines()]
         if len(lines) >= count:
             return lines
         threading.Event().wait(0.2)
-    pytest.fail(f"{path}: {len(lines)} of {count} lines after {timeout} s")
+    pytest.fail(f"{requests}: {len(lines)} of {count} lines after {timeout} s")
 
 
-def test_a_torn_line_in_the_request_log_is_skipped_and_reported_by_monitor(trained, sample, tmp_path):
-    log = Path(sample["log"])
+def test_a_line_that_is_no_record_in_the_request_log_is_skipped_and_reported_by_monitor(
+    trained, sample, tmp_path
+):
+    requests = Path(sample["log"])
     rows = sample["rows"]
     with serving(trained, tmp_path / "serve-1.log") as base:
         send(base, rows[:90])
-        logged_lines(log, 90)
-    with log.open("a") as file:  # what a kill in the middle of a write leaves behind
-        file.write(
-            json.dumps({"request_id": "torn", "time": "2026-01-01T00:00:00+00:00", "features": {}})[:40]
-        )
+        logged_lines(requests, 90)
+    hour = datetime.now(UTC)
+    foreign = requests / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}" / "foreign.jsonl"
+    foreign.parent.mkdir(parents=True, exist_ok=True)
+    foreign.write_text(  # an object in the log that is not the service's: its line is no record
+        json.dumps({"request_id": "torn", "time": "2026-01-01T00:00:00+00:00", "features": {}})[:40] + "\n"
+    )
     with serving(trained, tmp_path / "serve-2.log") as base:
         send(base, rows[90:180])
-        lines = logged_lines(log, 181)
-    assert lines[90].startswith('{"request_id": "torn"') and len(lines[90]) == 40  # the fragment alone
-    assert all(json.loads(line)["request_id"] for line in lines[91:])  # every new record whole
+        logged_lines(requests, 181)
 
     labels = Path(sample["labels"])  # bad rows made `monitor` exit 1 (a NaN-to-integer cast)
     labels.write_text(f"request_id,row,{sample['target']}\na,,1\nb,first,1\nc,1e30,1\n")
@@ -128,7 +132,8 @@ def test_a_torn_line_in_the_request_log_is_skipped_and_reported_by_monitor(train
     assert result.returncode == 0, explain(result)
     assert "rows=180 " in result.stdout and "skipped_lines=1 " in result.stdout
     output = result.stdout + result.stderr
-    assert f"{log}:91 (not JSON" in output  # the flow's warning names file and line
+    key = foreign.relative_to(requests.parent).as_posix()  # requests/date=.../hour=.../foreign.jsonl
+    assert f"{key}:1 (not JSON" in output  # the flow's warning names object and line
     assert "of the requested 24 h" in output  # a young log: a short window, said so
     assert f"labels {labels}: 3 read, 3 skipped:" in output  # the labels' warning: the counts by cause
     for cause in ("row is blank", "row is not a whole number", "row is negative or too large"):

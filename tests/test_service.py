@@ -55,7 +55,7 @@ print(json.dumps({
     "tag": tag,
     "schema": model.info.metadata["feature_schema"],
     "classes": [str(c) for c in bentoml.sklearn.load_model(model).classes_],
-    "log": str(settings.resolve(settings.serving.request_log_path)),
+    "log": str(settings.resolve(settings.storage.url) / "requests"),
     "rows": rows,
 }))
 """)
@@ -288,7 +288,7 @@ def test_every_predicted_row_is_in_the_request_log(service, model):
     deadline = time.monotonic() + 30
     while True:  # the log is written by a background thread in each worker
         records: dict[str, list] = {}
-        for file in log.parent.glob(f"{log.stem}*{log.suffix}*"):
+        for file in log.rglob("*.jsonl"):  # every worker's objects in the store's hour partitions
             for line in file.read_text().splitlines():
                 record = json.loads(line)
                 records.setdefault(record["request_id"], []).append(record)

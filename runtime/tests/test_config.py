@@ -178,6 +178,35 @@ def test_a_request_log_kept_shorter_than_the_monitors_window_is_refused(monkeypa
     )
 
 
+def test_a_2_0_0_settings_file_with_the_rotation_keys_gets_one_line_each_saying_to_delete_them(tmp_path):
+    """Release 2.0.0 wrote request_log_max_bytes and request_log_backups; `copier update` removes them, and
+    a file that still has them (edited by hand) is told why they went and what to do."""
+    path = tmp_path / "settings.toml"
+    old = 'request_log_path = ".state/logs/requests.jsonl"\n'
+    assert old in SETTINGS_FILE.read_text()
+    path.write_text(
+        SETTINGS_FILE.read_text().replace(
+            old, old + "request_log_max_bytes = 10000000\nrequest_log_backups = 100\n"
+        )
+    )
+    problems = unknown_keys(path, {})
+    assert [p.split(":")[0] for p in problems] == [
+        f"serving.request_log_max_bytes in {path}",
+        f"serving.request_log_backups in {path}",
+    ]
+    assert all("retired" in p and "[storage] url" in p and "delete this line" in p for p in problems)
+
+
+def test_more_records_per_flush_than_the_buffer_holds_is_refused(monkeypatch, settings):
+    monkeypatch.setenv(f"{ENV_PREFIX}SERVING__REQUEST_LOG_FLUSH_RECORDS", "20000")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as error:
+        get_settings()
+    [problem] = error.value.problems
+    assert problem.startswith("serving.request_log_flush_records")
+    assert "more than serving.request_log_buffer (10000)" in problem
+
+
 def test_tuning_workers_on_a_sqlite_storage_are_refused_naming_the_setting_and_the_fix(monkeypatch, settings):
     monkeypatch.setenv(f"{ENV_PREFIX}TUNING__WORKERS", "2")
     get_settings.cache_clear()

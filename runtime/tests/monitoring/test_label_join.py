@@ -9,6 +9,7 @@ import pytest
 from ml_lifecycle._internal.config import get_settings
 from ml_lifecycle._internal.monitoring import labels as label_table
 from ml_lifecycle._internal.monitoring import rollout_watch, served_traffic
+from ml_lifecycle._internal.storage import Storage, open_storage
 from ml_lifecycle._internal.training import feedback
 from ml_lifecycle._internal.training.metrics import class_text, primary_metric
 
@@ -46,7 +47,12 @@ def joined_traffic(watched_project, task_type, monkeypatch):  # noqa: F811 (the 
     write_labels(watched_project, rows["request_id"], rows["truth"])
     write_labels(watched_project, ["new-7"], rows["truth"].iloc[[7]])  # the same label again
     corrected = flipped(rows["truth"].iloc[[9]], task_type)
-    write_labels(watched_project, ["new-9", "never-served", "042"], [corrected.iloc[0], 1, 1])
+    # The correction and two labels for requests never served arrive as an object in the store (labels/).
+    later = {"request_id": ["new-9", "never-served", "042"], "row": 0, "label": [corrected.iloc[0], 1, 1]}
+    jsonl = pd.DataFrame(later).rename(columns={"label": watched_project.data.target_column})
+    open_storage(watched_project).write(
+        "labels/batch-1.jsonl", jsonl.to_json(orient="records", lines=True).encode()
+    )
     expected = dict(zip(rows["request_id"], rows["truth"], strict=True)) | {"new-9": corrected.iloc[0]}
     monkeypatch.setenv("MY_ML_PROJECT_ROLLOUT__MIN_ROWS", "1")
     monkeypatch.setenv("MY_ML_PROJECT_FEEDBACK__MIN_ROWS", "1")
@@ -56,14 +62,13 @@ def joined_traffic(watched_project, task_type, monkeypatch):  # noqa: F811 (the 
 
 def test_the_monitor_the_watch_and_feedback_join_the_same_rows(joined_traffic, task_type):
     settings, expected, rows = joined_traffic
-    labels_path, target = settings.resolve(settings.monitoring.labels_path), settings.data.target_column
-    window = served_traffic.read_window(
-        settings.resolve(settings.serving.request_log_path), NOW - timedelta(hours=24), NOW
-    )
+    target = settings.data.target_column
+    window = served_traffic.read_window(settings, NOW - timedelta(hours=24), NOW)
     assert len(window) == 41
 
-    # The monitor flow: read, keep the window's labels, score (flows/monitor.py's check).
-    labels, report = label_table.read(labels_path, target, task_type)
+    # The monitor flow: read (the file and the store's objects), keep the window's labels, score
+    # (flows/monitor.py's check).
+    labels, report = label_table.read(settings, target, task_type)
     labels, report = label_table.served_only(labels, window, report)
     classes = rollout_watch.classes_of(window)
     found = served_traffic.labelled(window, labels, primary_metric(task_type), classes)
@@ -93,3 +98,63 @@ def test_the_monitor_the_watch_and_feedback_join_the_same_rows(joined_traffic, t
     assert watched.live == pytest.approx(performance["value"])  # the same rows, the same answers
     skipped = {label_table.SUPERSEDED: 2, label_table.NOT_SERVED: 2}
     assert dict(report.skipped) == skipped and learnt.skipped == skipped
+
+
+def test_labels_from_the_file_and_the_stores_objects_are_one_table_the_last_written_winning(tmp_path):
+    """A file your system appends to and objects under labels/ (CSV, Parquet, JSON lines) are read together,
+    oldest source first: a request row labelled in both is joined once, with the later label; an object
+    that is no label table is named and the others still count."""
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,row,label\nr1,0,0\nr2,0,1\nr3,0,1\n")
+    store = Storage((tmp_path / "store").as_uri())
+    store.write("labels/a.csv", b"request_id,label\nr3,0\nr4,1\n")  # corrects r3
+    pd.DataFrame({"request_id": ["r5"], "row": [0], "label": ["1"]}).to_parquet(tmp_path / "b.parquet")
+    store.write("labels/b.parquet", (tmp_path / "b.parquet").read_bytes())
+    store.write("labels/c.jsonl", b'{"request_id": "r6", "label": 0}\n[1, 2]\n{"request_id": "r1"}\n')
+    store.write("labels/notes.txt", b"not a table")
+    labels, report = label_table.read_sources(path, store, "label")
+    assert dict(zip(labels["request_id"], labels["label"], strict=True)) == {
+        "r1": "0",
+        "r2": "1",
+        "r3": "0",
+        "r4": "1",
+        "r5": "1",
+        "r6": "0",
+    }
+    assert report.read == 3 + 2 + 1 + 3
+    assert dict(report.skipped) == {
+        label_table.SUPERSEDED: 1,
+        label_table.NOT_AN_OBJECT: 1,
+        label_table.NO_TARGET: 1,
+    }
+    assert len(report.unusable) == 1 and "notes.txt: unsupported file type" in report.unusable[0]
+    assert "not used:" in report.summary() and report.warnings() == [report.summary()]
+    served = served_window([f"r{i}" for i in range(1, 7)])
+    joined, _ = label_table.join(served, labels)
+    assert list(joined["request_id"]) == ["r1", "r2", "r3", "r4", "r5", "r6"]  # each request row once
+
+
+def test_labels_only_in_the_store_are_read_and_none_anywhere_is_no_labels(tmp_path):
+    store = Storage((tmp_path / "store").as_uri())
+    assert label_table.read_sources(tmp_path / "absent.csv", store, "label")[0] is None
+    store.write("labels/only.csv", b"request_id,label\nr1,1\n")
+    labels, report = label_table.read_sources(tmp_path / "absent.csv", store, "label")
+    assert list(labels["request_id"]) == ["r1"] and report.path == store.url_of("labels/only.csv")
+    store.write("labels/broken.csv", b"id,label\nr1,1\n")
+    labels, report = label_table.read_sources(None, store, "label")
+    assert list(labels["request_id"]) == ["r1"] and "missing: request_id" in report.unusable[0]
+
+
+def served_window(request_ids):
+    from datetime import UTC, datetime
+
+    return served_traffic.Window(
+        features=pd.DataFrame({"x": range(len(request_ids))}),
+        predictions=pd.Series([0] * len(request_ids), dtype=object),
+        probabilities=None,
+        request_ids=pd.Series(request_ids, dtype=object),
+        rows=pd.Series([0] * len(request_ids), dtype="int64"),
+        model_versions=pd.Series(["m:v1"] * len(request_ids), dtype=object),
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        end=datetime(2026, 1, 2, tzinfo=UTC),
+    )

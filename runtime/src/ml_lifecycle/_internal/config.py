@@ -130,14 +130,11 @@ class ServingSettings(Section):
     request_log_buffer: int = Field(10_000, ge=1)
     # Partitions are deleted once their hour ended longer ago than this (at least the monitor's window).
     request_log_retention_hours: float = Field(24, gt=0)
-    # The name in this replica's request-log objects; empty: $HOSTNAME (a pod's name), else the host name.
+    # The name in this replica's request-log objects; empty: the host name (a pod's name).
     replica: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,63}$")
-    # Release 2.0.0's rotating file: nothing writes it any more; its files at request_log_path are still
-    # read by the monitor and training until they age out. max_bytes and backups are accepted (settings
-    # files from 2.0.0 still load) and unused.
+    # Release 2.0.0's rotating file: nothing writes it any more; its files are still read by the monitor
+    # and training until they age out (its size settings are retired: RETIRED below).
     request_log_path: str = ".state/logs/requests.jsonl"
-    request_log_max_bytes: int = Field(10_000_000, ge=1024)
-    request_log_backups: int = Field(100, ge=0)
     api_key_env: str = f"{ENV_PREFIX}API_KEY"
     api_key_block: str = ""
     runtime: Literal["auto", "onnx", "sklearn"] = "auto"
@@ -471,6 +468,14 @@ def _did_you_mean(suggestion: str | None) -> str:
     return f"; did you mean {suggestion}?" if suggestion else ""
 
 
+# Keys an older release had, each with what to do: a settings file that still has one gets this line.
+_ROTATION = (
+    "retired: the request log is no longer a rotating file but hourly objects in the store ([storage] url), "
+    "kept serving.request_log_retention_hours; delete this line"
+)
+RETIRED = {"serving.request_log_max_bytes": _ROTATION, "serving.request_log_backups": _ROTATION}
+
+
 def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
     """One line per key in the settings file and per variable with the project's prefix that names no
     setting, each with the closest valid name; also a file that is not valid TOML."""
@@ -495,7 +500,9 @@ def unknown_keys(path: Path, environ: Mapping[str, str]) -> list[str]:
             continue
         known = list(sections[section].model_fields)
         for key in values:
-            if key not in known:  # the closest key of this section, else the sections with it, else any
+            if f"{section}.{key}" in RETIRED:
+                problems.append(f"{section}.{key} in {path}: {RETIRED[f'{section}.{key}']}")
+            elif key not in known:  # the closest key of this section, else the sections with it, else any
                 near = _closest(key, known)
                 homes = " or ".join(
                     f"{s}.{key}" for s, model in sections.items() if key in model.model_fields

@@ -4,8 +4,9 @@ the target column, read so that no label can stop the monitor or a retrain.
 They come from two places, read together: the file at `monitoring.labels_path` (CSV or Parquet, which your
 system appends to or replaces), and objects under `labels/` in the project's store (storage.url; CSV,
 Parquet or JSON lines, one object per batch, which any machine can write without sharing a disk). Sources
-are taken oldest first by their modification time, so across them as within one the last written label of
-a request row wins. A source that cannot be used at all (a foreign object, a table without the columns)
+are taken oldest first by their modification time (to the second, as object stores keep it; within one
+second the file, then the objects by name), so across them as within one the last written label of a
+request row wins. A source that cannot be used at all (a foreign object, a table without the columns)
 is named in the report and the others are still used.
 
 A label that cannot be used is skipped and counted by its cause in a `LabelReadReport`: the monitor's
@@ -168,7 +169,9 @@ def read_sources(
     total = LabelReadReport(" and ".join(where) or str(path or ""))
     if not found:
         return None, total
-    found.sort(key=lambda part: (part[0], part[1]))
+    # Object stores give modification times to the second: within one second the file goes first, then
+    # the objects by name (they were listed in key order and the sort is stable).
+    found.sort(key=lambda part: part[0].replace(microsecond=0))
     if len(found) == 1:
         return found[0][2], found[0][3]
     frames, problems = [], []

@@ -117,14 +117,6 @@ def shortfall_cause(settings: Settings, window: Window) -> str:
     serving = settings.serving
     if window.oldest_record is None:
         return "it has no records yet."
-    rotated = max((window.backups or {}).values(), default=0)
-    if serving.request_log_backups and rotated >= serving.request_log_backups:
-        return (
-            f"its size ceiling was reached (serving.request_log_backups = {serving.request_log_backups} "
-            f"rotated files of serving.request_log_max_bytes = {serving.request_log_max_bytes} bytes), so "
-            "older records were deleted; raise request_log_backups (or request_log_max_bytes) to keep "
-            "the whole window."
-        )
     if window.requested_hours > serving.request_log_retention_hours:
         return (
             f"the log is kept serving.request_log_retention_hours = "

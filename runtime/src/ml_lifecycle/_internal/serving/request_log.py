@@ -108,9 +108,10 @@ DROPPED = METRICS.dropped
 
 
 def replica_name(configured: str = "") -> str:
-    """This replica's name in the objects it writes: serving.replica, else $HOSTNAME (a pod's name), else the
-    host name; characters a key should not carry become `_`."""
-    name = configured or os.environ.get("HOSTNAME") or socket.gethostname() or "replica"
+    """This replica's name in the objects it writes: serving.replica, else the host name (which is the
+    pod's name in Kubernetes and the container's id in Docker, as $HOSTNAME there); characters a key should
+    not carry become `_`."""
+    name = configured or socket.gethostname() or "replica"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
