@@ -341,6 +341,8 @@ def retired_twin(
 ) -> dict[str, Any] | None:
     """The rollback entry of a rolled-back model the candidate predicts like (with `agreement`), or None.
     A retired model no longer in the store, or that cannot read the rows, is not compared."""
+    import bentoml
+
     if rows.empty:
         return None
     seen = set()
@@ -353,7 +355,7 @@ def retired_twin(
         try:
             retired = store.load(entry["tag"], settings)
             share = agreement(candidate.pipeline, retired.pipeline, rows, candidate.metadata["task_type"])
-        except (store.ModelNotFound, KeyError, ValueError):
+        except (bentoml.exceptions.NotFound, KeyError, ValueError):
             continue
         if share >= settings.registry.retired_agreement:
             return entry | {"agreement": share}
@@ -368,9 +370,9 @@ def rollback(settings: Settings, reason: str = "manual", expected: str | None = 
     """Make the previous production model production again; returns (retired tag, restored tag). The retired
     model is recorded as rolled back, with `reason`, so the gate does not promote it again on its own.
 
-    `expected`: roll back only if production is still this model (checked under the lock), so an automatic
-    rollback never retires a model promoted after it judged the one before (checked in the same
-    compare-and-swap that writes the record)."""
+    `expected`: roll back only if production is still this model (checked in the same compare-and-swap that
+    writes the record), so an automatic rollback never retires a model promoted after it judged the one
+    before."""
 
     def restore_previous(record: aliases.AliasRecord) -> tuple[str, str]:
         if expected is not None and record.production != expected:

@@ -197,8 +197,13 @@ def _import_lock(settings: Settings, tag: str, mode: int) -> Iterator[None]:
     """The processes sharing a BentoML store (a service's workers) import a model once: BentoML's own
     import is not safe against two at once (both copy into the same folder)."""
     folder = settings.bentoml_home / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"import-{tag.replace(':', '-')}.lock", "a") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"import-{tag.replace(':', '-')}.lock", "a")  # noqa: SIM115 - closed below
+    except OSError:  # a read-only store (a Bento's image): nothing can be imported into it, nothing to order
+        yield
+        return
+    with lock:
         fcntl.flock(lock, mode)
         try:
             yield
