@@ -200,7 +200,8 @@ def test_a_store_failing_for_longer_than_the_buffer_drops_the_oldest_and_counts_
     assert (log.pending, metrics.value("pending")) == (50, 50)  # the newest 50 are kept
     assert [r.request_id for r in log._pending][:1] == ["r30"]
     assert metrics.value("dropped_total", cause="buffer_full") == 0
-    log.close(timeout=5)
+    log.close(timeout=5)  # the store still refuses: what waited is lost, and counted
+    assert metrics.value("dropped_total", cause="write_failed") == 80 and metrics.value("pending") == 0
 
 
 class SlowStore(Storage):

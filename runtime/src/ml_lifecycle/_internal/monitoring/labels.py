@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..storage import LABELS, Storage
+from ..storage import LABELS, Storage, open_storage
 from ..tables import DataError, normalize_column, normalize_columns
 
 if TYPE_CHECKING:
@@ -139,8 +139,6 @@ def read(
     earlier label)."""
     if isinstance(source, str | Path):
         return _read_file(Path(source), target, task_type)
-    from ..storage import open_storage
-
     return read_sources(
         source.resolve(source.monitoring.labels_path), open_storage(source), target, task_type
     )

@@ -51,12 +51,11 @@ class Window:
     model_versions: pd.Series
     start: datetime
     end: datetime
-    # The oldest record in the whole log (None: the log is empty): when it is after `start`, the log does
-    # not reach back to the start of the window and the window is shorter than asked for.
+    # The oldest record of the log (None: the log is empty; a partition's start when one older than the
+    # window exists): when it is after `start`, the log does not reach back to the start of the window and
+    # the window is shorter than asked for.
     oldest_record: datetime | None = None
     bad_lines: tuple[BadLine, ...] = ()
-    # Rotated files per worker's log, to tell a log cut by its size ceiling from a young one.
-    backups: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -132,7 +131,6 @@ def read_window(
         end=end,
         oldest_record=min(oldest, default=None),
         bad_lines=tuple(stored.bad_lines + old.bad_lines),
-        backups=dict(old.backups),
     )
 
 

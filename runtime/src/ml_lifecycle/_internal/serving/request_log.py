@@ -62,7 +62,8 @@ REPEAT_SECONDS = 60.0  # a store failure that goes on is logged again at most th
 MAX_RETRY_SECONDS = 60.0  # the longest pause between two tries of a failing store
 PRUNE_SECONDS = 3600.0  # how often a writer deletes partitions past the retention
 READ_THREADS = 8  # objects fetched at once by a window read (object stores answer each in tens of ms)
-OPEN_ATTEMPTS = 5
+OPEN_ATTEMPTS = 5  # tries to open a 2.0.0 log's files between two rotations
+NAME_ATTEMPTS = 5  # object names tried before a writer gives up a flush (another writer has its name)
 _STOP = object()
 LOGGER = logging.getLogger(__name__)
 
@@ -258,7 +259,21 @@ class RequestLog:
                     self._flush_done += asked
                     self._flushed.notify_all()
             if stop:
+                self._lost_at_close()
                 return
+
+    def _lost_at_close(self) -> None:
+        """Records the store still refused when the writer stopped: dropped, counted and said."""
+        lost = len(self._pending)
+        if lost:
+            self._pending.clear()
+            self.metrics.pending.dec(lost)
+            self._count_dropped(lost, WRITE_FAILED)
+            LOGGER.error(
+                "request log: %d records could not be written to %s before the service stopped",
+                lost,
+                self.store.url_of(REQUESTS),
+            )
 
     def _take(self, wait: float) -> list[Any]:
         """What is queued: the first item waiting at most `wait` seconds, then the rest without waiting."""
@@ -301,12 +316,12 @@ class RequestLog:
             self._failed(failure)
 
     def _put(self, hour: datetime, data: bytes) -> None:
-        for _ in range(OPEN_ATTEMPTS):
+        for _ in range(NAME_ATTEMPTS):
             self._seq = max(self._seq + 1, time.time_ns() // 1000)
             if self.store.create(f"{partition(hour)}/{self.name}-{self._seq}.jsonl", data):
                 return
         raise RuntimeError(
-            f"{OPEN_ATTEMPTS} object names under {partition(hour)} taken: another writer is "
+            f"{NAME_ATTEMPTS} object names under {partition(hour)} taken: another writer is "
             f"named {self.name} (set serving.replica)"
         )
 
