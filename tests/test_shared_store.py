@@ -105,9 +105,8 @@ class Story:
     verdict: dict
     retrain: dict
     loads: dict[str, Load]  # steady traffic during the retrain and the switch, per replica
-    switched: dict[
-        str, float | None
-    ]  # when each replica first answered with the promoted model (time.time())
+    # when each replica first answered with the promoted model (time.time()), None: never
+    switched: dict[str, float | None]
     store_keys: list[str]
     kill: dict
 
