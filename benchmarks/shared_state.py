@@ -262,8 +262,8 @@ def serving_cost(config, endpoint: str, work: Path, args: argparse.Namespace) ->
             variants[name].append({k: figures[k] for k in ("rps", "p50_ms", "p99_ms", "non_2xx")})
     logged = len(Storage(places["s3"]).list("requests"))
     return {
-        "rps_local": statistics.median(rps["local"]),
-        "rps_s3": statistics.median(rps["s3"]),
+        "rps_local": round(statistics.median(rps["local"]), 1),
+        "rps_s3": round(statistics.median(rps["s3"]), 1),
         "throughput_ratio": ratio(statistics.median(rps["s3"]), statistics.median(rps["local"])),
         "request_log_objects_s3": logged,
         "serving_rounds": variants,
