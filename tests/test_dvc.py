@@ -42,10 +42,12 @@ def dvc(project: Project, *args: str):
 
 
 def fresh(project: Project, name: str) -> dict[str, str]:
-    """A model store and study database of their own: a run that reproduces a model starts from nothing."""
+    """A model store, shared store and study database of their own: a run that reproduces a model starts
+    from nothing."""
     prefix = project.package.upper()
     return {
         "BENTOML_HOME": str(project.root / ".stores" / name),
+        f"{prefix}_STORAGE__URL": str(project.root / ".stores" / f"{name}-store"),
         f"{prefix}_TUNING__STORAGE": f"sqlite:///{project.root / '.stores' / f'{name}.db'}",
         f"{prefix}_TUNING__N_TRIALS": "3",
     }

@@ -137,7 +137,7 @@ def stack(installed, tmp_path_factory) -> Iterator[Stack]:
     prefix = project.package.upper()
     env = {
         "BENTOML_HOME": str(home / "bentoml"),
-        f"{prefix}_SERVING__REQUEST_LOG_PATH": str(home / "logs" / "requests.jsonl"),
+        f"{prefix}_STORAGE__URL": str(home / "store"),
         f"{prefix}_TUNING__STORAGE": f"sqlite:///{home / 'studies.db'}",
         f"{prefix}_ROLLOUT__POLL_SECONDS": "0.5",
     }

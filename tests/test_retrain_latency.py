@@ -66,7 +66,8 @@ def test_no_model_is_trained_and_no_process_is_left(benchmark):
 
 
 def test_without_a_production_model_it_says_to_train(benchmark, tmp_path):
-    """The measurement itself, run inside the project (BENCHMARK_PROJECT) with an empty model store."""
+    """The measurement itself, run inside the project (BENCHMARK_PROJECT) with an empty model store and an
+    empty shared store (where the production alias lives)."""
     project = installed_project(benchmark[1])
     script = str(REPO / "benchmarks" / "retrain_latency.py")
     result = project.run(
@@ -79,6 +80,7 @@ def test_without_a_production_model_it_says_to_train(benchmark, tmp_path):
         timeout=300,
         BENCHMARK_PROJECT=str(project.root),
         BENTOML_HOME=str(tmp_path / "empty-store"),
+        **{f"{project.package.upper()}_STORAGE__URL": str(tmp_path / "empty-shared-store")},
     )
     assert result.returncode == 2, explain(result)
     assert "needs a production model" in result.stderr and "train" in result.stderr, explain(result)

@@ -110,8 +110,10 @@ def test_the_soak_logs_every_answer_across_flushes_and_monitors_the_log(soak):
 
 def test_the_projects_bench_command_measures_its_production_model(benchmark, project_dir):
     """A user's own figures: `python -m <package> bench --quick` serves the production model under load and
-    reports the service's keys only (no comparison servers, so no ratios or goals)."""
+    reports the service's keys only (no comparison servers, so no ratios or goals). Its synthetic traffic
+    stays out of the project's request log, whose window the monitor and training read."""
     project = installed_project(project_dir)
+    logged_before = request_log_objects(project)
     result = project.cli("bench", "--quick", "--concurrency", "8")
     assert result.returncode == 0, explain(result)
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -120,10 +122,19 @@ def test_the_projects_bench_command_measures_its_production_model(benchmark, pro
     assert report["rps"] > 0 and report["non_2xx"] == 0, report
     assert report["model"] == benchmark[0]["model"] and report["load"]["concurrency"] == 8, report
     assert processes_under(project.root) == []
+    assert request_log_objects(project) == logged_before
+
+
+def request_log_objects(project) -> set[str]:
+    """The request-log objects in the project's own (folder) store."""
+    folder = project.root / ".state" / "store" / "requests"
+    return {str(p.relative_to(folder)) for p in folder.rglob("*.jsonl")}
 
 
 def test_bench_without_a_production_model_says_to_train(benchmark, project_dir, tmp_path):
     project = installed_project(project_dir)
-    result = project.cli("bench", "--quick", BENTOML_HOME=str(tmp_path / "empty-store"))
+    empty = {"BENTOML_HOME": str(tmp_path / "empty-store")}
+    empty[f"{project.package.upper()}_STORAGE__URL"] = str(tmp_path / "empty-shared-store")
+    result = project.cli("bench", "--quick", **empty)
     assert result.returncode == 2, explain(result)
     assert "needs a production model" in result.stderr and "train" in result.stderr, explain(result)

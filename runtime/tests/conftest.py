@@ -243,3 +243,19 @@ def production(csv_settings, task_type):
     aliases.change(csv_settings, lambda record: record.history.append(aliases.entry(tag, "test")))
     yield tag
     clear_alias(csv_settings)
+
+
+def latest_drift_artifact() -> str:
+    """The newest drift-report artifact's markdown, as the Prefect UI shows it."""
+    from ml_lifecycle._internal.flows import monitor as monitor_flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[monitor_flow.ARTIFACT_KEY])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(artifacts[0].data)

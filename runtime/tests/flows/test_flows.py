@@ -6,7 +6,6 @@ import bentoml
 import pandas as pd
 import pytest
 from ml_lifecycle._internal.config import get_settings
-from ml_lifecycle._internal.flows import monitor as monitor_flow
 from ml_lifecycle._internal.flows.monitor import SignalLost, monitor
 from ml_lifecycle._internal.flows.train import train
 from ml_lifecycle._internal.monitoring import events
@@ -18,7 +17,7 @@ from ml_lifecycle._internal.training.metrics import primary_metric
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-from ..conftest import make_frame, use_training_file
+from ..conftest import latest_drift_artifact, make_frame, use_training_file
 from ..monitoring.verdicts import KEYS_2_0_0, ROLLOUT_KEYS_2_0_0
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -221,19 +220,6 @@ def test_a_log_shorter_than_the_window_is_reported_as_such(request_log, task_typ
     assert "of the requested 24 h" in window["note"] and "logging only since then" in window["note"]
     assert "of the requested 24 h" in verdict["source"]
     assert "of the requested 24 h" in latest_drift_artifact()
-
-
-def latest_drift_artifact() -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[monitor_flow.ARTIFACT_KEY])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    return str(artifacts[0].data)
 
 
 def test_an_empty_window_is_a_verdict_without_an_event(request_log):

@@ -10,16 +10,13 @@ from urllib.request import url2pathname
 import httpx
 import pytest
 from ml_lifecycle._internal.config import get_settings
-from ml_lifecycle._internal.flows import monitor as monitor_flow
 from ml_lifecycle._internal.flows.monitor import monitor
 from ml_lifecycle._internal.flows.train import train
 from ml_lifecycle._internal.storage import REPORTS, StorageError, open_storage
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-from ..conftest import PACKAGE, make_frame
+from ..conftest import PACKAGE, latest_drift_artifact, make_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -31,16 +28,6 @@ def shifted(tmp_path, task_type) -> str:
     path = tmp_path / "shifted.csv"
     batch.assign(size=batch["size"] + 5, weight=batch["weight"] * 5).to_csv(path, index=False)
     return str(path)
-
-
-def latest_drift_artifact() -> str:
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[monitor_flow.ARTIFACT_KEY])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    return str(artifacts[0].data)
 
 
 def stored_reports() -> list[str]:

@@ -59,10 +59,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from ..local.processes import spawn, stop_group
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 # Nothing here reads the project at import time (benchmarks/_common.py imports it before binding one).
 HOST = "127.0.0.1"
@@ -116,6 +120,22 @@ def clean_up(marker: str, run_id: str, work: Path, keep: bool) -> None:
         log(f"kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def own_store(settings: Settings, tag: str, folder: Path) -> Path:
+    """A store of the benchmark's own holding the production model and its alias: the service under load
+    logs its requests there, never into the project's request log, whose window the monitor and training
+    read (synthetic traffic there would pass for production's)."""
+    from ..registry import aliases
+    from ..registry.store import model_key
+    from ..storage import Storage, open_storage
+
+    source, own = open_storage(settings), Storage(folder.as_uri())
+    for key in (aliases.key(settings), model_key(tag)):
+        data = source.read_bytes(key)
+        if data is not None:
+            own.write(key, data)
+    return folder
 
 
 def free_port() -> int:
@@ -404,7 +424,7 @@ def bench(args: argparse.Namespace) -> int:
 
     env = {k: v for k, v in os.environ.items() if k != serving.api_key_env}
     env.update({MARKER: run_id, PACKAGE_VARIABLE: PACKAGE})
-    env[f"{ENV_PREFIX}SERVING__REQUEST_LOG_PATH"] = str(work / "requests.jsonl")
+    env[f"{ENV_PREFIX}STORAGE__URL"] = str(own_store(settings, tag, work / "store"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     load_before = os.getloadavg()[0]
     log(
