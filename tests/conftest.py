@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +29,7 @@ import plumbum
 import pytest
 import yaml
 from copier.errors import DirtyLocalWarning
+from filelock import FileLock
 
 from flows.projects import unpinned_commit
 
@@ -589,8 +591,12 @@ def pristine(tmp_path_factory, prefect_home) -> Callable[[dict[str, object]], Pr
         key = json.dumps(answers, sort_keys=True)
         if key not in cache:
             data = write_regression_csv if answers.get("data_path") else None
-            cache[key] = install_project(
-                answers, tmp_path_factory.mktemp("pristine"), prefect_home, data=data
+            cache[key] = built_once(
+                tmp_path_factory,
+                f"pristine-{hashlib.sha256(key.encode()).hexdigest()[:12]}",
+                lambda: install_project(
+                    answers, tmp_path_factory.mktemp("pristine"), prefect_home, data=data
+                ),
             )
         return cache[key]
 
@@ -607,10 +613,31 @@ def default_installed(pristine) -> Project:
 def default_trained(default_installed, tmp_path_factory, prefect_home) -> Project:
     """A copy of default_installed trained once (3 trials) with a production model; never used by a test
     itself: modules that serve or monitor the default project take a copy_project of it."""
-    project = copy_project(default_installed, tmp_path_factory.mktemp("default-trained"), prefect_home)
-    trained = project.cli("train", "--n-trials", "3")
-    assert trained.returncode == 0, explain(trained)
-    return project
+
+    def train() -> Project:
+        project = copy_project(default_installed, tmp_path_factory.mktemp("default-trained"), prefect_home)
+        trained = project.cli("train", "--n-trials", "3")
+        assert trained.returncode == 0, explain(trained)
+        return project
+
+    return built_once(tmp_path_factory, "default-trained", train)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[], Project]) -> Project:
+    """A project no test changes (a pristine install, the trained default), built once a run: with
+    `-n 2`, the first worker to ask builds it under a file lock and the other reads where it is, from the
+    folder both workers' temporary folders are in."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build()
+    record = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{record}.lock"):
+        if record.exists():
+            saved = json.loads(record.read_text())
+            return Project(Path(saved["root"]), saved["package"], saved["env"])
+        project = build()
+        saved = {"root": str(project.root), "package": project.package, "env": project.env}
+        record.write_text(json.dumps(saved))
+        return project
 
 
 def free_port() -> int:
