@@ -4,6 +4,7 @@ holds on the two workers `uv run pytest` starts (`-n 2`) as on one (`-n 0`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,11 @@ def test_the_fast_tier_alone_leaves_release_tests_out_too(suite):
     result = pytest_in(suite, "-m", "not slow")
     assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout
     assert ran(suite) == ["fast"], result.stdout
+
+
+def test_the_generators_tests_do_not_inherit_the_library_suites_scratch_variables():
+    """runtime/tests/conftest.py sets its scratch store, model store and Prefect home while its modules are
+    imported; on two workers the controller imports it too. Every project a generator test installs takes this
+    process's environment, so a leaked variable points them all at one store."""
+    leaked = sorted(name for name, value in os.environ.items() if "ml-lifecycle-tests-" in value)
+    assert leaked == [], f"the library suite's scratch variables leaked into the generator's tests: {leaked}"

@@ -83,6 +83,19 @@ from ml_lifecycle.testing import example_frame  # noqa: E402
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The modules are imported: the scratch variables leave the process's environment (the fixtures below
     set them again for this suite's tests)."""
+    restore_outside()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With workers (`-n 2`) this process collects nothing, so pytest_collection_finish never comes: the
+    scratch variables leave its environment before it starts the workers, or they would inherit them as the
+    outside environment, and every generator test's project would write to this process's scratch store."""
+    if session.config.getoption("dist", default="no") != "no" and not hasattr(session.config, "workerinput"):
+        restore_outside()
+
+
+def restore_outside() -> None:
     for name, value in _OUTSIDE.items():
         if value is None:
             os.environ.pop(name, None)
