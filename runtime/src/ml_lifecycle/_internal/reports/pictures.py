@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -302,6 +303,64 @@ def rollout_watch(result: dict[str, Any]) -> bytes:
     return _png(figure)
 
 
+# --- what the flows show -------------------------------------------------------------------------------
+
+
+def show_tuning(settings: Settings, study_name: str, storage: str, metric: str, seed: int) -> None:
+    """The train run's tuning history and parameter importances, after tuning (every worker's trials)."""
+
+    def study() -> optuna.Study:
+        import optuna
+
+        return optuna.load_study(study_name=study_name, storage=storage)
+
+    show_picture(
+        settings,
+        TUNING_HISTORY,
+        f"Tuning history of {study_name}",
+        lambda: tuning_history(study(), metric),
+        caption="Each finished trial's cross-validated score and the best so far (Optuna).",
+    )
+    show_picture(
+        settings,
+        PARAMETER_IMPORTANCES,
+        f"Parameter importances of {study_name}",
+        lambda: parameter_importances(study(), metric, seed),
+        caption="How much of the score's variation each searched parameter explains (Optuna's fANOVA).",
+    )
+
+
+def show_holdout_curve(
+    settings: Settings, tag: str, pipeline: Any, features: pd.DataFrame, labels: pd.Series
+) -> None:
+    """The registered model's curve on the holdout rows it was scored on."""
+
+    def draw() -> bytes:
+        from ..training.metrics import class_text, primary_metric
+
+        task_type = settings.data.task_type
+        truth = labels.map(class_text) if task_type == "classification" else labels
+        return holdout_curve(
+            list(truth), primary_metric(task_type).output(pipeline, features), task_type, tag
+        )
+
+    show_picture(settings, HOLDOUT_CURVE, f"Holdout curve of {tag}", draw)
+
+
+def show_drift(settings: Settings, drift: Any, model_tag: str, source: str) -> None:
+    """The monitor's drift per column (a drift.DriftResult) for the window against the reference."""
+    show_picture(
+        settings,
+        DRIFT_PER_COLUMN,
+        f"Drift per column of {source} against {model_tag}'s reference",
+        lambda: drift_per_column(drift.columns, drift.drift_share, drift.threshold),
+        caption=(
+            f"{drift.n_current} current rows against {drift.n_reference} reference rows; retraining is asked "
+            f"for at a share of drifted columns of monitoring.drift_threshold = {drift.threshold:g}."
+        ),
+    )
+
+
 # --- showing ------------------------------------------------------------------------------------------
 
 
@@ -311,12 +370,13 @@ def show_picture(
     title: str,
     png: bytes | Callable[[], bytes],
     caption: str = "",
-) -> str | None:
+    description: str | None = None,
+) -> UUID | None:
     """Store the picture under reports/ in the project's store and show it in the run's `key` artifact: a
     markdown artifact with the image inline (a data: URI, which Prefect's UI shows wherever the store is)
     and a link to the stored copy. `png` may be a function that draws it, so a drawing that fails is a
-    warning too. Returns the stored key, or None when the picture could not be shown (a warning, never an
-    error: a picture never fails a run)."""
+    warning too. Returns the artifact's id, or None when the picture could not be shown (a warning, never
+    an error: a picture never fails a run; one the store refused is still shown, unlinked)."""
     logger = _logger()
     try:
         data = png() if callable(png) else png
@@ -325,23 +385,24 @@ def show_picture(
     except Exception as exc:  # any drawing failure: the run's real work must go on
         logger.warning("The %s picture could not be drawn: %s: %s", key, type(exc).__name__, exc)
         return None
-    stored, link = store_picture(settings, key, data, logger)
+    link = store_picture(settings, key, data, logger)
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(key=key, markdown=markdown(title, data, link, caption), description=title)
+        return create_markdown_artifact(
+            key=key, markdown=markdown(title, data, link, caption), description=description or title
+        )
     except Exception as exc:  # no server, a refused artifact: a warning like any picture failure
         logger.warning(
             "The %s picture could not be shown in the Prefect UI: %s: %s", key, type(exc).__name__, exc
         )
         return None
-    return stored
 
 
-def store_picture(settings: Settings, key: str, data: bytes, logger: Any) -> tuple[str | None, str | None]:
+def store_picture(settings: Settings, key: str, data: bytes, logger: Any) -> str | None:
     """The PNG under reports/date=<day>/ in the store, create-only with a random suffix like the drift
-    reports; its key and a link to it (a signed URL on object storage, file:// on a folder, or under
-    monitoring.reports_url), or (None, None) with a warning when the store refused it."""
+    reports; a link to it (a signed URL on object storage, file:// on a folder, or under
+    monitoring.reports_url), or None with a warning when the store refused it."""
     from ..monitoring.drift import report_link
     from ..storage import REPORTS, open_storage
 
@@ -351,10 +412,10 @@ def store_picture(settings: Settings, key: str, data: bytes, logger: Any) -> tup
         store = open_storage(settings)
         if not store.create(name, data, content_type="image/png"):
             raise FileExistsError(store.url_of(name))
-        return name, report_link(store, name, settings.monitoring.reports_url)
+        return report_link(store, name, settings.monitoring.reports_url)
     except Exception as exc:  # the artifact still shows the picture inline
         logger.warning("The %s picture was not stored: %s: %s", key, type(exc).__name__, exc)
-        return None, None
+        return None
 
 
 def markdown(title: str, png: bytes, link: str | None = None, caption: str = "") -> str:
