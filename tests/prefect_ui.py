@@ -119,12 +119,19 @@ ARTIFACT_IMAGES = "[data-testid='markdown-display'] img, img[alt='artifact-image
 def artifact_images(page, timeout: float) -> list[dict]:
     """The artifact's <img> elements once the browser has finished with each (loaded or failed): their
     source (cut short: a data: URI is long), natural size, and whether they are shown (decoded, naturalWidth
-    > 0)."""
-    page.wait_for_function(
-        "selector => [...document.querySelectorAll(selector)].every(i => i.complete)",
-        arg=ARTIFACT_IMAGES,
-        timeout=timeout * 1000,
-    )
+    > 0). The UI renders markdown lazily, after the page is idle: waited for, up to `timeout`; none by then
+    is an empty list."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(
+            """selector => {
+                const images = [...document.querySelectorAll(selector)];
+                return images.length > 0 && images.every(i => i.complete);
+            }""",
+            arg=ARTIFACT_IMAGES,
+            timeout=timeout * 1000,
+        )
     return page.evaluate(
         """selector => [...document.querySelectorAll(selector)].map(i => ({
             src: i.currentSrc.slice(0, 100), width: i.naturalWidth, height: i.naturalHeight,
