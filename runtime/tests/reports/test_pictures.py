@@ -129,6 +129,14 @@ def test_drift_per_column_for_many_one_and_no_columns():
     assert colours(pictures.drift_per_column([], 0.0, 0.3)) > 1
 
 
+def test_many_columns_are_cut_to_the_first_drifted_ones_so_the_picture_stays_small():
+    many = [column(f"c{i:03d}", 0.5, False) for i in range(200)] + [column("z", 0.001, True)]
+    png = pictures.drift_per_column(many, 1 / 201, 0.3)
+    cut = pictures.drift_per_column(many[-1:] + many[: pictures.MAX_COLUMNS - 1], 1 / 201, 0.3)
+    assert decoded(png).height == decoded(cut).height < 2000
+    assert len(png) < 200_000
+
+
 def test_a_column_whose_score_is_missing_is_drawn_as_such():
     columns = [column("size", math.nan, False), column("weight", 0.9, False)]
     assert colours(pictures.drift_per_column(columns, 0.0, 0.3)) > 5

@@ -49,6 +49,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIZE = (8.0, 4.5)  # inches; at DPI, 800 x 450 pixels: readable in the UI's artifact page, ~30-60 KB
 DPI = 100
 DRIFTED, STABLE, MUTED = "#d62728", "#1f77b4", "#999999"
+MAX_COLUMNS = 40  # drift bars in one picture (drifted first); the drift-report table lists every column
 
 
 # --- drawing ------------------------------------------------------------------------------------------
@@ -222,8 +223,9 @@ def drift_per_column(
     """Each column's drift score (the monitor's, from Evidently) as a bar, with the column's own threshold
     as a tick: a test's score is a p-value (drift below its threshold), a distance's a distance (drift at or
     above it), so the colour says the verdict. The title has the share of drifted columns against
-    monitoring.drift_threshold, the share that asks for retraining."""
-    ordered = sorted(columns, key=lambda c: (not c.drifted, c.column))
+    monitoring.drift_threshold, the share that asks for retraining. At most MAX_COLUMNS bars."""
+    everything = sorted(columns, key=lambda c: (not c.drifted, c.column))
+    ordered = everything[:MAX_COLUMNS]  # a picture stays readable, and small; the table has them all
     figure = _figure(height=max(2.5, 1.2 + 0.35 * len(ordered)))
     axes = figure.subplots()
     if not ordered:
@@ -248,10 +250,11 @@ def drift_per_column(
     axes.set_yticks(positions, [c.column for c in ordered])
     axes.set_xlim(0, top * 1.6)
     axes.set_xlabel("drift score (a p-value for tests, a distance otherwise)")
-    drifted = sum(c.drifted for c in ordered)
+    drifted = sum(c.drifted for c in everything)
     axes.set_title(
-        f"{title}: {drifted} of {len(ordered)} drifted, share {drift_share:.2f} "
+        f"{title}: {drifted} of {len(everything)} drifted, share {drift_share:.2f} "
         f"({'at or above' if drift_share >= threshold else 'below'} the threshold {threshold:g})"
+        + (f"\nthe first {MAX_COLUMNS}, drifted first" if len(everything) > MAX_COLUMNS else "")
     )
     if ordered:
         axes.legend(loc="lower right", fontsize=8)
