@@ -46,7 +46,7 @@ DRIFT_PER_COLUMN = "drift-per-column"
 ROLLOUT_WATCH = "rollout-watch"  # the picture leads the watch's own artifact (flows/monitor.py)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SIZE = (8.0, 4.5)  # inches; at DPI, 800 x 450 pixels: readable in the UI's artifact page, ~30-60 KB
+SIZE = (8.0, 4.5)  # inches; 800 x 450 pixels at DPI: readable in the artifact page, small as base64
 DPI = 100
 DRIFTED, STABLE, MUTED = "#d62728", "#1f77b4", "#999999"
 MAX_COLUMNS = 40  # drift bars in one picture (drifted first); the drift-report table lists every column
