@@ -70,14 +70,15 @@ def test_train_and_monitor_show_their_pictures_inline_with_the_stored_copy_linke
     batch.assign(size=batch["size"] + 5).to_csv(shifted, index=False)
     monitor(current_path=str(shifted))
     titles = {
-        pictures.TUNING_HISTORY: "# Tuning history of ",
-        pictures.PARAMETER_IMPORTANCES: "# Parameter importances of ",
-        pictures.HOLDOUT_CURVE: f"# Holdout curve of {tag}",
-        pictures.DRIFT_PER_COLUMN: f"# Drift per column of {shifted} against {tag}",
+        pictures.TUNING_HISTORY: ("# Tuning history\n", "study `"),
+        pictures.PARAMETER_IMPORTANCES: ("# Parameter importances\n", "study `"),
+        pictures.HOLDOUT_CURVE: ("# Holdout curve\n", f"`{tag}` on the holdout rows"),
+        pictures.DRIFT_PER_COLUMN: ("# Drift per column\n", f"{shifted} (200 rows) against the "),
     }
-    for key, title in titles.items():
+    for key, (title, caption) in titles.items():
         markdown = latest(key)
         assert markdown is not None and markdown.startswith(title), (key, (markdown or "")[:200])
+        assert caption in markdown, (key, markdown[-500:])
         (stored, data), *more = stored_pictures(key).items()
         assert not more
         assert inline_png(markdown) == data

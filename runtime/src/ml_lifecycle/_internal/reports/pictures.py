@@ -299,7 +299,7 @@ def rollout_watch(result: dict[str, Any]) -> bytes:
         for x, value in enumerate(values):
             axes.annotate(shown(value), (x, value), ha="center", va="bottom", fontsize=8)
         axes.set_xlabel(f"{item['live_rows']} / {item['previous_rows']} rows", fontsize=8)
-        axes.margins(y=0.2)
+        axes.set_ylim(0, max(values) * 1.25 or 1)  # shares, metrics and latencies start at 0
     figure.suptitle(
         f"Watch after rollout: {result.get('state', '?')} ({live} against {previous})", fontsize=10
     )
@@ -320,16 +320,21 @@ def show_tuning(settings: Settings, study_name: str, storage: str, metric: str, 
     show_picture(
         settings,
         TUNING_HISTORY,
-        f"Tuning history of {study_name}",
+        "Tuning history",
         lambda: tuning_history(study(), metric),
-        caption="Each finished trial's cross-validated score and the best so far (Optuna).",
+        caption=f"Each finished trial's cross-validated score and the best so far: study `{study_name}`.",
+        description=f"Tuning history of study {study_name}",
     )
     show_picture(
         settings,
         PARAMETER_IMPORTANCES,
-        f"Parameter importances of {study_name}",
+        "Parameter importances",
         lambda: parameter_importances(study(), metric, seed),
-        caption="How much of the score's variation each searched parameter explains (Optuna's fANOVA).",
+        caption=(
+            "How much of the score's variation each searched parameter explains (Optuna's fANOVA): "
+            f"study `{study_name}`."
+        ),
+        description=f"Parameter importances of study {study_name}",
     )
 
 
@@ -347,7 +352,14 @@ def show_holdout_curve(
             list(truth), primary_metric(task_type).output(pipeline, features), task_type, tag
         )
 
-    show_picture(settings, HOLDOUT_CURVE, f"Holdout curve of {tag}", draw)
+    show_picture(
+        settings,
+        HOLDOUT_CURVE,
+        "Holdout curve",
+        draw,
+        caption=f"`{tag}` on the holdout rows its `holdout-metrics` are scored on.",
+        description=f"Holdout curve of {tag}",
+    )
 
 
 def show_drift(settings: Settings, drift: Any, model_tag: str, source: str) -> None:
@@ -355,12 +367,14 @@ def show_drift(settings: Settings, drift: Any, model_tag: str, source: str) -> N
     show_picture(
         settings,
         DRIFT_PER_COLUMN,
-        f"Drift per column of {source} against {model_tag}'s reference",
+        "Drift per column",
         lambda: drift_per_column(drift.columns, drift.drift_share, drift.threshold),
         caption=(
-            f"{drift.n_current} current rows against {drift.n_reference} reference rows; retraining is asked "
-            f"for at a share of drifted columns of monitoring.drift_threshold = {drift.threshold:g}."
+            f"{source} ({drift.n_current} rows) against the {drift.n_reference} reference rows of "
+            f"`{model_tag}`; retraining is asked for at a share of drifted columns of "
+            f"monitoring.drift_threshold = {drift.threshold:g}."
         ),
+        description=f"Drift per column of {source} against {model_tag}'s reference",
     )
 
 
