@@ -1,8 +1,10 @@
 """Look at the Prefect UI the way a person would: Debian's Chromium, driven by Playwright.
 
 `capture_prefect_ui` opens the UI that `prefect server start` serves, finds a flow run on the Runs page and
-an artifact by its key, saves a full-page screenshot of the artifact and returns what it saw. Nothing is
-downloaded: Playwright drives /usr/bin/chromium (`apt-get install chromium`), never a browser of its own.
+an artifact by its key, saves a full-page screenshot of the artifact and returns what it saw;
+`capture_artifact_pictures` opens artifacts by key and checks that the browser really shows their picture.
+Nothing is downloaded: Playwright drives /usr/bin/chromium (`apt-get install chromium`), never a browser of
+its own.
 
 Prefect 3.9 serves two UIs: `/` leads to the new one under `/v2` (`/v2/runs`, `/v2/runs/flow-run/<id>`,
 `/v2/artifacts/key/<key>`, `/v2/artifacts/artifact/<id>`), the older one keeps the same routes without the
@@ -16,9 +18,12 @@ PREFECT_SERVER_API_PORT (or PREFECT_UI_API_URL) set; `--port` alone leaves every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 CHROMIUM = "/usr/bin/chromium"
@@ -44,31 +49,95 @@ def capture_prefect_ui(
     "artifact": {"key", "url", "key_url", "flow_run", "text"}, "screenshot"}; raises PrefectUIError with
     the page's URL, title, text and console errors when something is missing.
     """
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    from playwright.sync_api import sync_playwright
-
     base = ui_url.rstrip("/")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            errors: list[str] = []
-            page.on("console", lambda msg: errors.append(msg.text[:300]) if msg.type == "error" else None)
-            check_api(page, base)
-            page.goto(base + "/", wait_until="domcontentloaded")
-            prefix = "/v2" if urlsplit(page.url).path.startswith("/v2") else ""
-            run = find_flow_run(page, base + prefix, flow_run_name_contains, timeout, errors)
-            artifact = find_artifact(page, base + prefix, artifact_key, timeout, errors)
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(base) as (page, prefix, errors):
+        run = find_flow_run(page, base + prefix, flow_run_name_contains, timeout, errors)
+        artifact = find_artifact(page, base + prefix, artifact_key, timeout, errors)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
     return {
         "ui": {"url": base, "prefix": prefix},
         "flow_run": run,
         "artifact": artifact,
         "screenshot": str(screenshot),
     }
+
+
+@contextlib.contextmanager
+def browser_page(base: str, width: int = 1440, height: int = 900) -> Iterator[tuple[Any, str, list[str]]]:
+    """A page in headless Chromium on the UI at `base`, whose API answers: (page, the UI's route prefix,
+    the console errors seen so far)."""
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("console", lambda msg: errors.append(msg.text[:300]) if msg.type == "error" else None)
+            check_api(page, base)
+            page.goto(base + "/", wait_until="domcontentloaded")
+            yield page, "/v2" if urlsplit(page.url).path.startswith("/v2") else "", errors
+        finally:
+            browser.close()
+
+
+def capture_artifact_pictures(
+    ui_url: str, keys: list[str], output: Path, timeout: float = 60.0
+) -> dict[str, dict]:
+    """Open the newest artifact of each key in the Prefect UI at `ui_url` and check that it shows a picture
+    as a person sees it: an <img> in the artifact that the browser loaded and decoded (naturalWidth > 0; a
+    broken image, a link the browser may not open or a URL it cannot reach, has 0). Keeps a screenshot of
+    each artifact's page in `output`/<key>.png.
+
+    Returns {key: {"url", "images": [{"src", "width", "height", "shown"}], "screenshot"}}; raises
+    PrefectUIError naming the key, what each image did and what the page showed, when one is missing or
+    broken."""
+    base = ui_url.rstrip("/")
+    found: dict[str, dict] = {}
+    output.mkdir(parents=True, exist_ok=True)
+    with browser_page(base, width=1280, height=1000) as (page, prefix, errors):
+        for key in keys:
+            artifact = find_artifact(page, base + prefix, key, timeout, errors)
+            images = artifact_images(page, timeout)
+            screenshot = output / f"{key}.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            if not images or not all(image["shown"] for image in images):
+                raise PrefectUIError(
+                    f"the {key!r} artifact at {artifact['url']} shows no picture: images {images}\n"
+                    f"{describe(page, errors)}"
+                )
+            found[key] = {"url": artifact["url"], "images": images, "screenshot": screenshot}
+    return found
+
+
+# The pictures an artifact shows: inline in a markdown artifact, or an image artifact's (alt artifact-image).
+ARTIFACT_IMAGES = "[data-testid='markdown-display'] img, img[alt='artifact-image']"
+
+
+def artifact_images(page, timeout: float) -> list[dict]:
+    """The artifact's <img> elements once the browser has finished with each (loaded or failed): their
+    source (cut short: a data: URI is long), natural size, and whether they are shown (decoded, naturalWidth
+    > 0). The UI renders markdown lazily, after the page is idle: waited for, up to `timeout`; none by then
+    is an empty list."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(
+            """selector => {
+                const images = [...document.querySelectorAll(selector)];
+                return images.length > 0 && images.every(i => i.complete);
+            }""",
+            arg=ARTIFACT_IMAGES,
+            timeout=timeout * 1000,
+        )
+    return page.evaluate(
+        """selector => [...document.querySelectorAll(selector)].map(i => ({
+            src: i.currentSrc.slice(0, 100), width: i.naturalWidth, height: i.naturalHeight,
+            shown: i.complete && i.naturalWidth > 0}))""",
+        ARTIFACT_IMAGES,
+    )
 
 
 def check_api(page, base: str) -> None:

@@ -6,7 +6,8 @@ The demo deploys the rendered prefect.yaml, starts a process worker and the serv
 (monitor: no event, no retrain) and shifted traffic (monitor: event; the trigger's retrain run completes and
 learns it), then more of the changed traffic, on the retrained model (monitor: no drift, no alert).
 Then this module checks what the rest of the stack saw, sends a storm of 20 drift events (at most one
-retrain), and opens the Prefect UI in Debian's Chromium.
+retrain), and opens the Prefect UI in Debian's Chromium: the retrain run, the drift report, and each picture
+the runs showed (loaded by the browser, not a broken image).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from conftest import (
     require_tool,
     started,
 )
-from prefect_ui import capture_prefect_ui
+from prefect_ui import capture_artifact_pictures, capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -268,3 +269,21 @@ def test_the_prefect_ui_shows_the_retrain_run_and_the_drift_report(stack):
     assert "Drift check: no drift" in seen["artifact"]["text"], seen["artifact"]["text"][:500]
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshot of the Prefect UI: {screenshot}")
+
+
+# The pictures the demo's runs show (train and retrain, the monitor runs, the watch after the retrain's
+# promotion), as the library names their artifacts (reports/pictures.py).
+PICTURES = ("tuning-history", "parameter-importances", "holdout-curve", "drift-per-column", "rollout-watch")
+
+
+def test_the_prefect_ui_shows_each_picture_of_the_runs(stack):
+    """Each picture's artifact page in Chromium: its <img> loaded and decoded (naturalWidth > 0), a
+    screenshot per picture kept in tests/output/pictures/ (runtime/docs/ui.md shows them)."""
+    require_tool("chromium")
+    seen = capture_artifact_pictures(stack.api_url.removesuffix("/api"), list(PICTURES), OUTPUT / "pictures")
+    for key in PICTURES:
+        (image,) = seen[key]["images"]  # one picture per artifact, shown
+        assert image["src"].startswith("data:image/png;base64,"), image
+        assert image["width"] == 800 and image["height"] > 200, image  # the PNG's own size, decoded
+        assert seen[key]["screenshot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"screenshots of the pictures in the Prefect UI: {OUTPUT / 'pictures'}")

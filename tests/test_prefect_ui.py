@@ -22,7 +22,7 @@ from conftest import (
     prefect_server,
     require_tool,
 )
-from prefect_ui import PrefectUIError, capture_prefect_ui
+from prefect_ui import PrefectUIError, capture_artifact_pictures, capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -38,6 +38,30 @@ def ui_check(key: str, marker: str) -> None:
     create_markdown_artifact(key=key, markdown=f"# UI check\\n\\nmarker **{marker}**", description="ui check")
 
 ui_check.with_options(flow_run_name=sys.argv[1])(key=sys.argv[2], marker=sys.argv[3])
+"""
+# One picture, as the library draws it, in each form a run could show it (docs/decisions.md, "Pictures in
+# the Prefect UI"): inline in markdown (what reports/pictures.py makes), and as a file:// link to a copy in a
+# folder store, in markdown and in an image artifact.
+PICTURE_FORMS = """
+import base64, sys
+from pathlib import Path
+from prefect import flow
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
+import {package}  # binds the library
+from ml_lifecycle._internal.reports import pictures
+
+png = pictures.drift_per_column([], 0.0, 0.3)
+stored = Path(sys.argv[2]) / "picture.png"
+stored.parent.mkdir(parents=True, exist_ok=True)
+stored.write_bytes(png)
+
+@flow(name="picture-forms")
+def forms(prefix: str) -> None:
+    create_markdown_artifact(key=f"{{prefix}}-inline", markdown=pictures.markdown("inline", png))
+    create_markdown_artifact(key=f"{{prefix}}-file-link", markdown=f"![file link]({{stored.as_uri()}})")
+    create_image_artifact(key=f"{{prefix}}-file-image", image_url=stored.as_uri())
+
+forms(sys.argv[1])
 """
 
 
@@ -112,3 +136,25 @@ def test_a_ui_whose_api_does_not_answer_is_named_as_the_cause(project, tmp_path)
             screenshot=tmp_path / "never.png",
         )
     assert dead_api in str(failure.value)
+
+
+def test_a_picture_inline_is_shown_and_a_file_link_to_it_is_not(server, tmp_path):
+    """Why the pictures are inline (data: URIs in markdown): the UI is a web page, which Chromium does not
+    let open file:// URLs, so a link to a folder store's copy is a broken image, in markdown or an image
+    artifact alike."""
+    prefix = f"picture-{uuid.uuid4().hex[:8]}"
+    script = PICTURE_FORMS.format(package=server.project.package)
+    ran = server.project.run(
+        "uv", "run", "python", "-c", script, prefix, str(tmp_path / "store"),
+        PREFECT_API_URL=f"{server.ui_url}/api", timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, explain(ran)
+    seen = capture_artifact_pictures(server.ui_url, [f"{prefix}-inline"], OUTPUT / "picture-forms")
+    (image,) = seen[f"{prefix}-inline"]["images"]
+    assert image["shown"] and image["width"] == 800, image
+    for form in ("file-link", "file-image"):
+        with pytest.raises(PrefectUIError, match="shows no picture") as broken:
+            capture_artifact_pictures(
+                server.ui_url, [f"{prefix}-{form}"], OUTPUT / "picture-forms", timeout=30
+            )
+        assert "'width': 0" in str(broken.value), str(broken.value)[:500]

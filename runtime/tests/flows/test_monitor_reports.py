@@ -31,7 +31,10 @@ def shifted(tmp_path, task_type) -> str:
 
 
 def stored_reports() -> list[str]:
-    return [listed.key for listed in open_storage(get_settings()).list(REPORTS)]
+    """The Evidently reports under reports/ (the runs' pictures are stored beside them)."""
+    return [
+        listed.key for listed in open_storage(get_settings()).list(REPORTS) if listed.key.endswith(".html")
+    ]
 
 
 def test_on_object_storage_the_artifact_links_a_signed_url_that_opens_the_report(

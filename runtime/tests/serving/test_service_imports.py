@@ -1,7 +1,7 @@
 """`bentoml serve` imports the project's service module in every worker and asks it for `Predictor`: that
 must not pull in the training stack (Optuna, the user's dataset.py, training data checks), monitoring
-(Evidently) or the demo's processes. Importing the module reads nothing: the service is built, from the
-settings and the production model, when `Predictor` is first asked for."""
+(Evidently), the runs' pictures (matplotlib) or the demo's processes. Importing the module reads nothing:
+the service is built, from the settings and the production model, when `Predictor` is first asked for."""
 
 import json
 import os
@@ -14,6 +14,8 @@ from ml_lifecycle._internal.project import bound
 NOT_AT_SERVE = (
     "optuna",
     "evidently",
+    "matplotlib",
+    "ml_lifecycle._internal.reports",
     "ml_lifecycle._internal.local",
     "ml_lifecycle._internal.monitoring",
     "ml_lifecycle._internal.training.tuning",

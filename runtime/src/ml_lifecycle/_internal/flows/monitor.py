@@ -30,6 +30,7 @@ from ..monitoring import check as checking
 from ..monitoring.events import SignalLost
 from ..monitoring.verdict import Rollout, Verdict
 from ..registry import aliases, promotion
+from ..reports import pictures
 from ..storage import StorageError, open_storage
 
 __all__ = ["ARTIFACT_KEY", "ROLLOUT_ARTIFACT_KEY", "SignalLost", "monitor"]
@@ -50,6 +51,8 @@ def publish(checked: checking.Checked) -> tuple[Verdict, str | None]:
     linking it; with the reason when the store refused the report (the artifact says so too), so the run
     still alerts and pushes its gauges, then fails."""
     verdict = checked.verdict
+    if verdict.drift is not None:  # the picture first: it never fails the run, the report below may
+        pictures.show_drift(get_settings(), verdict.drift, verdict.model_version, verdict.source)
     if checked.snapshot is None:
         create_markdown_artifact(key=ARTIFACT_KEY, markdown=verdict.markdown())
         return verdict, None
@@ -84,11 +87,21 @@ def watch_rollout() -> Rollout:
         rollout = Rollout("not watched", f"the watch failed: {type(exc).__name__}: {exc}")
     if rollout.state == "roll back":
         rollout = roll_back(settings, rollout)
-    create_markdown_artifact(
-        key=ROLLOUT_ARTIFACT_KEY,
-        markdown=rollout_watch.markdown(rollout.as_dict()),
-        description="The model promoted last against the one it replaced, on the traffic each one served",
+    description = "The model promoted last against the one it replaced, on the traffic each one served"
+    result = rollout.as_dict()
+    text, title = rollout_watch.markdown(result), f"Watch after rollout: {rollout.state}"
+    # The before/after picture leads the artifact when two models were compared; else, or when it cannot
+    # be drawn, the artifact is the text alone.
+    shown = rollout.live and pictures.show_picture(
+        settings,
+        ROLLOUT_ARTIFACT_KEY,
+        title,
+        lambda: pictures.rollout_watch(result),
+        caption=text.removeprefix(f"# {title}\n\n"),
+        description=description,
     )
+    if not shown:
+        create_markdown_artifact(key=ROLLOUT_ARTIFACT_KEY, markdown=text, description=description)
     return rollout
 
 

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ..config import get_settings
 from ..registry import retention, store
+from ..reports import pictures
 from ..training import data_version, feedback, holdout, lock, tuning
 from .prepare import prepare
 from .promote import gate
@@ -96,6 +97,7 @@ def refit_and_register(
             f"data: {trained_on}"
         ),
     )
+    pictures.show_holdout_curve(settings, tag, pipeline, parts.test_x, parts.test_y)  # never fails the run
     return tag
 
 
@@ -175,6 +177,7 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
             tune_on_workers(spec, wanted, settings.tuning.timeout_seconds)
         else:
             tune(spec, parts, schema, wanted, settings.tuning.timeout_seconds)
+        pictures.show_tuning(settings, spec.study_name, spec.storage, spec.metric, spec.seed)
         sources = labelled.sources(dataset.frame, dataset.source)
         sources[0] |= recorded_version(settings.data_path)
         reference = drift_reference(parts, labelled, settings.monitoring.min_rows)
