@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from ..config import get_settings
-from ..registry import promotion, store
+from ..registry import card, promotion, store
 from ..training import feedback, holdout, validation
 
 
@@ -30,6 +30,7 @@ def gate(
     promotion.promote's keywords (accept_schema_change, allow_rolled_back, recent), passed on as given."""
     settings = get_settings()
     result = promotion.promote(settings, candidate_tag, features, labels, reason, **decisions)
+    card.record_verdict(settings, result.candidate, result.as_dict())  # the model card keeps each verdict
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
     lines = [
