@@ -114,6 +114,13 @@ def served_by(base: str, row: dict) -> str:
     return response.json()["model_version"]
 
 
+def card_of(base: str) -> dict:
+    """GET /model: the card of the model the service serves."""
+    response = httpx.get(f"{base}/model", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def wait_for_version(base: str, row: dict, version: str, timeout: float = 60) -> None:
     """Poll the service until it answers with `version` (it polls the alias record every 0.5 s here)."""
     deadline = time.monotonic() + timeout
@@ -195,6 +202,12 @@ def test_a_pinned_bento_never_swaps(stack, bad_release):
     assert served_by(stack.pinned, stack.rows[0]) == stack.good
     assert metric(stack.pinned, f"{stack.project.package}_model_info", model_version=bad_release) is None
     assert metric(stack.pinned, f"{stack.project.package}_model_info", model_version=stack.good) == 1.0
+    # GET /model answers the card of the model each one serves: G's (written by `train`) on the pinned one;
+    # none for B, registered by hand as a model from before cards would be.
+    assert card_of(stack.pinned)["tag"] == stack.good
+    missing = httpx.get(f"{stack.service}/model", timeout=30)
+    assert missing.status_code == 404, missing.text
+    assert f"model {bad_release} has no model card" in missing.json()["error"]
 
 
 def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release):
@@ -202,6 +215,8 @@ def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release)
     assert promoted.returncode == 0, explain(promoted)  # G beats the inverted B at the gate
     assert stack.production() == stack.good
     wait_for_version(stack.service, stack.rows[0], stack.good)
+    # The service swapped back to G, and so did its GET /model; G's card holds both gates' verdicts.
+    assert [v["passed"] for v in card_of(stack.service)["verdicts"]] == [True, True]
 
     rolled = stack.cli("rollback")
     assert rolled.returncode == 0, explain(rolled)
@@ -219,6 +234,9 @@ def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release)
     assert allowed.returncode == 0, explain(allowed)
     assert stack.production() == stack.good
     wait_for_version(stack.service, stack.rows[0], stack.good)
+    verdicts = card_of(stack.service)["verdicts"]  # the refusal (no score: null in the card's JSON) too
+    assert [v["passed"] for v in verdicts] == [True, True, False, True]
+    assert "rolled back" in verdicts[2]["reason"] and verdicts[2]["candidate_score"] is None
 
 
 def test_a_model_with_other_feature_columns_is_not_swapped_in(stack, bad_release):
