@@ -40,13 +40,11 @@ import bentoml
 from bentoml import server_context
 from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..config import PACKAGE, Settings, get_settings
 from ..records import RequestRecord
@@ -121,7 +119,7 @@ BATCH_SIZE = Histogram(
 )
 
 
-# The served model's card: a plain Starlette route mounted on the service, since BentoML's APIs are POST only.
+# The served model's card: a route of a small FastAPI app mounted on the service (model_card_app).
 MODEL_ROUTE = "/model"
 # BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics.
 BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
@@ -366,11 +364,31 @@ class Served:
         ]
 
 
-def model_card(request: Request) -> Response:
-    """GET /model, answered by this worker's service instance (a plain function, so Starlette runs it in its
-    thread pool: reading the card from the store never blocks the event loop)."""
-    serving: Serving = bentoml.get_current_service()
+def model_card() -> Response:
+    """The served model's card (see docs/training.md#the-model-card): the model this worker answers with
+    now, its data sources, search space and parameters, metrics, feature importance, the gate's verdicts
+    and the library versions."""
+    serving: Serving = bentoml.get_current_service()  # this worker's instance
     return serving.card_answer()
+
+
+def model_card_app() -> FastAPI:
+    """GET /model as a FastAPI app to mount on the service: BentoML's APIs are POST only, and a mounted
+    FastAPI app's routes appear in the service's /docs.json. A plain function, so FastAPI runs it in its
+    thread pool: reading the card from the store never blocks the event loop."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # the service's own documents only
+    app.add_api_route(
+        MODEL_ROUTE,
+        model_card,
+        methods=["GET"],
+        summary="The served model's card",
+        response_class=Response,
+        responses={
+            200: {"model": card.ModelCard, "description": "The card of the model that answers predictions"},
+            404: {"description": "The served model has no card (registered before model cards)"},
+        },
+    )
+    return app
 
 
 def _request_id(ctx: bentoml.Context) -> str:
@@ -434,7 +452,7 @@ def build() -> "bentoml.Service[Serving]":
     if serving.api_key_block:
         key_from_secret_block(serving.api_key_block, api_key)
     api_key_from(api_key)  # a blank key stops `bentoml serve` here, before any worker starts
-    service.mount_asgi_app(Starlette(routes=[Route(MODEL_ROUTE, model_card, methods=["GET"])]), name="model")
+    service.mount_asgi_app(model_card_app(), name="model")
     routes = [method.route for method in service.apis.values()] + [MODEL_ROUTE]
     service.add_asgi_middleware(
         RequestGuard,
