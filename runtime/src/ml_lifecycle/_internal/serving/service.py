@@ -2,7 +2,8 @@
 
     POST /predict      {"rows": [{...}, ...]}  ->  {"predictions": [...], "probabilities": [...], ...}
     POST /predict_one  {"row": {...}}          ->  {"prediction": ..., "probabilities": {...}, ...}
-    GET  /model        the served model's card (registry/card.py) as JSON; 404 for a model without one
+    GET  /model        the served model's card (registry/card.py) as JSON, behind the API key like the two
+                       above; 404 for a model without one
     GET  /livez /readyz /metrics /docs.json /schema.json     (never behind the API key)
 
 Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
