@@ -33,12 +33,24 @@ from conftest import (
     explain,
     free_port,
     prefect_server,
+    require_tool,
     serving,
     started,
     with_library,
 )
+from prefect_ui import capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+OUTPUT = Path(__file__).parent / "output"
+CARD_SECTIONS = (
+    "Data",
+    "Search space and chosen parameters",
+    "Metrics",
+    "Feature importance",
+    "Gate verdict",
+    "Versions",
+)
 
 # Run in the project's environment: the production model's tag, and rows the service accepts.
 ROWS = with_library("""
@@ -257,3 +269,25 @@ def test_a_model_with_other_feature_columns_is_not_swapped_in(stack, bad_release
     assert served_by(stack.service, stack.rows[0]) == before
     logged = f"Production is now {wider}, whose feature columns differ from the API's (column 'extra_column'"
     assert logged + " is new)" in stack.log.read_text(errors="replace")
+
+
+def test_the_prefect_ui_shows_the_model_card(stack):
+    """The train run's `model-card` artifact, as a person opening the Prefect UI sees it (Debian's Chromium,
+    headless); the screenshot is kept in tests/output/."""
+    require_tool("chromium")
+    api = stack.env["PREFECT_API_URL"]
+    body = {"flows": {"name": {"any_": ["train"]}}, "sort": "START_TIME_ASC", "limit": 1}
+    [run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()
+    screenshot = OUTPUT / "model-card.png"
+    seen = capture_prefect_ui(
+        api.removesuffix("/api"),
+        flow_run_name_contains=run["name"],
+        artifact_key="model-card",
+        screenshot=screenshot,
+    )
+    text = seen["artifact"]["text"]
+    assert seen["artifact"]["flow_run"] == run["name"], seen["artifact"]
+    assert f"Model card: {stack.good}" in text, text[:1000]
+    assert [section for section in CARD_SECTIONS if section not in text] == [], text[:3000]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"screenshot of the model card in the Prefect UI: {screenshot}")
