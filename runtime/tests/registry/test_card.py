@@ -161,6 +161,15 @@ def test_the_markdown_page_has_each_section(fitted):
         assert f"| {name} |" in page
 
 
+def test_the_page_lists_the_most_important_columns_and_counts_the_rest(fitted, monkeypatch):
+    monkeypatch.setattr(card, "IMPORTANCE_SHOWN", 2)
+    built = fitted.card()
+    page = card.markdown(built)
+    assert f"| {built.importance[1].column} |" in page
+    assert f"| {built.importance[2].column} |" not in page
+    assert "1 more column(s) in the card's JSON." in page
+
+
 def test_a_card_is_written_once_beside_its_model_and_read_back(fitted, store_settings):
     built = fitted.card(tag="my_ml_project:roundtrip")
     assert card.save(store_settings, built)

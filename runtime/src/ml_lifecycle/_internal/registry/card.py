@@ -38,6 +38,8 @@ LIBRARIES = ("ml-lifecycle", "scikit-learn", "bentoml", "optuna", "prefect", "pa
 # next to tuning (a few hundred predictions of the holdout's size).
 IMPORTANCE_ROWS = 2000
 IMPORTANCE_REPEATS = 5
+# The most important columns the markdown page lists (the JSON holds every column).
+IMPORTANCE_SHOWN = 15
 
 
 class Importance(BaseModel):
@@ -338,7 +340,10 @@ def markdown(card: ModelCard) -> str:
             [[g.get("group"), g.get("rows"), g.get(card.primary_metric)] for g in card.groups],
         )
     lines += ["", "## Feature importance", "", f"Permutation importance: {card.importance_note}.", ""]
-    lines += _table(["column", "drop", "std"], [[i.column, i.drop, i.std] for i in card.importance])
+    shown = card.importance[:IMPORTANCE_SHOWN]
+    lines += _table(["column", "drop", "std"], [[i.column, i.drop, i.std] for i in shown])
+    if len(card.importance) > len(shown):
+        lines += ["", f"{len(card.importance) - len(shown)} more column(s) in the card's JSON."]
     lines += ["", "## Gate verdict", ""]
     if card.verdicts:
         latest = card.verdicts[-1]
