@@ -33,12 +33,24 @@ from conftest import (
     explain,
     free_port,
     prefect_server,
+    require_tool,
     serving,
     started,
     with_library,
 )
+from prefect_ui import capture_prefect_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+OUTPUT = Path(__file__).parent / "output"
+CARD_SECTIONS = (
+    "Data",
+    "Search space and chosen parameters",
+    "Metrics",
+    "Feature importance",
+    "Gate verdict",
+    "Versions",
+)
 
 # Run in the project's environment: the production model's tag, and rows the service accepts.
 ROWS = with_library("""
@@ -112,6 +124,13 @@ def served_by(base: str, row: dict) -> str:
     response = httpx.post(f"{base}/predict_one", json={"row": row}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()["model_version"]
+
+
+def card_of(base: str) -> dict:
+    """GET /model: the card of the model the service serves."""
+    response = httpx.get(f"{base}/model", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def wait_for_version(base: str, row: dict, version: str, timeout: float = 60) -> None:
@@ -195,6 +214,12 @@ def test_a_pinned_bento_never_swaps(stack, bad_release):
     assert served_by(stack.pinned, stack.rows[0]) == stack.good
     assert metric(stack.pinned, f"{stack.project.package}_model_info", model_version=bad_release) is None
     assert metric(stack.pinned, f"{stack.project.package}_model_info", model_version=stack.good) == 1.0
+    # GET /model answers the card of the model each one serves: G's (written by `train`) on the pinned one;
+    # none for B, registered by hand as a model from before cards would be.
+    assert card_of(stack.pinned)["tag"] == stack.good
+    missing = httpx.get(f"{stack.service}/model", timeout=30)
+    assert missing.status_code == 404, missing.text
+    assert f"model {bad_release} has no model card" in missing.json()["error"]
 
 
 def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release):
@@ -202,6 +227,8 @@ def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release)
     assert promoted.returncode == 0, explain(promoted)  # G beats the inverted B at the gate
     assert stack.production() == stack.good
     wait_for_version(stack.service, stack.rows[0], stack.good)
+    # The service swapped back to G, and so did its GET /model; G's card holds both gates' verdicts.
+    assert [v["passed"] for v in card_of(stack.service)["verdicts"]] == [True, True]
 
     rolled = stack.cli("rollback")
     assert rolled.returncode == 0, explain(rolled)
@@ -219,6 +246,9 @@ def test_promote_rollback_and_promote_of_a_rolled_back_model(stack, bad_release)
     assert allowed.returncode == 0, explain(allowed)
     assert stack.production() == stack.good
     wait_for_version(stack.service, stack.rows[0], stack.good)
+    verdicts = card_of(stack.service)["verdicts"]  # the refusal (no score: null in the card's JSON) too
+    assert [v["passed"] for v in verdicts] == [True, True, False, True]
+    assert "rolled back" in verdicts[2]["reason"] and verdicts[2]["candidate_score"] is None
 
 
 def test_a_model_with_other_feature_columns_is_not_swapped_in(stack, bad_release):
@@ -239,3 +269,25 @@ def test_a_model_with_other_feature_columns_is_not_swapped_in(stack, bad_release
     assert served_by(stack.service, stack.rows[0]) == before
     logged = f"Production is now {wider}, whose feature columns differ from the API's (column 'extra_column'"
     assert logged + " is new)" in stack.log.read_text(errors="replace")
+
+
+def test_the_prefect_ui_shows_the_model_card(stack):
+    """The train run's `model-card` artifact, as a person opening the Prefect UI sees it (Debian's Chromium,
+    headless); the screenshot is kept in tests/output/."""
+    require_tool("chromium")
+    api = stack.env["PREFECT_API_URL"]
+    body = {"flows": {"name": {"any_": ["train"]}}, "sort": "START_TIME_ASC", "limit": 1}
+    [run] = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=30).json()
+    screenshot = OUTPUT / "model-card.png"
+    seen = capture_prefect_ui(
+        api.removesuffix("/api"),
+        flow_run_name_contains=run["name"],
+        artifact_key="model-card",
+        screenshot=screenshot,
+    )
+    text = seen["artifact"]["text"]
+    assert seen["artifact"]["flow_run"] == run["name"], seen["artifact"]
+    assert f"Model card: {stack.good}" in text, text[:1000]
+    assert [section for section in CARD_SECTIONS if section not in text] == [], text[:3000]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"screenshot of the model card in the Prefect UI: {screenshot}")

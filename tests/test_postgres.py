@@ -218,6 +218,16 @@ def test_two_workers_tune_one_study_to_exactly_n_trials_and_the_model_is_registe
     print(f"{N_TRIALS} trials on {WORKERS} workers; train command with workers: {trained['seconds']:.0f} s")
 
 
+def test_the_train_runs_tuning_progress_follows_the_workers_to_the_last_trial(stack, trained):
+    """While the workers tune, the train run's `tuning-progress` artifact follows the shared study: at the
+    end, every trial finished and the best value so far."""
+    body = {"artifacts": {"key": {"any_": ["tuning-progress"]}}, "sort": "CREATED_DESC", "limit": 1}
+    found = stack.post("/artifacts/filter", body).json()
+    assert found and found[0]["type"] == "progress", found
+    assert found[0]["data"] == 100, found
+    assert f"{N_TRIALS} of {N_TRIALS} trials finished; best " in found[0]["description"], found
+
+
 def ran_it(worker_log: str, run_id: str) -> bool:
     """The worker submitted the run and the server let it: two workers polling at once may both submit one
     run, and the one the server refuses logs "Aborted submission" (Prefect's worker)."""

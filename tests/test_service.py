@@ -246,6 +246,28 @@ def test_the_api_key_guards_predictions_but_not_health_or_metrics(service, model
     assert not [f for f in project_files(project.root) if API_KEY.encode() in f.read_bytes()]
 
 
+def test_get_model_answers_the_served_models_card_behind_the_api_key(service, model):
+    """GET /model: the card `train` wrote for the model the service answers with (its data, parameters,
+    metrics, importance by request field, versions, the gate's verdict), asking for the key as predictions
+    do."""
+    refused = httpx.get(f"{service}/model", timeout=30)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
+    response = httpx.get(f"{service}/model", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"]
+    card = response.json()
+    assert card["tag"] == model["tag"]
+    assert (card["task_type"], card["target_column"]) == ("classification", TARGET)
+    assert card["primary_metric"] in card["holdout_metrics"]
+    assert card["trials"] >= 3 and set(card["parameters"]) <= set(card["search_space"])
+    assert card["data_sources"][0]["part"] == "configured data" and card["data_sources"][0]["rows"] > 0
+    assert sorted(i["column"] for i in card["importance"]) == sorted(model["schema"])
+    assert card["versions"]["bentoml"] and card["versions"]["ml-lifecycle"]
+    assert [v["passed"] for v in card["verdicts"]] == [True]  # the first model: no production to beat
+    assert httpx.post(f"{service}/model", headers=AUTH, timeout=30).status_code == 405
+
+
 def test_metrics_count_predictions_by_label_and_show_the_model_version(service, model):
     name = f"{model['tag'].split(':')[0]}_predictions_total"
     before = metric_samples(service, name)

@@ -10,11 +10,14 @@ from ml_lifecycle._internal.flows.monitor import SignalLost, monitor
 from ml_lifecycle._internal.flows.train import train
 from ml_lifecycle._internal.monitoring import events
 from ml_lifecycle._internal.records import RequestRecord
+from ml_lifecycle._internal.registry import card
 from ml_lifecycle._internal.registry.store import load
 from ml_lifecycle._internal.serving.request_log import RequestLog
 from ml_lifecycle._internal.tables import DataError
 from ml_lifecycle._internal.training.metrics import primary_metric
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
 from ..conftest import latest_drift_artifact, make_frame, use_training_file
@@ -255,6 +258,31 @@ def test_labels_worse_than_the_threshold_ask_for_retraining(request_log, task_ty
         "row is negative or too large": 1,
     }
     assert "| row is not a whole number | 1 |" in latest_drift_artifact()
+
+
+def newest_artifact(key: str):
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert found, f"no {key} artifact"
+    return found[0]
+
+
+def test_training_writes_the_models_card_and_shows_it_and_the_tuning_progress(trained, csv_settings):
+    """The card beside the model, with the gate's verdict the same run added; the card and tuning's
+    progress (all of the study's trials finished, the best value) as the run's artifacts."""
+    found = card.load(csv_settings, trained)
+    assert found is not None and found.tag == trained
+    assert found.verdicts and found.verdicts[-1]["candidate"] == trained
+    assert sorted(i.column for i in found.importance) == ["color", "size", "weight"]
+    page = newest_artifact("model-card")
+    assert page.type == "markdown" and f"# Model card: `{trained}`" in str(page.data)
+    progress = newest_artifact("tuning-progress")
+    assert progress.type == "progress" and progress.data == 100.0
+    assert f"of 3 trials finished; best {found.primary_metric} so far" in str(progress.description)
 
 
 def label_served_rows(tmp_path, monkeypatch, ids: list[str], truth: pd.Series) -> None:

@@ -57,11 +57,15 @@ def client(api_key_env: str = "", max_body_bytes: int = 0) -> Client:
     app = Starlette(
         routes=[
             Route("/predict", echo, methods=["POST"]),
+            Route("/model", health, methods=["GET"]),
             Route("/readyz", health),
         ]
     )
     app.add_middleware(
-        RequestGuard, protected=["/predict"], api_key_env=api_key_env, max_body_bytes=max_body_bytes
+        RequestGuard,
+        protected=["/predict", "/model"],
+        api_key_env=api_key_env,
+        max_body_bytes=max_body_bytes,
     )
     return Client(app)
 
@@ -102,6 +106,18 @@ def test_a_configured_key_guards_predictions_only(monkeypatch, headers, status):
         assert response.headers["www-authenticate"] == "Bearer"
         assert "s3cret" not in response.text
     assert http.get("/readyz").status_code == 200
+
+
+def test_a_configured_key_guards_the_model_card_too(monkeypatch):
+    """GET /model (the served model's card: its data sources, parameters, metrics) asks for the key as the
+    prediction endpoints do; a GET has no body, so no content type is asked for."""
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    http = client(KEY_ENV)
+    refused = http.get("/model")
+    assert refused.status_code == 401 and refused.json()["request_id"] == refused.headers["x-request-id"]
+    assert http.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    monkeypatch.delenv(KEY_ENV)
+    assert client(KEY_ENV).get("/model").status_code == 200
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n  "])

@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from ..config import get_settings
-from ..registry import promotion, store
+from ..registry import card, promotion, store
+from ..storage import StorageError
 from ..training import feedback, holdout, validation
 
 
@@ -30,6 +31,10 @@ def gate(
     promotion.promote's keywords (accept_schema_change, allow_rolled_back, recent), passed on as given."""
     settings = get_settings()
     result = promotion.promote(settings, candidate_tag, features, labels, reason, **decisions)
+    try:
+        card.record_verdict(settings, result.candidate, result.as_dict())  # the model card keeps each verdict
+    except StorageError as exc:  # the verdict stands (it may have promoted) whether or not the card says so
+        get_run_logger().warning("Could not add the gate's verdict to %s's card: %s", result.candidate, exc)
     verdict = "PROMOTED" if result.passed else "NOT PROMOTED"
     production = f"{result.production_score:.4f}" if result.production_score is not None else "n/a"
     lines = [

@@ -13,15 +13,16 @@ from typing import Any
 import optuna
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ..config import get_settings
-from ..registry import retention, store
+from ..registry import card, retention, store
 from ..reports import pictures
 from ..training import data_version, feedback, holdout, lock, tuning
 from .prepare import prepare
 from .promote import gate
+from .tuning_progress import TuningProgress
 from .workers import check_workers, tune_on_workers
 
 
@@ -58,6 +59,7 @@ def refit_and_register(
     reason: str,
     reference: pd.DataFrame,
     sources: list[dict] | None = None,
+    recent: tuple[pd.DataFrame, pd.Series] | None = None,
 ) -> str:
     settings = get_settings()
     study = tuning.open_study(spec)
@@ -98,6 +100,22 @@ def refit_and_register(
         ),
     )
     pictures.show_holdout_curve(settings, tag, pipeline, parts.test_x, parts.test_y)  # never fails the run
+    model_card = card.build(
+        settings,
+        tag,
+        pipeline,
+        spec=spec,
+        study=study,
+        params=params,
+        holdout=(parts.test_x, parts.test_y),
+        metrics=metrics,
+        sources=sources,
+        recent=recent,
+    )
+    card.save(settings, model_card)
+    create_markdown_artifact(
+        key="model-card", markdown=card.markdown(model_card), description=f"Model card of {tag}"
+    )
     return tag
 
 
@@ -147,9 +165,10 @@ def tune(
         max(n_trials - done, 0),
         len(batches),
     )
-    ran = 0
+    ran, progress = 0, TuningProgress(study, n_trials, spec.metric)
     for size in batches:
         ran += tune_batch(study, objective, size, deadline, n_trials)
+        progress.update()
         if deadline is not None and time.time() >= deadline:
             logger.warning("Tuning time budget of %ss reached", timeout_seconds)
             break
@@ -181,9 +200,9 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
         sources = labelled.sources(dataset.frame, dataset.source)
         sources[0] |= recorded_version(settings.data_path)
         reference = drift_reference(parts, labelled, settings.monitoring.min_rows)
-        tag = refit_and_register(spec, parts, schema, data_hash, reason, reference, sources)
-        print(f"Registered model {tag}")
         recent = labelled.recent.drop(columns=[dataset.target]), labelled.recent[dataset.target]
+        tag = refit_and_register(spec, parts, schema, data_hash, reason, reference, sources, recent)
+        print(f"Registered model {tag}")
         verdict = gate(tag, parts.test_x, parts.test_y, reason, recent=recent)
         print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
         prune_store()

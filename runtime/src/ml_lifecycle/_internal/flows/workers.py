@@ -6,6 +6,7 @@ module imports the other: a worker importing the tune flow never pulls in the tr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from prefect import get_run_logger
@@ -57,6 +58,7 @@ def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0)
     from prefect.runtime import flow_run
 
     from ..training import tuning
+    from .tuning_progress import TuningProgress
 
     settings, logger = get_settings(), get_run_logger()
     workers, deployment = settings.tuning.workers, settings.tuning.deployment
@@ -102,7 +104,8 @@ def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0)
         deployment,
         runs[0].work_pool_name,
     )
-    ended = wait_for(runs)
+    progress = TuningProgress(study, n_trials, spec.metric)
+    ended = wait_for(runs, on_poll=progress.update)
     failed = [run for run in ended if run.state is None or not run.state.is_completed()]
     if failed:
         tuning.fail_stale_trials(study)
@@ -113,8 +116,9 @@ def tune_on_workers(spec: TuningSpec, n_trials: int, timeout_seconds: float = 0)
     return ran
 
 
-def wait_for(runs: list[FlowRun]) -> list[FlowRun]:
-    """Poll the runs until each has ended; warn once when some still wait for a worker after a minute."""
+def wait_for(runs: list[FlowRun], on_poll: Callable[[], None] | None = None) -> list[FlowRun]:
+    """Poll the runs until each has ended, calling `on_poll` at each poll (the progress artifact); warn once
+    when some still wait for a worker after a minute."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
 
@@ -122,6 +126,8 @@ def wait_for(runs: list[FlowRun]) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         while True:
             runs = [client.read_flow_run(run.id) for run in runs]
+            if on_poll is not None:
+                on_poll()
             if all(run.state is not None and run.state.is_final() for run in runs):
                 return runs
             waiting = [run.name for run in runs if run.state_type in (StateType.SCHEDULED, StateType.PENDING)]

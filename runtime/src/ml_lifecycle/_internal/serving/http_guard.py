@@ -7,9 +7,10 @@ sees every request, BentoML's own routes included, and needs no model: tests use
 - Every response carries `X-Request-ID`: the client's own (when it is a sane token) or a new one. The
   id is put in the ASGI scope (`scope["state"]["request_id"]`, so `request.state.request_id`) for the
   endpoints to echo in their JSON body and the request log, and it is added to JSON error bodies.
-- Prediction endpoints answer 401 without `Authorization: Bearer <key>` when a key is configured; health
-  and metrics routes never ask for one. The key is compared in constant time and never logged. A key
-  variable that is set but blank stops the service (`api_key_from`): it must not quietly mean "no key".
+- Prediction endpoints (and `GET /model`, the served model's card) answer 401 without `Authorization:
+  Bearer <key>` when a key is configured; health and metrics routes never ask for one. The key is
+  compared in constant time and never logged. A key variable that is set but blank stops the service
+  (`api_key_from`): it must not quietly mean "no key".
 - A prediction request whose body is larger than `max_body_bytes` gets a 413 before its body is read: at
   once from its Content-Length, or, for a chunked body, as soon as the bytes received pass the limit. The
   answer is sent at once, but ends only after the rest of the body was read and thrown away (up to
@@ -163,16 +164,16 @@ class RequestGuard:
         body_size = [0]  # bytes of request body the endpoint read, to name an empty body as such
         unstamped, send = send, self._stamp(send, request_id, body_size if guarded else None)
 
+        if guarded and self._api_key and not self._authorized(headers):  # any method: GET /model too
+            await _answer(
+                send,
+                401,
+                "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+                request_id,
+                extra_headers=[(b"www-authenticate", b"Bearer")],
+            )
+            return
         if guarded and scope.get("method") == "POST":
-            if self._api_key and not self._authorized(headers):
-                await _answer(
-                    send,
-                    401,
-                    "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                    request_id,
-                    extra_headers=[(b"www-authenticate", b"Bearer")],
-                )
-                return
             content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
             if content_type not in JSON_TYPES:
                 await _answer(

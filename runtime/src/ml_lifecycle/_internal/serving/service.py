@@ -2,6 +2,8 @@
 
     POST /predict      {"rows": [{...}, ...]}  ->  {"predictions": [...], "probabilities": [...], ...}
     POST /predict_one  {"row": {...}}          ->  {"prediction": ..., "probabilities": {...}, ...}
+    GET  /model        the served model's card (registry/card.py) as JSON, behind the API key like the two
+                       above; 404 for a model without one
     GET  /livez /readyz /metrics /docs.json /schema.json     (never behind the API key)
 
 Both answers also carry "model_version" and "request_id" (the X-Request-ID header).
@@ -39,15 +41,18 @@ import bentoml
 from bentoml import server_context
 from bentoml._internal.server.http import instruments
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
 from ..config import PACKAGE, Settings, get_settings
 from ..records import RequestRecord
-from ..registry import aliases
+from ..registry import aliases, card
 from ..registry.promotion import schema_changes
 from ..registry.store import RegisteredModel, ensure_local, load
+from ..storage import StorageError
 from . import predictors
 from .batching import Batcher
 from .http_guard import (
@@ -115,6 +120,8 @@ BATCH_SIZE = Histogram(
 )
 
 
+# The served model's card: a route of a small FastAPI app mounted on the service (model_card_app).
+MODEL_ROUTE = "/model"
 # BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics.
 BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
 
@@ -222,6 +229,27 @@ class Serving:
             # Rows of several requests are predicted together: one row the model refuses must not fail
             # the others, so each is tried alone and carries its own error back to its request (a 400).
             return [self._predict_alone(row) for row in rows]
+
+    def card_answer(self) -> Response:
+        """GET /model: the card of the model this worker serves now (after a swap, the new one's), read from
+        the store each time, so the gate's verdicts added since show; 404 for a model registered before
+        cards."""
+        version = self.served.version
+        try:
+            found = card.load(self.startup.settings, version)
+        except StorageError as exc:  # unreachable store, or an object there that is not a card
+            return JSONResponse({"error": str(exc), "model_version": version}, status_code=503)
+        if found is None:
+            return JSONResponse(
+                {
+                    "error": f"model {version} has no model card: it was registered before model cards "
+                    f"(train again to get one), or its card ({card.key(version)} in storage.url) was deleted",
+                    "model_version": version,
+                },
+                status_code=404,
+            )
+        # The card's own JSON: a metric that could not be computed is null (JSONResponse refuses NaN).
+        return Response(found.to_json(), media_type="application/json")
 
     def _predict_alone(self, row: dict[str, Any]) -> RowPrediction:
         served = self.served
@@ -337,6 +365,33 @@ class Served:
         ]
 
 
+def model_card() -> Response:
+    """The served model's card (see docs/training.md#the-model-card): the model this worker answers with
+    now, its data sources, search space and parameters, metrics, feature importance, the gate's verdicts
+    and the library versions."""
+    serving: Serving = bentoml.get_current_service()  # this worker's instance
+    return serving.card_answer()
+
+
+def model_card_app() -> FastAPI:
+    """GET /model as a FastAPI app to mount on the service: BentoML's APIs are POST only, and a mounted
+    FastAPI app's routes appear in the service's /docs.json. A plain function, so FastAPI runs it in its
+    thread pool: reading the card from the store never blocks the event loop."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # the service's own documents only
+    app.add_api_route(
+        MODEL_ROUTE,
+        model_card,
+        methods=["GET"],
+        summary="The served model's card",
+        response_class=Response,
+        responses={
+            200: {"model": card.ModelCard, "description": "The card of the model that answers predictions"},
+            404: {"description": "The served model has no card (registered before model cards)"},
+        },
+    )
+    return app
+
+
 def _request_id(ctx: bentoml.Context) -> str:
     """The id RequestGuard gave this request (a fresh one if the service runs without it)."""
     return getattr(ctx.request.state, "request_id", None) or uuid.uuid4().hex
@@ -398,7 +453,8 @@ def build() -> "bentoml.Service[Serving]":
     if serving.api_key_block:
         key_from_secret_block(serving.api_key_block, api_key)
     api_key_from(api_key)  # a blank key stops `bentoml serve` here, before any worker starts
-    routes = [method.route for method in service.apis.values()]
+    service.mount_asgi_app(model_card_app(), name="model")
+    routes = [method.route for method in service.apis.values()] + [MODEL_ROUTE]
     service.add_asgi_middleware(
         RequestGuard,
         protected=routes,
