@@ -5,7 +5,10 @@ tests/test_monitoring_e2e.py.)"""
 
 import base64
 import logging
+import os
 import re
+import subprocess
+import sys
 from uuid import UUID
 
 import pytest
@@ -130,3 +133,28 @@ def test_a_store_that_refuses_the_picture_still_shows_it_inline(folder_store, ca
     assert "The picture-not-stored picture was not stored" in caplog.text
     markdown = latest("picture-not-stored")
     assert inline_png(markdown) and "Stored:" not in markdown
+
+
+def test_drawing_keeps_matplotlibs_cache_in_the_projects_state_folder_not_the_home(tmp_path):
+    """matplotlib would write its font cache to ~/.cache/matplotlib on first import; a project keeps it in
+    its .state like Prefect's and BentoML's files."""
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    (project / "settings.toml").write_text((get_settings().root / "settings.toml").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(f"{PACKAGE.upper()}_")}
+    env.pop("MPLCONFIGDIR", None)
+    env.update({"HOME": str(home), f"{PACKAGE.upper()}_SETTINGS_FILE": str(project / "settings.toml")})
+    script = (
+        f"import os, {PACKAGE}, ml_lifecycle\n"
+        "from ml_lifecycle._internal.reports import pictures\n"
+        "draw = lambda: pictures.drift_per_column([], 0, 0.5)\n"
+        "pictures.show_picture(ml_lifecycle.get_settings(), 'x', 'x', draw)\n"
+        "print(os.environ['MPLCONFIGDIR'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == str(project / ".state" / "matplotlib")
+    assert list(home.rglob("*")) == [], list(home.rglob("*"))

@@ -19,6 +19,7 @@ import base64
 import io
 import logging
 import math
+import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -395,6 +396,7 @@ def show_picture(
     warning too. Returns the artifact's id, or None when the picture could not be shown (a warning, never
     an error: a picture never fails a run; one the store refused is still shown, unlinked)."""
     logger = _logger()
+    keep_matplotlib_cache_in_the_project(settings)
     try:
         data = png() if callable(png) else png
         if not data.startswith(PNG_MAGIC):
@@ -414,6 +416,16 @@ def show_picture(
             "The %s picture could not be shown in the Prefect UI: %s: %s", key, type(exc).__name__, exc
         )
         return None
+
+
+def keep_matplotlib_cache_in_the_project(settings: Settings) -> None:
+    """matplotlib keeps its font cache in ~/.cache/matplotlib unless MPLCONFIGDIR says otherwise (read when it
+    is first imported, which drawing does): the project's state folder instead, as for Prefect and BentoML.
+    An exported MPLCONFIGDIR wins."""
+    if "MPLCONFIGDIR" not in os.environ:
+        folder = settings.state_dir / "matplotlib"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(folder)
 
 
 def store_picture(settings: Settings, key: str, data: bytes, logger: Any) -> str | None:
