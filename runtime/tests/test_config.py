@@ -166,8 +166,8 @@ def test_bad_promotion_settings_name_the_key_and_what_is_allowed(monkeypatch, se
     assert error.value.problems == [
         f"promotion.mode = 'manual' from {ENV_PREFIX}PROMOTION__MODE: Input should be 'auto', 'approve' or "
         "'suggest'",
-        f"promotion.max_disagreement = '2' from {ENV_PREFIX}PROMOTION__MAX_DISAGREEMENT: Input should be less "
-        "than or equal to 1",
+        f"promotion.max_disagreement = '2' from {ENV_PREFIX}PROMOTION__MAX_DISAGREEMENT: Input should be "
+        "less than or equal to 1",
         f"promotion.max_latency_ratio = '0.5' from {ENV_PREFIX}PROMOTION__MAX_LATENCY_RATIO: Input should be "
         "greater than or equal to 1",
     ]
