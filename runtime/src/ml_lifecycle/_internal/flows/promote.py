@@ -196,7 +196,11 @@ def approval_description(settings: Settings, verdict: dict) -> str:
         f"({settings.promotion.approval_timeout} s) rejects it.",
     ]
     if model_card is not None:
-        found = model_card.load(settings, result.candidate)
+        try:
+            found = model_card.load(settings, result.candidate)
+        except Exception as exc:  # a card that cannot be read must not keep the person from deciding
+            get_run_logger().warning("The model card of %s could not be read: %s", result.candidate, exc)
+            found = None
         if found is not None:
             parts += ["", model_card.markdown(found)]
     return "\n".join(parts)
@@ -215,7 +219,10 @@ def record_decision(settings: Settings, verdict: dict, decision: dict[str, Any])
         description=f"Who decided about {tag} (promotion.mode {decision['mode']})",
     )
     if model_card is not None:
-        model_card.record_verdict(settings, tag, decision | {"gate": verdict["reason"]})
+        try:
+            model_card.record_verdict(settings, tag, decision | {"gate": verdict["reason"]})
+        except Exception as exc:  # the decision stands and its artifact says it; the card is the extra copy
+            get_run_logger().warning("The decision could not be written to %s's card: %s", tag, exc)
 
 
 def settle(
