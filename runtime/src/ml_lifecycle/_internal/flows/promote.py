@@ -272,7 +272,13 @@ def settle(
         }
     elif not answer.approve:
         why = f"rejected by a person: {answer.reason or 'no reason given'}"
-        decision = {"mode": "approve", "decision": "rejected", "why": why, "by": "person"}
+        decision = {
+            "mode": "approve",
+            "decision": "rejected",
+            "why": why,
+            "by": "person",
+            "command": command,
+        }
     else:
         approved = f"{reason}; approved by a person" + (f": {answer.reason}" if answer.reason else "")
         result = promote_approved(verdict, features, labels, approved, **decisions)
