@@ -422,6 +422,16 @@ def test_a_retrain_in_approve_mode_waits_and_a_rejection_is_recorded_with_its_re
         f"{approvals.stack.api_url}/flow_runs/{paused['id']}/input/{keyset['description']}", timeout=30
     )
     assert "APPROVE OR REJECT" in shown.text and "no production model yet" in shown.text, shown.text
+    # What the person sees: the run Paused in the Prefect UI, and the gate's verdict waiting for them.
+    require_tool("chromium")
+    seen = capture_prefect_ui(
+        approvals.stack.api_url.removesuffix("/api"),
+        flow_run_name_contains=paused["name"],
+        artifact_key="promotion-gate",
+        screenshot=OUTPUT / "approval-paused.png",
+    )
+    assert seen["flow_run"]["state"] == "Paused", seen["flow_run"]
+    assert "WAITING FOR APPROVAL" in seen["artifact"]["text"], seen["artifact"]["text"][:500]
     # A person's click: Resume with the form's fields, through Prefect's API as the UI sends it.
     resumed = httpx.post(
         f"{approvals.stack.api_url}/flow_runs/{paused['id']}/resume",
