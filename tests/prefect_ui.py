@@ -22,7 +22,17 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 CHROMIUM = "/usr/bin/chromium"
-STATES = ("Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Running", "Pending", "Scheduled")
+STATES = (
+    "Completed",
+    "Failed",
+    "Crashed",
+    "Cancelled",
+    "Cancelling",
+    "Running",
+    "Pending",
+    "Scheduled",
+    "Paused",
+)
 
 
 class PrefectUIError(AssertionError):
