@@ -120,7 +120,7 @@ class PromotionSettings(Section):
     # recorded requests (1: never).
     max_disagreement: float = Field(0.5, gt=0, le=1)
     # ... or that takes more than this many times production's scoring time on them.
-    max_latency_ratio: float = Field(3.0, ge=1)
+    max_latency_ratio: float = Field(4.0, ge=1)
 
 
 class ServingSettings(Section):
