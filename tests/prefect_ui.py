@@ -27,7 +27,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CHROMIUM = "/usr/bin/chromium"
-STATES = ("Completed", "Failed", "Crashed", "Cancelled", "Cancelling", "Running", "Pending", "Scheduled")
+STATES = (
+    "Completed",
+    "Failed",
+    "Crashed",
+    "Cancelled",
+    "Cancelling",
+    "Running",
+    "Pending",
+    "Scheduled",
+    "Paused",
+)
 
 
 class PrefectUIError(AssertionError):

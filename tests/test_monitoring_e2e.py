@@ -34,6 +34,7 @@ from conftest import (
     prefect_server,
     require_tool,
     started,
+    with_library,
 )
 from prefect_ui import capture_artifact_pictures, capture_prefect_ui
 
@@ -287,3 +288,205 @@ def test_the_prefect_ui_shows_each_picture_of_the_runs(stack):
         assert image["width"] == 800 and image["height"] > 200, image  # the PNG's own size, decoded
         assert seen[key]["screenshot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"screenshots of the pictures in the Prefect UI: {OUTPUT / 'pictures'}")
+
+
+# ---- The replay before promotion and a person's approval (promotion.mode), on the demo's server.
+
+
+def artifacts(api_url: str, key: str, flow_run_id: str | None = None) -> list[dict]:
+    """The artifacts with `key` (of one flow run, when given), newest first, through Prefect's REST API."""
+    found: dict = {"key": {"any_": [key]}}
+    if flow_run_id:
+        found["flow_run_id"] = {"any_": [flow_run_id]}
+    response = httpx.post(
+        f"{api_url}/artifacts/filter", json={"artifacts": found, "sort": "CREATED_DESC"}, timeout=30
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def test_the_retrain_replayed_the_served_requests_before_its_promotion(stack):
+    """The demo's retrain after drift was promoted after its replay: candidate and production scored the
+    requests `bentoml serve` logged, and stayed within promotion.max_disagreement and max_latency_ratio."""
+    assert stack.summary["rollout"]["promoted"], stack.summary["rollout"]
+    (replayed, *_) = artifacts(stack.api_url, "replay")  # the first train had no production to replay
+    text = replayed["data"]
+    assert "## Replay of recorded requests" in text and "Skipped" not in text, text
+    assert "disagreement" in text and "latency ratio (candidate / production)" in text, text
+    print(text)
+
+
+PAUSED = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "flows": {"name": {"any_": ["train"]}}}
+
+
+@dataclass
+class Approvals:
+    """The demo's project with a worker on its dev pool again, runs of retrain-dev made to ask a person."""
+
+    stack: Stack
+    deployment_id: str
+    env: dict[str, str]
+
+    def retrain(self, reason: str, **settings: str) -> str:
+        """A run of retrain-dev in promotion.mode approve (its job variables, as prod's are), with no
+        production model, so the candidate passes the gate on its own and the decision is the person's."""
+        self.stack.project.query(CLEAR_PRODUCTION, PREFECT_API_URL=self.stack.api_url)
+        prefix = self.stack.project.package.upper()
+        env = {**self.env, f"{prefix}_PROMOTION__MODE": "approve"}
+        env |= {f"{prefix}_PROMOTION__{k.upper()}": v for k, v in settings.items()}
+        response = httpx.post(
+            f"{self.stack.api_url}/deployments/{self.deployment_id}/create_flow_run",
+            json={"parameters": {"reason": reason}, "job_variables": {"env": env}},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def paused_train(self, since: datetime, timeout: float = 300) -> dict:
+        """The train run (retrain's subflow) paused for the answer, once it is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = httpx.post(f"{self.stack.api_url}/flow_runs/filter", json=PAUSED, timeout=30)
+            response.raise_for_status()
+            runs = [r for r in response.json() if datetime.fromisoformat(r["created"]) >= since]
+            if runs:
+                return runs[0]
+            assert time.monotonic() < deadline, f"no train run paused within {timeout} s"
+            time.sleep(1)
+
+    def finished(self, run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = httpx.get(f"{self.stack.api_url}/flow_runs/{run_id}", timeout=30).json()
+            if run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                return run
+            assert time.monotonic() < deadline, f"run {run['name']} still {run['state']['type']}"
+            time.sleep(1)
+
+    def production(self) -> str | None:
+        return self.stack.project.query(PRODUCTION, PREFECT_API_URL=self.stack.api_url)
+
+    def decision(self, train_run_id: str) -> str:
+        (found, *_) = artifacts(self.stack.api_url, "promotion-decision", train_run_id)
+        return found["data"]
+
+
+CLEAR_PRODUCTION = with_library("""
+settings = internal("config").get_settings()
+aliases = internal("registry.aliases")
+internal("storage").open_storage(settings).delete(aliases.key(settings))
+print("null")
+""")
+PRODUCTION = with_library("""
+import json
+settings = internal("config").get_settings()
+print(json.dumps(internal("registry.aliases").read(settings).production))
+""")
+
+
+@pytest.fixture(scope="module")
+def approvals(stack, tmp_path_factory) -> Iterator[Approvals]:
+    """A process worker on the dev pool (the demo's stopped with it), the storm's waiting retrain run
+    cancelled (its concurrency slot would cancel ours), and the job environment of retrain-dev."""
+    api_url = stack.api_url
+    deployment = httpx.get(f"{api_url}/deployments/name/retrain/retrain-dev", timeout=30).json()
+    waiting = httpx.post(
+        f"{api_url}/flow_runs/filter",
+        json={
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING"]}}},
+        },
+        timeout=30,
+    ).json()
+    for run in waiting:
+        httpx.post(
+            f"{api_url}/flow_runs/{run['id']}/set_state",
+            json={"state": {"type": "CANCELLED", "message": "not this test's"}, "force": True},
+            timeout=30,
+        ).raise_for_status()
+    prefix = stack.project.package.upper()
+    env = dict(deployment["job_variables"]["env"])
+    # The demo's labelled traffic, and few trials: the three runs train on the same rows, one study.
+    env[f"{prefix}_MONITORING__LABELS_PATH"] = str(stack.project.root / ".state" / "demo" / "labels.csv")
+    env[f"{prefix}_TUNING__N_TRIALS"] = "3"
+    port = free_port()
+    worker_env = {
+        **stack.project.env,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+    }
+    pool = deployment["work_pool_name"]
+    command = ["uv", "run", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    log = tmp_path_factory.mktemp("approvals") / "worker.log"
+    with started(
+        [*command, "--with-healthcheck"],
+        cwd=stack.project.root,
+        env=worker_env,
+        log=log,
+        ready_url=f"http://127.0.0.1:{port}/health",
+    ):
+        yield Approvals(stack, deployment["id"], env)
+
+
+def test_a_retrain_in_approve_mode_waits_and_a_rejection_is_recorded_with_its_reason(approvals):
+    since = datetime.now(UTC)
+    retrain = approvals.retrain("approval test: reject")
+    paused = approvals.paused_train(since)
+    assert paused["state"]["name"] == "Paused"
+    # The form's description, as the UI shows it above the fields: the gate's evidence.
+    keyset = paused["state"]["state_details"]["run_input_keyset"]
+    shown = httpx.get(
+        f"{approvals.stack.api_url}/flow_runs/{paused['id']}/input/{keyset['description']}", timeout=30
+    )
+    assert "APPROVE OR REJECT" in shown.text and "no production model yet" in shown.text, shown.text
+    # What the person sees: the run Paused in the Prefect UI, and the gate's verdict waiting for them.
+    require_tool("chromium")
+    seen = capture_prefect_ui(
+        approvals.stack.api_url.removesuffix("/api"),
+        flow_run_name_contains=paused["name"],
+        artifact_key="promotion-gate",
+        screenshot=OUTPUT / "approval-paused.png",
+    )
+    assert seen["flow_run"]["state"] == "Paused", seen["flow_run"]
+    assert "WAITING FOR APPROVAL" in seen["artifact"]["text"], seen["artifact"]["text"][:500]
+    # A person's click: Resume with the form's fields, through Prefect's API as the UI sends it.
+    resumed = httpx.post(
+        f"{approvals.stack.api_url}/flow_runs/{paused['id']}/resume",
+        json={"run_input": {"approve": False, "reason": "the holdout is too small"}},
+        timeout=30,
+    )
+    assert resumed.json()["status"] == "ACCEPT", resumed.text
+    assert approvals.finished(retrain)["state"]["type"] == "COMPLETED"
+    assert approvals.production() is None
+    assert "rejected by a person: the holdout is too small" in approvals.decision(paused["id"])
+
+
+def test_no_answer_within_the_approval_timeout_rejects(approvals):
+    since = datetime.now(UTC)
+    retrain = approvals.retrain("approval test: timeout", approval_timeout="10")
+    paused = approvals.paused_train(since)
+    approvals.finished(retrain)
+    assert approvals.production() is None
+    assert "no answer within promotion.approval_timeout (10 s)" in approvals.decision(paused["id"])
+    # Prefect fails a run whose pause timed out ("never resumed"); the rejection was recorded before.
+    assert approvals.finished(paused["id"])["state"]["type"] == "FAILED"
+
+
+def test_an_approval_in_the_prefect_ui_promotes_the_model(approvals):
+    since = datetime.now(UTC)
+    retrain = approvals.retrain("approval test: approve")
+    paused = approvals.paused_train(since)
+    assert approvals.production() is None  # waiting: nothing promoted yet
+    resumed = httpx.post(
+        f"{approvals.stack.api_url}/flow_runs/{paused['id']}/resume",
+        json={"run_input": {"approve": True, "reason": "checked the card"}},
+        timeout=30,
+    )
+    assert resumed.json()["status"] == "ACCEPT", resumed.text
+    finished = approvals.finished(retrain)
+    assert finished["state"]["type"] == "COMPLETED", finished["state"]
+    tag = approvals.production()
+    assert tag is not None
+    assert "approved by a person: checked the card" in approvals.decision(paused["id"])

@@ -46,6 +46,16 @@ def test_dev_is_a_process_pool_with_paused_schedules_and_few_trials(deployments,
     assert dev["train-dev"]["parameters"]["n_trials"] == min(answers["n_trials"], 5)
 
 
+def test_each_environment_sets_who_promotes(deployments, answers):
+    """dev (the demo's) promotes what passes the gate; staging and prod as the answer says (by default a
+    person approves in the Prefect UI)."""
+    variable = f"{answers['package_name'].upper()}_PROMOTION__MODE"
+    for environment in answers["environments"]:
+        expected = "auto" if environment == "dev" else answers["promotion_mode"]
+        for name, deployment in in_environment(deployments, environment).items():
+            assert deployment["work_pool"]["job_variables"]["env"][variable] == expected, name
+
+
 @pytest.mark.parametrize("environment", ["staging", "prod"])
 def test_staging_and_prod_run_on_the_answered_pool_type(deployments, answers, environment, project):
     if environment not in answers["environments"]:

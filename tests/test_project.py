@@ -54,6 +54,7 @@ ANSWERED |= {
     "tuning.model_family",
     "tuning.n_trials",
     "monitoring.drift_threshold",
+    "promotion.mode",
 }
 ANSWERED |= {"monitoring.sample_seed"}
 REQUEST_SAMPLE = with_library("""

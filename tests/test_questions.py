@@ -57,6 +57,7 @@ INVALID = [
     ("data_path", {**CSV_PRICE, "data_path": "@data.csv"}, r'"@data\.csv" .*, starting with a letter, digit'),
     ("data_path", {**CSV_PRICE, "data_path": "data/*.csv"}, r'"data/\*\.csv" must be a path of letters'),
     ("author", {"author": "   "}, r'author must be a name, for example "Data Science Team"'),
+    ("promotion_mode", {"promotion_mode": "manual"}, r"'manual' is not in \['approve', 'auto', 'suggest'\]"),
 ]
 
 # Every free-text answer refuses what no TOML or YAML line can hold: a newline, a tab, any other C0 or C1
@@ -113,6 +114,7 @@ def test_edge_answers_that_are_valid_are_accepted(tmp_path):
         "flow_image": "registry.example.com:5000/team/churn-flows:v1.2_rc",
         "gpus": 2,
         "environments": ["dev", "staging", "prod"],
+        "promotion_mode": "suggest",
     }
     project = render(answers, tmp_path / "project")
     assert {k: recorded_answers(project)[k] for k in answers} == answers

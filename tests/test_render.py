@@ -189,6 +189,7 @@ def test_settings_file_holds_the_answered_values(project, answers):
     assert settings["tuning"]["model_family"] == answers["model_family"]
     assert settings["tuning"]["n_trials"] == answers["n_trials"]
     assert settings["monitoring"]["drift_threshold"] == answers["drift_threshold"]
+    assert settings["promotion"]["mode"] == answers["promotion_mode"]  # prefect.yaml sets it per environment
     assert "prefect" not in settings, "schedules and the work pool live in prefect.yaml only"
 
 

@@ -156,6 +156,23 @@ def test_a_bad_value_is_one_line_naming_the_key_the_value_and_its_source(monkeyp
     ]
 
 
+def test_bad_promotion_settings_name_the_key_and_what_is_allowed(monkeypatch, settings):
+    monkeypatch.setenv(f"{ENV_PREFIX}PROMOTION__MODE", "manual")
+    monkeypatch.setenv(f"{ENV_PREFIX}PROMOTION__MAX_DISAGREEMENT", "2")
+    monkeypatch.setenv(f"{ENV_PREFIX}PROMOTION__MAX_LATENCY_RATIO", "0.5")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as error:
+        get_settings()
+    assert error.value.problems == [
+        f"promotion.mode = 'manual' from {ENV_PREFIX}PROMOTION__MODE: Input should be 'auto', 'approve' or "
+        "'suggest'",
+        f"promotion.max_disagreement = '2' from {ENV_PREFIX}PROMOTION__MAX_DISAGREEMENT: Input should be "
+        "less than or equal to 1",
+        f"promotion.max_latency_ratio = '0.5' from {ENV_PREFIX}PROMOTION__MAX_LATENCY_RATIO: Input should be "
+        "greater than or equal to 1",
+    ]
+
+
 def test_a_model_family_missing_from_the_table_is_refused_naming_model_py(monkeypatch, settings):
     """The family is checked when the settings load, against model.py's own table for the task."""
     monkeypatch.setenv(f"{ENV_PREFIX}TUNING__MODEL_FAMILY", "no_such_family")

@@ -108,6 +108,21 @@ class RegistrySettings(Section):
     keep_models: int = Field(10, ge=0)
 
 
+class PromotionSettings(Section):
+    """Who promotes a model that passes the gate, and the replay of recorded requests it must pass too."""
+
+    # auto: the gate promotes; approve: a run of a deployment pauses for a person's answer in the Prefect UI
+    # (a run started by hand promotes as auto); suggest: the run ends with the verdict and the command.
+    mode: Literal["auto", "approve", "suggest"] = "auto"
+    # Seconds a paused run waits for the answer; none by then rejects the candidate.
+    approval_timeout: int = Field(86400, ge=10)
+    # The replay refuses a candidate that predicts otherwise than production on more than this share of the
+    # recorded requests (1: never).
+    max_disagreement: float = Field(0.5, gt=0, le=1)
+    # ... or that takes more than this many times production's scoring time on them.
+    max_latency_ratio: float = Field(4.0, ge=1)
+
+
 class ServingSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
@@ -295,6 +310,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     tuning: TuningSettings = TuningSettings()
     registry: RegistrySettings = RegistrySettings()
+    promotion: PromotionSettings = PromotionSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     feedback: FeedbackSettings = FeedbackSettings()

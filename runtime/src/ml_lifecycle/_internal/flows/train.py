@@ -21,7 +21,7 @@ from ..registry import card, retention, store
 from ..reports import pictures
 from ..training import data_version, feedback, holdout, lock, tuning
 from .prepare import prepare
-from .promote import gate
+from .promote import gate, run_decider, settle
 from .tuning_progress import TuningProgress
 from .workers import check_workers, tune_on_workers
 
@@ -203,7 +203,10 @@ def train(n_trials: int | None = None, reason: str = "manual") -> str:
         recent = labelled.recent.drop(columns=[dataset.target]), labelled.recent[dataset.target]
         tag = refit_and_register(spec, parts, schema, data_hash, reason, reference, sources, recent)
         print(f"Registered model {tag}")
-        verdict = gate(tag, parts.test_x, parts.test_y, reason, recent=recent)
-        print(f"{'Promoted' if verdict['passed'] else 'Not promoted'} {tag}: {verdict['reason']}")
+        decider = run_decider()  # promotion.mode: the gate, a person (the run pauses), or a suggestion
+        verdict = gate(tag, parts.test_x, parts.test_y, reason, mode=decider.mode, recent=recent)
         prune_store()
+    # Outside the training lock: a person's answer may take hours, and the next training need not wait.
+    verdict = settle(verdict, decider, parts.test_x, parts.test_y, reason, recent=recent)
+    print(f"{'Promoted' if verdict['promoted'] else 'Not promoted'} {tag}: {verdict['why']}")
     return tag

@@ -80,7 +80,8 @@ class ModelCard(BaseModel):
     groups: list[dict[str, Any]] = Field(default_factory=list)
     importance: list[Importance] = Field(default_factory=list)
     importance_note: str = ""
-    # The gate's verdicts on this model, oldest first (GateResult.as_dict() and when).
+    # The gate's verdicts on this model, oldest first (GateResult.as_dict(), whether it was promoted, when),
+    # and a person's decision on it in promotion.mode approve or suggest (flows/promote.py record_decision).
     verdicts: list[dict[str, Any]] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
 
@@ -347,7 +348,8 @@ def markdown(card: ModelCard) -> str:
     lines += ["", "## Gate verdict", ""]
     if card.verdicts:
         latest = card.verdicts[-1]
-        outcome = "promoted" if latest.get("passed") else "not promoted"
+        # "promoted" since promotion.mode: a verdict that passed the gate waits for a person in approve mode
+        outcome = "promoted" if latest.get("promoted", latest.get("passed")) else "not promoted"
         against = f"`{latest['production']}`" if latest.get("production") else "no production model"
         lines += [f"**{outcome}** at {latest.get('at')} against {against}: {latest.get('reason')}."]
         if len(card.verdicts) > 1:

@@ -22,11 +22,17 @@ score the new holdout. It needs an explicit decision (`promote --tag T --accept-
 A model taken out of production by a rollback is never promoted again by the gate alone, nor is a candidate
 that predicts like it (the same class, or a close value, on `registry.retired_agreement` of the gate's
 newest rows): a retrain on the same rows would otherwise bring it straight back under a new tag.
+
+A candidate that passes is replayed against production on the newest recorded requests (registry/replay.py);
+one that disagrees beyond `promotion.max_disagreement` or is slower beyond `promotion.max_latency_ratio` is
+not promoted. `promote(judge_only=True)` reaches the verdict without changing production (a person decides:
+promotion.mode approve or suggest), and `promote(judged=verdict)` promotes that verdict once approved, judging
+the candidate again only when production changed meanwhile.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -34,8 +40,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import Settings
+from ..storage import StorageError
 from ..training.metrics import Metric, class_text, compare, primary_metric
 from . import aliases, store
+from . import replay as replays
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class GateResult:
     schema_change_accepted: bool = False
     # Each slice the models were scored on: name, rows, both scores, and whether it decided.
     slices: list[dict[str, Any]] = field(default_factory=list)
+    # The replay of recorded requests (replay.Replay.as_dict()), when the candidate passed the rest.
+    replay: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,6 +257,8 @@ def promote(
     accept_schema_change: bool = False,
     allow_rolled_back: bool = False,
     recent: Rows | None = None,
+    judge_only: bool = False,
+    judged: GateResult | None = None,
 ) -> GateResult:
     """Judge the candidate against production and, when it passes, make it production: one change of the
     alias record by compare-and-swap (aliases.change), so the verdict is always against the production
@@ -254,10 +266,15 @@ def promote(
     judged again against the new production.
 
     A model once rolled back is refused unless `allow_rolled_back` (a person's decision): no ping-pong
-    between a retrain that promotes it and a watch that rolls it back."""
+    between a retrain that promotes it and a watch that rolls it back.
+
+    `judge_only`: the verdict, production unchanged. `judged`: a verdict reached before (and approved by a
+    person), promoted as it is while production is still the one it was judged against."""
     candidate = store.load(candidate_tag, settings)
     rows = recent[0] if recent is not None and not recent[0].empty else features
-    judged: dict[str | None, GateResult] = {}  # by production tag: a retry re-judges only a new production
+    judged_by: dict[str | None, GateResult] = {}  # by production tag: a retry re-judges only a new production
+    if judged is not None and judged.candidate == candidate.tag:
+        judged_by[judged.production] = judged
 
     def decide_and_record(record: aliases.AliasRecord) -> GateResult:
         refused = refusal(settings, record, candidate, rows, allow_rolled_back)
@@ -272,9 +289,9 @@ def promote(
                 passed=False,
                 reason=refused,
             )
-        if record.production not in judged:
+        if record.production not in judged_by:
             production = store.load(record.production, settings) if record.production else None
-            judged[record.production] = judge(
+            verdict = judge(
                 settings,
                 candidate,
                 production,
@@ -283,8 +300,9 @@ def promote(
                 accept_schema_change=accept_schema_change,
                 recent=recent,
             )
-        result = judged[record.production]
-        if result.passed:
+            judged_by[record.production] = with_replay(settings, verdict, candidate, production, labels)
+        result = judged_by[record.production]
+        if result.passed and not judge_only:
             details: dict[str, Any] = {"metric": result.metric, "score": result.candidate_score}
             if result.schema_change_accepted:
                 details["schema_changes"] = result.schema_changes
@@ -292,6 +310,35 @@ def promote(
         return result
 
     return aliases.change(settings, decide_and_record)
+
+
+def with_replay(
+    settings: Settings,
+    verdict: GateResult,
+    candidate: store.RegisteredModel,
+    production: store.RegisteredModel | None,
+    labels: pd.Series,
+) -> GateResult:
+    """The verdict with the replay of recorded requests (registry/replay.py) when the candidate passed the
+    rest against a production model; refused when the replay exceeds promotion.max_disagreement or
+    promotion.max_latency_ratio. A request log that cannot be read skips the replay, saying so."""
+    if not verdict.passed or production is None:
+        return verdict
+    regression = candidate.metadata["task_type"] == "regression"
+    # The target's spread on the gate's rows: the scale of a regression's tolerance.
+    spread = float(np.nanstd(pd.to_numeric(labels, errors="coerce"))) if regression else 0.0
+    try:
+        found = replays.replay(settings, candidate, production, spread)
+    except StorageError as exc:  # the store's request log unreadable now: judge on the rest, and say so
+        found = replays.skipped(f"the request log could not be read ({exc})")
+    limit = replays.limit_exceeded(
+        found, settings.promotion.max_disagreement, settings.promotion.max_latency_ratio
+    )
+    if limit:
+        return replace(
+            verdict, replay=found.as_dict(), passed=False, reason=f"{verdict.reason}; refused by {limit}"
+        )
+    return replace(verdict, replay=found.as_dict())
 
 
 def refusal(
