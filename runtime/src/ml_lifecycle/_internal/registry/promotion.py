@@ -43,7 +43,6 @@ from ..config import Settings
 from ..storage import StorageError
 from ..training.metrics import Metric, class_text, compare, primary_metric
 from . import aliases, store
-from . import replay as replays
 
 
 @dataclass(frozen=True)
@@ -324,6 +323,10 @@ def with_replay(
     promotion.max_latency_ratio. A request log that cannot be read skips the replay, saying so."""
     if not verdict.passed or production is None:
         return verdict
+    # Here, not at the top: the service imports this module (rollback, the alias), never the request log's
+    # reader and the label join the replay needs (tests: serving/test_service_imports.py).
+    from . import replay as replays
+
     regression = candidate.metadata["task_type"] == "regression"
     # The target's spread on the gate's rows: the scale of a regression's tolerance.
     spread = float(np.nanstd(pd.to_numeric(labels, errors="coerce"))) if regression else 0.0
