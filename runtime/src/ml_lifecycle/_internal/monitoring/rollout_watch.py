@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -134,20 +134,7 @@ def watched_pair(record: aliases.AliasRecord, now: datetime, watch_hours: float)
 
 def rows_of(window: served_traffic.Window, version: str) -> served_traffic.Window:
     """The part of the window that `version` predicted (positions renumbered from 0)."""
-    mask = (window.model_versions == version).to_numpy()
-
-    def part(values: Any) -> Any:
-        return values[mask].reset_index(drop=True)
-
-    return replace(
-        window,
-        features=part(window.features),
-        predictions=part(window.predictions),
-        probabilities=None if window.probabilities is None else part(window.probabilities),
-        request_ids=part(window.request_ids),
-        rows=part(window.rows),
-        model_versions=part(window.model_versions),
-    )
+    return window.select((window.model_versions == version).to_numpy())
 
 
 def classes_of(window: served_traffic.Window) -> list[str] | None:

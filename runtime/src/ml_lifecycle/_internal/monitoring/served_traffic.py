@@ -20,7 +20,7 @@ logged).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,23 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def select(self, rows: Any) -> Window:
+        """The rows `rows` picks (a boolean mask or a slice of positions), renumbered from 0: the part one
+        model predicted (the watch after rollout), the newest rows (the replay)."""
+
+        def part(values: Any) -> Any:
+            return values.iloc[rows].reset_index(drop=True)
+
+        return replace(
+            self,
+            features=part(self.features),
+            predictions=part(self.predictions),
+            probabilities=None if self.probabilities is None else part(self.probabilities),
+            request_ids=part(self.request_ids),
+            rows=part(self.rows),
+            model_versions=part(self.model_versions),
+        )
 
     @property
     def requested_hours(self) -> float:

@@ -19,7 +19,7 @@ says so: a new project has no traffic yet, and that is no reason to refuse a can
 from __future__ import annotations
 
 import timeit
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -224,7 +224,7 @@ def replay(
             rows=len(window),
         )
     if len(window) > REPLAY_ROWS:
-        window = rows_from(window, len(window) - REPLAY_ROWS)
+        window = window.select(slice(len(window) - REPLAY_ROWS, None))  # the newest rows
     try:
         cand_rows = tables.conform(window.features, candidate.schema)
         prod_rows = tables.conform(window.features, production.schema)
@@ -237,23 +237,6 @@ def replay(
     )
     note = metrics.pop("note", "")
     return Replay(state="replayed", note=note, window=window.describe(), **figures, **metrics)
-
-
-def rows_from(window: served_traffic.Window, first: int) -> served_traffic.Window:
-    """The window from its row `first` on (positions renumbered from 0): the newest rows, oldest first."""
-
-    def part(values: Any) -> Any:
-        return values.iloc[first:].reset_index(drop=True)
-
-    return replace(
-        window,
-        features=part(window.features),
-        predictions=part(window.predictions),
-        probabilities=None if window.probabilities is None else part(window.probabilities),
-        request_ids=part(window.request_ids),
-        rows=part(window.rows),
-        model_versions=part(window.model_versions),
-    )
 
 
 def limit_exceeded(result: Replay, max_disagreement: float, max_latency_ratio: float) -> str:
