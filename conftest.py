@@ -81,8 +81,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     from xdist.scheduler import LoadGroupScheduling
 
     class TiersScheduling(LoadGroupScheduling):
+        def schedule(self) -> None:
+            super().schedule()
+            self.note_fast_tier_done()  # a run with no fast test at all (`-m release`) must not wait
+
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
+            self.note_fast_tier_done()
+
+        def note_fast_tier_done(self) -> None:
             queued = any(not scope.startswith(SLOW_GROUP) for scope in self.workqueue)
             running = any(
                 not scope.startswith(SLOW_GROUP) and not all(tests.values())

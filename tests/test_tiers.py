@@ -76,6 +76,14 @@ def test_the_slow_tier_runs_after_a_green_fast_tier(suite, workers):
     assert ran(suite) == ["fast"] * 7 + ["slow"], result.stdout
 
 
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_run_of_slow_tests_alone_does_not_wait_for_a_fast_tier(suite, workers):
+    """`-m release` (the release workflow's tier) selects no fast test: the slow ones run at once."""
+    result = pytest_in(suite, "-n", workers, "-m", "slow and not release")
+    assert result.returncode == 0, result.stdout
+    assert ran(suite) == ["slow"], result.stdout
+
+
 def test_the_release_workflows_mark_expression_runs_the_release_tier(suite):
     result = pytest_in(suite, "-m", "")
     assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout
