@@ -9,15 +9,16 @@ from ml_lifecycle._internal.local import demo_traffic
 from ml_lifecycle._internal.registry import aliases, promotion, store
 from ml_lifecycle._internal.training.metrics import METRICS
 
-from ..conftest import clear_alias, make_frame, register
+from ..conftest import make_frame, register
 
 
 @pytest.fixture
-def no_production(csv_settings):
-    """Settings with an empty production record (the models of other tests stay in the store)."""
-    clear_alias(csv_settings)
-    yield csv_settings
-    clear_alias(csv_settings)
+def no_production(csv_settings, tmp_path):
+    """Settings with a store of this test's own: no production record, and no request log, or the replay
+    before promotion would judge on what other tests served (which tests ran before in this process
+    varies with two workers)."""
+    storage = csv_settings.storage.model_copy(update={"url": str(tmp_path / "store")})
+    return csv_settings.model_copy(update={"storage": storage})
 
 
 @pytest.fixture
