@@ -53,6 +53,10 @@ def _settings_file() -> Path:
 SETTINGS_FILE = _settings_file()
 
 
+# Who promotes a model that passed the gate (promotion.mode; flows/promote.py acts on it).
+PromotionMode = Literal["auto", "approve", "suggest"]
+
+
 class Section(BaseModel):
     """A section of settings.toml: a key it does not have is an error, never silently ignored."""
 
@@ -113,7 +117,7 @@ class PromotionSettings(Section):
 
     # auto: the gate promotes; approve: a run of a deployment pauses for a person's answer in the Prefect UI
     # (a run started by hand promotes as auto); suggest: the run ends with the verdict and the command.
-    mode: Literal["auto", "approve", "suggest"] = "auto"
+    mode: PromotionMode = "auto"
     # Seconds a paused run waits for the answer; none by then rejects the candidate.
     approval_timeout: int = Field(86400, ge=10)
     # The replay refuses a candidate that predicts otherwise than production on more than this share of the

@@ -12,7 +12,7 @@ record itself; it is there for the Prefect UI, automations and anyone else who w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -23,13 +23,13 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from ..config import Settings, get_settings
+from ..config import PromotionMode, Settings, get_settings
 from ..registry import card as model_card
 from ..registry import promotion, store
 from ..storage import StorageError
 from ..training import feedback, holdout, validation
 
-Mode = Literal["auto", "approve", "suggest"]
+Mode = PromotionMode
 APPROVAL_POLL_SECONDS = 5  # how often a paused run asks the server whether a person answered
 
 
