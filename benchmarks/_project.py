@@ -6,12 +6,13 @@ project's pin names a commit the repository must have), with default answers, in
 The measurement then runs in the project's folder and environment, where `import <package>` binds the
 library to the project.
 
-    uv run python benchmarks/<name>.py [--quick] [--project-dir DIR] [the benchmark's options]
+    uv run python benchmarks/<name>.py [--quick] [--project-dir DIR] [--repeats N] [the benchmark's options]
     uv run python benchmarks/_project.py --project-dir DIR [--quick]    (install and train only)
 
 `--project-dir DIR` renders and installs into DIR, or reuses the project already installed there (so
 several benchmarks, or a test's runs, share one), and keeps it; without it a temporary folder is used and
-removed. Scripts that need a production model get one with `python -m <package> train` (3 Optuna trials
+removed. `--repeats N` runs the measurement N times in the one project (benchmarks/_repeats.py). Scripts
+that need a production model get one with `python -m <package> train` (3 Optuna trials
 with --quick, the project's default otherwise) unless the project already has one.
 """
 
@@ -26,6 +27,8 @@ import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import _repeats
 
 REPO = Path(__file__).resolve().parents[1]
 # Set (to the project's folder) for a benchmark script running inside the project, and inherited by the
@@ -162,13 +165,17 @@ def main(script: str, argv: list[str], *, needs_model: bool) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--project-dir", type=Path)
     known, rest = parser.parse_known_args(argv)
+    repeats, rest = _repeats.take_repeats(rest)
     workdir = known.project_dir.resolve() if known.project_dir else Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         project = install(workdir)
         if needs_model:
             with_model(project, quick="--quick" in rest)
         inside = project.with_env(**{IN_PROJECT: str(project.root)})
-        return inside.run(inside.python(str(Path(script).resolve()), *rest), capture=False).returncode
+        command = inside.python(str(Path(script).resolve()), *rest)
+        if repeats > 1:
+            return _repeats.repeat(command, repeats, _repeats.main_goals(), cwd=inside.root, env=inside.env)
+        return inside.run(command, capture=False).returncode
     finally:
         if not known.project_dir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Inner half of benchmarks/tuning_overhead.py: runs inside a rendered project's environment.
 
-    uv run --no-sync python _tuning_inner.py PACKAGE WORKDIR [--trials 50] [--repeats 3]
+    uv run --no-sync python _tuning_inner.py PACKAGE WORKDIR [--trials 50] [--rounds 3]
 
 Starts the project's local Prefect server (not timed), then times, in the same process and alternating the
 order each round:
@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("package")
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     # The project first (importing it binds the library to it), then the library's modules (2.0.0 layout).
@@ -134,7 +134,7 @@ def main() -> int:
         sequences: dict[str, list] = {}
         per_round = []
         order = list(variants)
-        for round_no in range(args.repeats):
+        for round_no in range(args.rounds):
             this_round = {}
             for name in order if round_no % 2 == 0 else order[::-1]:
                 started, cpu_started = time.perf_counter(), cpu_seconds()
@@ -156,7 +156,7 @@ def main() -> int:
         "package": pkg.__name__,
         "trials": args.trials,
         "trials_per_task": per_task,
-        "repeats": args.repeats,
+        "rounds": args.rounds,
         "seconds_ours": round(median["ours"], 3),
         "seconds_bare": round(median["bare"], 3),
         "seconds_bare_inmemory": round(median["bare_inmemory"], 3),

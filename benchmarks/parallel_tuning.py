@@ -48,6 +48,7 @@ import psutil
 from _common import ROOT, clean_up, load_project, log, ratio, run
 
 GOAL = 1.7
+GOALS = {"speedup": (">=", GOAL)}  # judged on the median with --repeats (_repeats.py)
 STEPS = 4
 MARKER = "PARALLEL_TUNING_BENCHMARK_RUN"  # in every worker's environment, so leftovers can be found by it
 

@@ -58,6 +58,13 @@ from _common import load_project, log, ratio, run
 
 GOAL_RATIO = 0.8
 GOAL_NOISE = 10  # the noise level (%) the ratio goal and false_refusals are read at
+GOALS = {  # judged on the medians with --repeats (_repeats.py)
+    "recovered_ratio": (">=", GOAL_RATIO),
+    "failed_requests_during_switch": ("<=", 0),
+    f"recovered_ratio_noise_{GOAL_NOISE}": (">=", GOAL_RATIO),
+    "false_rollbacks": ("<=", 0),
+    f"false_refusals_noise_{GOAL_NOISE}": ("<=", 0),
+}
 DEMO_KEYS = ("seconds_event_to_serving", "failed_requests_during_switch", "answered_during_switch")
 
 

@@ -1,7 +1,8 @@
 """Benchmark P9: the shared state on object storage, next to the same work on local files.
 
-    uv run python benchmarks/shared_state.py [--records 1000000] [--repeats 3] [--seconds 15]
+    uv run python benchmarks/shared_state.py [--records 1000000] [--reads 3] [--seconds 15]
                                              [--concurrency 32] [--quick] [--keep] [--project-dir DIR]
+                                             [--repeats N]
 
 Renders and installs a default project (and trains a production model: the second half serves it) and
 measures inside it, against moto's S3 server on 127.0.0.1 (`moto_server` from the generator's
@@ -11,7 +12,7 @@ environment; it runs offline) and a local folder store:
    --records request-log records (1,000,000) written by two replicas over the last
    monitoring.window_hours, in the store's layout
    (`requests/date=.../hour=.../<replica>-<worker>-<seq>.jsonl`, --records-per-object records a flush),
-   once in a folder and once in a bucket: `seconds_s3` and `seconds_local` are medians over --repeats
+   once in a folder and once in a bucket: `seconds_s3` and `seconds_local` are medians over --reads
    reads, `ratio_to_local` divides them. The records are real rows of the training data, as
    RequestRecord lines (records.py) with ids and times of their own.
 2. The request log's cost on serving throughput: P3's load (`hey`, --concurrency clients, one real row to
@@ -45,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _common import clean_up, load_project, log, ratio, run
+from _repeats import judge
 
 GOALS = {"ratio_to_local": ("<=", 2.0), "throughput_ratio": (">=", 0.95)}
 MARKER = "SHARED_STATE_BENCHMARK_RUN"  # in every server's environment, so leftovers can be found by it
@@ -196,7 +198,7 @@ def window_read(config, endpoint: str, work: Path, args: argparse.Namespace) -> 
     for storage in stores.values():  # untimed: the first read pays for imports and connections
         served_traffic_module().read_window(storage, end - timedelta(hours=1), end)
     reads: dict[str, list[float]] = {"local": [], "s3": []}
-    for repeat in range(args.repeats):  # alternating, so a busy moment does not fall on one side only
+    for repeat in range(args.reads):  # alternating, so a busy moment does not fall on one side only
         for name in ("local", "s3") if repeat % 2 == 0 else ("s3", "local"):
             reads[name].append(timed_read(stores[name], start, end + timedelta(seconds=1), args.records))
             log(f"{name}: window read in {reads[name][-1]:.2f} s")
@@ -276,7 +278,7 @@ def main() -> int:
     )
     parser.add_argument("--records", type=int, default=1_000_000, help="request-log records (1,000,000)")
     parser.add_argument("--records-per-object", type=int, default=2_000, help="records a flush (2,000)")
-    parser.add_argument("--repeats", type=int, default=3, help="window reads of each store (3)")
+    parser.add_argument("--reads", type=int, default=3, help="window reads of each store (3)")
     parser.add_argument("--seconds", type=float, default=15, help="measured load per service (15)")
     parser.add_argument("--warmup", type=float, default=3, help="untimed load before each (3)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (32)")
@@ -285,7 +287,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, the local store)")
     args = parser.parse_args()
     if args.quick:
-        args.records, args.records_per_object, args.repeats = 20_000, 500, 1
+        args.records, args.records_per_object, args.reads = 20_000, 500, 1
         args.seconds, args.warmup, args.rounds = 3.0, 1.0, 1
     if shutil.which("hey") is None:
         log("error: this benchmark needs `hey`, the HTTP load generator: apt-get install hey")
@@ -302,10 +304,7 @@ def main() -> int:
             report |= serving_cost(config, endpoint, work, args)
     finally:
         clean_up(MARKER, run_id, work, args.keep)
-    met = {
-        key: None if report.get(key) is None else (report[key] <= goal if op == "<=" else report[key] >= goal)
-        for key, (op, goal) in GOALS.items()
-    }
+    met = {key: None if report.get(key) is None else judge(report[key], goal) for key, goal in GOALS.items()}
     report.update(
         goals={key: f"{op} {goal:g}" for key, (op, goal) in GOALS.items()},
         goal_met=met,

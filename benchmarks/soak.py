@@ -44,6 +44,7 @@ from ml_lifecycle._internal.bench.serving import HOST, free_port, hey, parse_hey
 
 MARKER = "SOAK_BENCHMARK_RUN"
 RSS_GOAL = 0.05
+GOALS = {"rss_growth": ("<=", RSS_GOAL), "accounted": ("==", True)}  # with --repeats (_repeats.py)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

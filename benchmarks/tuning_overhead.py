@@ -1,6 +1,7 @@
 """Benchmark P1: what does running Optuna inside the training flow cost next to a bare Optuna loop?
 
-    uv run python benchmarks/tuning_overhead.py [--trials 50] [--repeats 3] [--quick] [--project-dir DIR]
+    uv run python benchmarks/tuning_overhead.py [--trials 50] [--rounds 3] [--quick] [--project-dir DIR]
+                                                [--repeats N]
 
 --quick (tests/test_generator_benchmarks.py) runs every step with 3 trials in batches of 2, two rounds (both
 orders): it checks the wiring and the keys, not the goal.
@@ -22,7 +23,8 @@ How it is measured, and why:
 - The flow runs its trials in batches (one task per `trials_per_task` trials) on one study object, so its
   seeded sampler runs on from batch to batch: both sides try the same parameters, trial by trial, and
   `same_trials` checks it. The ratio therefore compares the same work and isolates orchestration.
-- The order of the variants alternates every round and the medians over `--repeats` rounds are reported.
+- The order of the variants alternates every round and the medians over `--rounds` rounds are reported;
+  `--repeats N` runs all of it N times (benchmarks/_repeats.py: median and spread of `ratio`).
   On a small shared machine wall time moves by up to ~10% between identical runs, so a verdict near the
   goal needs more rounds; `cpu_ratio` (this process plus the Prefect server) is steadier. The fixed cost
   of one flow run (`seconds_empty_flow_run`) is reported too: `tune` pays it once per call.
@@ -45,8 +47,11 @@ import tempfile
 from pathlib import Path
 
 import _project
+import _repeats
 
 INNER = Path(__file__).resolve().parent / "_tuning_inner.py"
+
+GOALS = {"ratio": ("<=", 1.10), "same_trials": ("==", True)}  # P1, as _tuning_inner.py judges one run
 
 
 def project_env(workdir: Path, package: str, trials_per_task: int | None) -> dict[str, str]:
@@ -77,16 +82,19 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    repeated = _repeats.rerun_if_repeated(sys.argv[1:] if argv is None else argv, GOALS)
+    if repeated is not None:
+        return repeated
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the variants in one process")
     parser.add_argument("--quick", action="store_true", help="3 trials in batches of 2, 2 rounds: the wiring")
     parser.add_argument(
         "--project-dir", type=Path, help="install into DIR, or reuse the project installed there; kept"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.trials, args.repeats = 3, 2
+        args.trials, args.rounds = 3, 2
 
     workdir = (
         args.project_dir.resolve() if args.project_dir else Path(tempfile.mkdtemp(prefix="tuning-bench-"))
@@ -96,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         own = workdir / "tuning-overhead"  # studies, models and Prefect home of this benchmark only
         own.mkdir(exist_ok=True)
         env = project_env(own, project.package, 2 if args.quick else None)
-        print(f"timing {args.trials} trials x {args.repeats} rounds ...", file=sys.stderr, flush=True)
+        print(f"timing {args.trials} trials x {args.rounds} rounds ...", file=sys.stderr, flush=True)
         command = project.python(str(INNER), project.package, str(own))
         output = run(
-            command + ["--trials", str(args.trials), "--repeats", str(args.repeats)], project.root, env
+            command + ["--trials", str(args.trials), "--rounds", str(args.rounds)], project.root, env
         )
     finally:
         if not args.project_dir:

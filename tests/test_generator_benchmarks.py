@@ -27,7 +27,7 @@ def quick_run(name: str, *options: str) -> dict:
 
 def test_tuning_overhead_compares_the_flow_and_a_bare_loop_on_the_same_trials(benchmark_project):
     report = quick_run("tuning_overhead", "--project-dir", str(benchmark_project))
-    assert (report["trials"], report["trials_per_task"], report["repeats"]) == (3, 2, 2), report
+    assert (report["trials"], report["trials_per_task"], report["rounds"]) == (3, 2, 2), report
     assert report["same_trials"] is True and report["first_differing_trial"] is None, report
     for key in ("seconds_ours", "seconds_bare", "seconds_bare_inmemory", "seconds_empty_flow_run", "ratio"):
         assert report[key] > 0, (key, report)
