@@ -14,6 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_LINE = json.JSONEncoder(default=str, separators=(",", ":"))
+
 
 class RequestRecord(BaseModel):
     """One row the service predicted: which request (id and row), when, by which endpoint and model
@@ -53,7 +56,7 @@ class RequestRecord(BaseModel):
         The fields as they are: model_dump() would copy every value first, for nothing."""
         fields = dict(self)
         fields["time"] = self.time.isoformat()
-        return json.dumps(fields, default=str, separators=(",", ":"))
+        return _LINE.encode(fields)
 
     @classmethod
     def parse(cls, line: str) -> RequestRecord:

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -38,6 +37,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # A client's request id is reused only when it is short and plain, so it cannot inject into logs.
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPES = {"application/json"}
+# The request headers the guard reads (the rest are not decoded: this runs for every request).
+_READ_HEADERS = frozenset({b"x-request-id", b"authorization", b"content-type", b"content-length", b"expect"})
 # Error summaries name at most this many problems (the full list stays in `detail`).
 MAX_PROBLEMS = 10
 
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 def request_id_from(headers: dict[str, str]) -> str:
     supplied = headers.get(REQUEST_ID_HEADER, "")
-    return supplied if _SANE_ID.match(supplied) else uuid.uuid4().hex
+    return supplied if _SANE_ID.match(supplied) else os.urandom(16).hex()  # as random as uuid4().hex
 
 
 def readable(body: Any) -> Any:
@@ -156,7 +157,11 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        headers = {
+            name.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers", ())
+            if (name := k.lower()) in _READ_HEADERS
+        }
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope.get("path", "")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import socket
 import threading
@@ -151,7 +150,11 @@ class RequestLog:
         self.written = 0
         self.dropped = 0
         self._pending: deque[RequestRecord] = deque()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=buffer)
+        # Records wait in a deque the writer drains when a flush is due, not in a queue.Queue: its put wakes
+        # the writer for every record, and each wake-up took the GIL from the event loop in the middle of
+        # a request (docs/decisions.md#request-log-writes). A deque's append and popleft are atomic.
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()  # set: a flush is due now (enough records, flush(), close())
         self._flushed = threading.Condition()
         self._flush_asked = 0  # flush() calls asked for / answered, under _flushed
         self._flush_done = 0
@@ -180,19 +183,21 @@ class RequestLog:
     @property
     def pending(self) -> int:
         """Records accepted and not yet in the store (queued, or waiting for the next flush)."""
-        return self._queue.qsize() + len(self._pending)
+        return len(self._queue) + len(self._pending)
 
     def submit(self, records: Iterable[RequestRecord]) -> int:
         """Queue records without ever waiting; returns how many were dropped (and counted): no room."""
         accepted = lost = 0
         for record in records:
-            try:
-                self._queue.put_nowait(record)
+            if len(self._queue) < self.buffer:
+                self._queue.append(record)
                 accepted += 1
-            except queue.Full:
+            else:
                 lost += 1
         if accepted:
             self.metrics.pending.inc(accepted)
+            if len(self._queue) >= self.flush_records and not self._wake.is_set():
+                self._wake.set()
         self._count_dropped(lost, BUFFER_FULL)
         return lost
 
@@ -209,8 +214,7 @@ class RequestLog:
         with self._flushed:
             self._flush_asked += 1
             asked = self._flush_asked
-        with contextlib.suppress(queue.Full):
-            self._queue.put(_FLUSH, timeout=timeout)
+        self._signal(_FLUSH)
         deadline = time.monotonic() + timeout
         with self._flushed:
             while self._flush_done < asked and self._thread.is_alive():
@@ -222,9 +226,13 @@ class RequestLog:
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then stop the thread."""
         if self._thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=timeout)
+            self._signal(_STOP)
             self._thread.join(timeout)
+
+    def _signal(self, item: object) -> None:
+        """Hand the writer a flush or stop request, after every record submitted so far."""
+        self._queue.append(item)
+        self._wake.set()
 
     def _count_dropped(self, lost: int, cause: str) -> None:
         if lost:
@@ -276,12 +284,17 @@ class RequestLog:
             )
 
     def _take(self, wait: float) -> list[Any]:
-        """What is queued: the first item waiting at most `wait` seconds, then the rest without waiting."""
+        """What is queued once a flush is due, or after `wait` seconds: at most `buffer` records (and the
+        flush and stop requests among them)."""
+        if wait > 0:
+            self._wake.wait(wait)
+        self._wake.clear()  # before draining: what is added from now on sets it again
         items: list[Any] = []
-        with contextlib.suppress(queue.Empty):
-            items.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+        with contextlib.suppress(IndexError):
             while len(items) < self.buffer:
-                items.append(self._queue.get_nowait())
+                items.append(self._queue.popleft())
+        if self._queue:  # more than one take's worth (a buffer's) is waiting: come back at once
+            self._wake.set()
         return items
 
     def _write_pending(self) -> None:

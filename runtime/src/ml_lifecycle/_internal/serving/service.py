@@ -28,6 +28,7 @@ A model whose feature columns differ from the ones the API was built for is not 
 serves it). A pinned Bento (`--arg model_tag`) never swaps.
 """
 
+import gc
 import logging
 import threading
 import time
@@ -168,6 +169,11 @@ class Serving:
         self._stop = threading.Event()
         if not self.startup.pinned_tag and settings.rollout.poll_seconds > 0:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
+        # The libraries, the model and its reference rows are a few hundred thousand objects that live as
+        # long as the worker; frozen, the garbage collector stops walking them again and again while
+        # requests allocate (docs/decisions.md#what-a-request-costs).
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         """/readyz: the model is loaded and the request log's writer runs (a failing store costs no
@@ -318,7 +324,7 @@ class Serving:
             label = REGRESSION_LABEL if result.probabilities is None else str(result.prediction)
             PREDICTIONS.labels(label=label, model_version=result.model_version).inc()
             records.append(
-                RequestRecord(
+                RequestRecord.model_construct(  # fields already validated: the request's, the model's
                     request_id=request_id,
                     time=now,
                     endpoint=endpoint,
@@ -353,10 +359,12 @@ class Served:
     def predict(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         predictions, proba = self.runtime.predict(rows)
         classes = self.runtime.classes
+        # Built without validation (model_construct): the values come from the model, not from a client.
         if proba is None or classes is None:
-            return [RowPrediction(prediction=p, model_version=self.version) for p in predictions]
+            version = self.version
+            return [RowPrediction.model_construct(prediction=p, model_version=version) for p in predictions]
         return [
-            RowPrediction(
+            RowPrediction.model_construct(
                 prediction=p,
                 probabilities=dict(zip(classes, map(float, row), strict=True)),
                 model_version=self.version,
