@@ -21,7 +21,13 @@ from conftest import REPO, Project, explain, package_of, require_tool, run, subp
 pytestmark = pytest.mark.slow
 
 SERVICE_KEYS = {"rps", "p50_ms", "p99_ms", "non_2xx", "rss_mb_per_worker"}
-RATIOS = {"ratio_to_trivial", "ratio_to_fastapi", "ratio_to_batched_limit", "p99_ratio_to_trivial"}
+RATIOS = {
+    "ratio_to_trivial",
+    "ratio_to_trivial_untraced",
+    "ratio_to_fastapi",
+    "ratio_to_batched_limit",
+    "p99_ratio_to_trivial",
+}
 KEYS = SERVICE_KEYS | RATIOS
 GOALS = {"ratio_to_trivial", "ratio_to_fastapi", "p99_ratio_to_trivial", "non_2xx"}
 
@@ -82,7 +88,7 @@ def test_reports_every_key_and_a_verdict_per_goal(benchmark):
 def test_every_variant_answered(benchmark):
     report, _ = benchmark
     variants = report["variants"]
-    for name in ("service", "fastapi", "trivial"):
+    for name in ("service", "fastapi", "trivial", "trivial_untraced"):
         assert variants[name]["rps"] > 0, variants[name]
     assert variants["batched_predict"]["rows_per_s"] > 0
     assert variants["service"]["workers_found"] == report["settings"]["workers"]

@@ -15,12 +15,15 @@ of the training data, as fast as each gets its answers, for --seconds (15) after
   agrees with scikit-learn (variants.service.runtime says which ran). Its request log goes to a
   temporary folder (not the project's logs/, which the monitor flow reads), and its API key variable is
   removed from its environment.
-With --compare, three more:
+With --compare, four more:
 - `fastapi`: FastAPI + uvicorn with the same number of workers, the same production pipeline loaded with
   bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request: what a
   plain hand-written endpoint does.
 - `trivial`: a BentoML service with the same workers, request and answer types whose endpoint returns
-  a constant without touching the model: what BentoML itself can answer on this machine.
+  a constant without touching the model: what BentoML itself can answer on this machine, with its defaults.
+- `trivial_untraced`: the same with the service's tracing setting (its prediction routes are left out of
+  BentoML's OpenTelemetry middleware while no trace exporter is configured: serving/service.py's
+  `untraced_routes`). `ratio_to_trivial_untraced` (no goal) is then what the service's own layers cost.
 - `batched_predict`: rows/s of the bare pipeline's predict_proba (predict for regression) in this
   process, on batches of serving.max_batch_size real rows: the batcher's upper limit.
 (The two comparison servers live in serving_apps.py, beside this module.)
@@ -29,7 +32,8 @@ Keys: `rps` (2xx answers per second), `p50_ms`, `p99_ms` and `non_2xx` (non-2xx 
 connections: an overloaded batcher sheds load with 503s, which are counted here, never hidden) are the
 service's; `rss_mb_per_worker` is the largest resident memory of its worker processes after the run (each
 worker's in variants.service). With --compare, `ratio_to_trivial`, `ratio_to_fastapi` and
-`ratio_to_batched_limit` divide its rps by the other variants'; `p99_ratio_to_trivial` divides its p99;
+`ratio_to_batched_limit` divide its rps by the other variants' (and `ratio_to_trivial_untraced` by the
+untraced trivial's); `p99_ratio_to_trivial` divides its p99;
 `goal_met` holds each goal's verdict (without --compare these keys are absent). Latencies are hey's, over
 every answer (non-2xx included). `variants` holds each variant's figures.
 
@@ -390,6 +394,10 @@ def comparison_commands(workers: str) -> dict[str, list[str]]:
         "trivial": [
             sys.executable, "-m", "bentoml", "serve", f"{APPS}:Trivial", "--host", HOST, "--port", "{port}",
         ],
+        "trivial_untraced": [
+            sys.executable, "-m", "bentoml", "serve", f"{APPS}:TrivialUntraced", "--host", HOST,
+            "--port", "{port}",
+        ],
     }  # fmt: skip
 
 
@@ -462,6 +470,8 @@ def bench(args: argparse.Namespace) -> int:
         fastapi, trivial = variants["fastapi"], variants["trivial"]
         report |= {
             "ratio_to_trivial": ratio(ours["rps"], trivial["rps"]),
+            # No goal: what the service's own layers cost, next to BentoML configured as the service is.
+            "ratio_to_trivial_untraced": ratio(ours["rps"], variants["trivial_untraced"]["rps"]),
             "ratio_to_fastapi": ratio(ours["rps"], fastapi["rps"]),
             "ratio_to_batched_limit": ratio(ours["rps"], variants["batched_predict"]["rows_per_s"], 4),
             "p99_ratio_to_trivial": ratio(ours["p99_ms"], trivial["p99_ms"]),

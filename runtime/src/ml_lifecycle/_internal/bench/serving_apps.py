@@ -2,7 +2,9 @@
 
 - `Trivial` (`bentoml serve ml_lifecycle._internal.bench.serving_apps:Trivial`): a BentoML service with the
   service's worker count and the same POST /predict_one request and answer types, whose endpoint returns a
-  constant answer without touching the model: BentoML's own ceiling on this machine.
+  constant answer without touching the model: BentoML's own ceiling on this machine, with its defaults.
+- `TrivialUntraced`: the same with the tracing setting of the project's service (`untraced_routes`): the
+  ceiling for the service's configuration, so the gap to it is what the service's own layers cost.
 - `fastapi_app` (`uvicorn --factory ml_lifecycle._internal.bench.serving_apps:fastapi_app --workers N`): a
   plain FastAPI app holding the production pipeline, predicting each request on its own (no batching).
 
@@ -23,6 +25,7 @@ from .. import tables as data  # noqa: E402
 from ..config import get_settings  # noqa: E402
 from ..registry import aliases  # noqa: E402
 from ..serving import request_schema as schema  # noqa: E402
+from ..serving.service import untraced_routes  # noqa: E402
 
 SETTINGS = get_settings()
 MODEL = bentoml.models.get(aliases.production_tag(SETTINGS))
@@ -38,15 +41,27 @@ CONSTANT = schema.OnePrediction(
 )
 
 
-@bentoml.service(
-    name="serving-benchmark-trivial",
-    workers=SETTINGS.serving.workers,
-    traffic={"timeout": SETTINGS.serving.timeout_seconds},
-)
-class Trivial:
-    @bentoml.api
-    async def predict_one(self, row: Features) -> schema.OnePrediction:  # type: ignore[valid-type]
-        return CONSTANT
+def trivial(name: str, **config: object) -> type:
+    """A BentoML service whose POST /predict_one answers CONSTANT; `config` is added to its settings."""
+
+    class Trivial:
+        @bentoml.api
+        async def predict_one(self, row: Features) -> schema.OnePrediction:  # type: ignore[valid-type]
+            return CONSTANT
+
+    Trivial.__qualname__ = Trivial.__name__ = name.title().replace("-", "")
+    return bentoml.service(
+        name=name,
+        workers=SETTINGS.serving.workers,
+        traffic={"timeout": SETTINGS.serving.timeout_seconds},
+        **config,
+    )(Trivial)
+
+
+# BentoML's defaults: its own ceiling. And the same with the tracing setting the project's service uses,
+# so that the difference between it and the service is what the service's own layers cost.
+Trivial = trivial("serving-benchmark-trivial")
+TrivialUntraced = trivial("serving-benchmark-trivial-untraced", tracing=untraced_routes())
 
 
 def fastapi_app():

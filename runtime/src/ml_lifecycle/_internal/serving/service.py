@@ -30,6 +30,7 @@ serves it). A pinned Bento (`--arg model_tag`) never swaps.
 
 import gc
 import logging
+import re
 import threading
 import time
 import uuid
@@ -125,6 +126,20 @@ BATCH_SIZE = Histogram(
 MODEL_ROUTE = "/model"
 # BentoML's own routes; every other path is one `endpoint` label on BentoML's HTTP metrics.
 BENTOML_ROUTES = ["/", "/docs.json", "/schema.json", "/metrics", "/livez", "/healthz", "/readyz"]
+PREDICTION_ROUTES = ["/predict", "/predict_one"]  # the two endpoints build() defines (their method names)
+
+
+def untraced_routes() -> dict[str, Any]:
+    """The service's `tracing` setting: the prediction routes left out of BentoML's OpenTelemetry middleware
+    while no trace exporter is configured. Without one (BentoML's default) a span can never leave the
+    process, yet building and dropping the spans of each request cost more CPU than the rest of the service
+    (docs/decisions.md#what-a-request-costs). With `tracing.exporter_type` set in BentoML's configuration,
+    every route is traced as BentoML does."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    if BentoMLContainer.tracing.exporter_type.get():
+        return {}
+    return {"excluded_urls": [re.escape(route) + r"(\?|$)" for route in PREDICTION_ROUTES]}
 
 
 @dataclass(frozen=True)
@@ -448,6 +463,7 @@ def build() -> "bentoml.Service[Serving]":
             name=settings.model_name.replace("_", "-") + "-service",
             workers=serving.workers,
             traffic={"timeout": serving.timeout_seconds},
+            tracing=untraced_routes(),
         )(Predictor),
     )
 
