@@ -164,3 +164,18 @@ def test_the_verdict_is_the_one_of_evidently_s_full_preset(rows, options):
     )
     assert result.prediction is not None and result.drifted_columns
     assert as_rows(result) == as_rows(preset_verdicts(result, report))
+
+
+def test_the_verdict_runs_no_report_and_the_report_is_built_when_asked_for(reference, monkeypatch):
+    """The preset's Report (its figures, its tests run three times) is what a monitor run does after its
+    retrain events are out, not before (docs/decisions.md#drift-verdict-first)."""
+    from evidently import Report
+
+    runs = []
+    run = Report.run
+    monkeypatch.setattr(Report, "run", lambda self, *a, **k: runs.append(1) or run(self, *a, **k))
+    frame, schema = reference
+    current = prepare_current(make_frame("regression", rows=300, seed=2), schema, "clean.csv")
+    result, report = compute_drift(frame, current, schema, threshold=0.5)
+    assert runs == [] and result.columns
+    assert report.snapshot().dict()["metrics"] and runs == [1]
