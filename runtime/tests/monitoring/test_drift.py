@@ -179,3 +179,11 @@ def test_the_verdict_runs_no_report_and_the_report_is_built_when_asked_for(refer
     result, report = compute_drift(frame, current, schema, threshold=0.5)
     assert runs == [] and result.columns
     assert report.snapshot().dict()["metrics"] and runs == [1]
+
+
+def test_a_column_with_no_values_in_the_batch_is_refused_by_name(reference):
+    frame, schema = reference
+    batch = make_frame("regression", rows=300, seed=8)
+    batch["weight"] = np.inf
+    with pytest.raises(DataError, match="'weight': every value in the current batch is missing or infinite"):
+        compute_drift(frame, prepare_current(batch, schema, "empty.csv"), schema, threshold=0.5)

@@ -174,7 +174,7 @@ def compute_drift(
 ) -> tuple[DriftResult, DriftReport]:
     """Per-column drift on samples of both frames (see the module's docstring): the verdict now, with
     Evidently's statistical tests as its DataDriftPreset picks them, and Evidently's full report on the same
-    samples later, when `DriftReport.snapshot` is first called. `options` defaults to the project's
+    samples later, when `DriftReport.snapshot` is called. `options` defaults to the project's
     [monitoring] settings. With `prediction_kind` ("number" or "category"), both frames carry the model's
     predictions in the PREDICTION column, and its drift is measured too (in `result.prediction`)."""
     options = options or get_settings().monitoring
@@ -247,7 +247,10 @@ class DriftReport:
             current = self.current[column].replace([-np.inf, np.inf], np.nan).dropna()
             if reference.empty or current.empty:
                 which = "reference" if reference.empty else "current batch"
-                raise DataError(f"column {column!r} has no values in the {which}; nothing to compare")
+                raise DataError(
+                    f"column {column!r}: every value in the {which} is missing or infinite, so there is "
+                    "nothing to compare its drift on; fix the data that feeds it"
+                )
             test = get_stattest(reference, current, kind, method)
             found = test(reference, current, kind, threshold)
             judged.append(
