@@ -22,8 +22,9 @@ an idle worker (no flow run process of the one before left):
 - `seconds`: a run of the monitor deployment (`run_deployment("monitor/monitor-dev")`, as its schedule
   would start it) on the shifted batch of local.demo.demo_batches, from the monitor flow run's start time to
   the start time of the retrain flow run its drift event made the trigger create (created by AUTOMATION).
-  It covers the drift check in the flow run (Evidently's import included), the event, the trigger, the
-  worker's next poll and the retrain flow run's process start and imports.
+  It covers the drift check in the flow run (its verdict: Evidently is imported with the flow's module,
+  before the run starts, and its report is built after the event), the event, the trigger, the worker's
+  next poll and the retrain flow run's process start and imports.
 - `floor_seconds`: one bare event emitted from this process (emit_event), from the event's time to the
   start time of the floor flow run its trigger created: the same trigger, worker poll and process start,
   without our flow's work and imports: the least any triggered run costs on this machine.

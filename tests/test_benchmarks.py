@@ -18,6 +18,7 @@ DRIFT_KEYS = {
     "seconds_ours",
     "seconds_evidently_default",
     "seconds_ks",
+    "seconds_ours_with_report",
     "ratio_to_ks",
     "verdicts_match",
     "peak_rss_ratio",

@@ -4,6 +4,7 @@ from ml_lifecycle._internal.config import MonitoringSettings
 from ml_lifecycle._internal.monitoring.drift import (
     compute_drift,
     markdown_summary,
+    parse_snapshot,
     prepare_current,
     sample_rows,
 )
@@ -114,3 +115,75 @@ def test_data_quality_counts_missing_values_unseen_categories_and_ignored_column
     summary = markdown_summary(result, "model:v1", "dirty.csv")
     assert "## Data quality" in summary and "`purple`" in summary and "ignored" in summary
     assert result.as_dict()["quality"]["unseen_rows"] == {"color": 10}
+
+
+def preset_verdicts(result, report):
+    """The per-column verdicts of Evidently's full DataDriftPreset report on the same samples."""
+    return parse_snapshot(report.snapshot().dict(), result.threshold, result.n_reference, result.n_current)
+
+
+def as_rows(result):
+    return [
+        (c.column, c.method, round(c.score, 9), c.threshold, c.drifted)
+        for c in [*result.columns, result.prediction]
+        if c is not None
+    ]
+
+
+# Evidently's chi-squared test divides by the reference's zero count of a new category.
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("rows", "options"),
+    [
+        (300, MonitoringSettings()),  # tests (KS, chi-squared) below 1,000 rows
+        (5000, MonitoringSettings()),  # distances (Wasserstein, Jensen-Shannon) above
+        (5000, MonitoringSettings(max_rows=10_000, num_method="ks", num_threshold=0.01, cat_method="psi")),
+    ],
+)
+def test_the_verdict_is_the_one_of_evidently_s_full_preset(rows, options):
+    """The check judges each column with the preset's test alone (DriftReport.column_drift); the full
+    preset, built later for the HTML report, must agree on every column, method, score and threshold, with
+    missing values, infinities, a new category and the prediction column in the frames."""
+    features = make_frame("classification", rows=rows, seed=11).drop(columns=["label"])
+    schema = feature_schema(features)
+    reference = conform(features, schema)
+    batch = make_frame("classification", rows=rows, seed=12)
+    batch["size"] += 0.4
+    batch.loc[:4, "color"] = "purple"
+    batch.loc[5:9, "weight"] = np.inf
+    batch.loc[10:30, "weight"] = np.nan
+    current = prepare_current(batch, schema, "mixed.csv")
+    predictions = np.where(np.arange(rows) % 3 == 0, "a", "b")
+    result, report = compute_drift(
+        reference.assign(_prediction=predictions),
+        current.assign(_prediction=np.roll(predictions, 1)),
+        schema,
+        threshold=0.3,
+        options=options,
+        prediction_kind="category",
+    )
+    assert result.prediction is not None and result.drifted_columns
+    assert as_rows(result) == as_rows(preset_verdicts(result, report))
+
+
+def test_the_verdict_runs_no_report_and_the_report_is_built_when_asked_for(reference, monkeypatch):
+    """The preset's Report (its figures, its tests run three times) is what a monitor run does after its
+    retrain events are out, not before (docs/decisions.md#drift-verdict-first)."""
+    from evidently import Report
+
+    runs = []
+    run = Report.run
+    monkeypatch.setattr(Report, "run", lambda self, *a, **k: runs.append(1) or run(self, *a, **k))
+    frame, schema = reference
+    current = prepare_current(make_frame("regression", rows=300, seed=2), schema, "clean.csv")
+    result, report = compute_drift(frame, current, schema, threshold=0.5)
+    assert runs == [] and result.columns
+    assert report.snapshot().dict()["metrics"] and runs == [1]
+
+
+def test_a_column_with_no_values_in_the_batch_is_refused_by_name(reference):
+    frame, schema = reference
+    batch = make_frame("regression", rows=300, seed=8)
+    batch["weight"] = np.inf
+    with pytest.raises(DataError, match="'weight': every value in the current batch is missing or infinite"):
+        compute_drift(frame, prepare_current(batch, schema, "empty.csv"), schema, threshold=0.5)

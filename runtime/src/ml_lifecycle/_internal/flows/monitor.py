@@ -53,14 +53,14 @@ def publish(checked: checking.Checked) -> tuple[Verdict, str | None]:
     verdict = checked.verdict
     if verdict.drift is not None:  # the picture first: it never fails the run, the report below may
         pictures.show_drift(get_settings(), verdict.drift, verdict.model_version, verdict.source)
-    if checked.snapshot is None:
+    if checked.report is None:
         create_markdown_artifact(key=ARTIFACT_KEY, markdown=verdict.markdown())
         return verdict, None
     settings = get_settings()
     description = "Data and prediction drift of the current traffic against the training reference"
     try:
         store = open_storage(settings)
-        key = drift.save_report(checked.snapshot, store, datetime.now(UTC))
+        key = drift.save_report(checked.report, store, datetime.now(UTC))
         report_url = drift.report_link(store, key, settings.monitoring.reports_url)
     except StorageError as exc:
         create_markdown_artifact(

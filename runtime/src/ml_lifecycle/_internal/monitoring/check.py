@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
@@ -24,11 +24,11 @@ from .verdict import Performance, Verdict, log_report, too_few_rows
 
 @dataclass(frozen=True)
 class Checked:
-    """A verdict and the Evidently snapshot its full report is written from (None without a drift result);
-    the report is written after the event is out."""
+    """A verdict and the samples its full Evidently report is built from (None without a drift result);
+    the report is built and written after the event is out."""
 
     verdict: Verdict
-    snapshot: Any = None
+    report: drift.DriftReport | None = None
 
 
 def load_current(
@@ -72,7 +72,7 @@ def check(
         judged.performance,
         judged.labels,
     )
-    return Checked(verdict, judged.snapshot)
+    return Checked(verdict, judged.report)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Judged:
     """What a batch with rows enough is judged on: drift, and performance when labels exist."""
 
     drift: drift.DriftResult | None = None
-    snapshot: Any = None
+    report: drift.DriftReport | None = None
     performance: Performance | None = None
     labels: label_table.LabelReadReport | None = None
 
@@ -101,7 +101,7 @@ def judge(
     reference = model.reference.assign(**{drift.PREDICTION: predictions_for(model, model.reference)})
     current_predictions = predictions_for(model, current) if served is None else served.astype(kind)
     current = current.assign(**{drift.PREDICTION: current_predictions.to_numpy()})
-    result, snapshot = drift.compute_drift(
+    result, report = drift.compute_drift(
         reference,
         current,
         model.schema,
@@ -119,4 +119,4 @@ def judge(
             window, labels, model.metadata["task_type"], classes, options.performance_threshold
         )
         performance = Performance(**found) if found is not None else None
-    return Judged(result, snapshot, performance, label_report)
+    return Judged(result, report, performance, label_report)

@@ -1,7 +1,11 @@
 """Drift between the training reference and a current batch, computed with Evidently.
 
-Evidently is imported inside `compute_drift` only: it is slow to import, and the CLI, the service and the
-training flow never need it (docs/decisions.md#import-times).
+Evidently is imported inside the functions that use it only: it is slow to import, and the CLI, the
+service and the training flow never need it (docs/decisions.md#import-times).
+
+The verdict comes first, from each column's statistical test alone (the one Evidently's DataDriftPreset
+runs for it); the preset's full report, which costs many times more, is built from the same samples after
+the monitor has sent its retrain events (DriftReport; docs/decisions.md#drift-verdict-first).
 
 Which method, at which size (settings.toml, [monitoring])
 - Evidently chooses each column's method from the reference's size, and we keep its choice unless
@@ -167,15 +171,12 @@ def compute_drift(
     threshold: float,
     options: MonitoringSettings | None = None,
     prediction_kind: str | None = None,
-) -> tuple[DriftResult, Any]:
-    """Per-column drift with Evidently's DataDriftPreset on samples of both frames (see the module's
-    docstring); returns the verdict and Evidently's snapshot. `options` defaults to the project's
+) -> tuple[DriftResult, DriftReport]:
+    """Per-column drift on samples of both frames (see the module's docstring): the verdict now, with
+    Evidently's statistical tests as its DataDriftPreset picks them, and Evidently's full report on the same
+    samples later, when `DriftReport.snapshot` is called. `options` defaults to the project's
     [monitoring] settings. With `prediction_kind` ("number" or "category"), both frames carry the model's
     predictions in the PREDICTION column, and its drift is measured too (in `result.prediction`)."""
-    from evidently import DataDefinition, Report
-    from evidently import Dataset as EvidentlyDataset
-    from evidently.presets import DataDriftPreset
-
     options = options or get_settings().monitoring
     quality = data_quality(reference, current, schema)
     if prediction_kind is not None:
@@ -183,24 +184,103 @@ def compute_drift(
     columns = list(schema)
     reference_sample = sample_rows(reference, options.max_rows, options.sample_seed)[columns]
     current_sample = sample_rows(current, options.max_rows, options.sample_seed)[columns]
-    definition = DataDefinition(
-        numerical_columns=[c for c in columns if schema[c]["kind"] == "number"],
-        categorical_columns=[c for c in columns if schema[c]["kind"] == "category"],
-    )
-    preset = DataDriftPreset(columns=columns, drift_share=threshold, **preset_options(options))
-    snapshot = Report([preset], include_tests=True).run(
-        current_data=EvidentlyDataset.from_pandas(current_sample, data_definition=definition),
-        reference_data=EvidentlyDataset.from_pandas(reference_sample, data_definition=definition),
-    )
-    result = parse_snapshot(
-        snapshot.dict(),
-        threshold,
-        len(reference),
-        len(current),
-        compared=(len(reference_sample), len(current_sample)),
+    report = DriftReport(reference_sample, current_sample, schema, threshold, preset_options(options))
+    judged = report.column_drift()
+    drifted = sorted(c.column for c in judged if c.drifted and c.column != PREDICTION)
+    features = [c for c in judged if c.column != PREDICTION]
+    result = DriftResult(
+        drift_share=round(len(drifted) / len(features), 6) if features else 0.0,
+        drifted_columns=drifted,
+        threshold=threshold,
+        n_reference=len(reference),
+        n_current=len(current),
+        columns=features,
+        n_reference_compared=len(reference_sample),
+        n_current_compared=len(current_sample),
         quality=quality,
+        prediction=next((c for c in judged if c.column == PREDICTION), None),
     )
-    return result, snapshot
+    return result, report
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The samples a verdict was judged on, and the means to Evidently's full DataDriftPreset report on them.
+
+    The verdict (`column_drift`) runs only each column's statistical test, the one the preset's ValueDrift
+    metric runs for it: the preset also computes every test twice more (its summary and table metrics), and
+    draws a dozen plotly figures per column, which is nearly all of its time on a small window and most of
+    it on a large one (docs/decisions.md#drift-verdict-first). So the monitor sends its retrain events as
+    soon as the verdict is known and builds the report (`snapshot`) after; its per-column verdicts are the
+    same (runtime/tests/monitoring/test_drift.py compares the two)."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    schema: dict[str, dict[str, Any]]
+    threshold: float
+    pinned: dict[str, Any]
+
+    def column_drift(self) -> list[ColumnDrift]:
+        """Each column's drift as the preset's ValueDrift metric and test judge it. Written out, not
+        run through Evidently's Report, to skip the rest of the preset's work (the class docstring); every
+        step is Evidently's own: the method and threshold from DataDriftOptions, as DataDriftPreset resolves
+        them, infinities and missing values dropped as its get_one_column_drift drops them, then get_stattest
+        (its default method for the column's type and size when none is pinned) and the test itself."""
+        from evidently.legacy.calculations.stattests import get_stattest
+        from evidently.legacy.core import ColumnType
+        from evidently.legacy.options.data_drift import DataDriftOptions
+
+        pinned = self.pinned
+        options = DataDriftOptions(
+            drift_share=self.threshold,
+            num_features_stattest=pinned.get("num_method"),
+            cat_features_stattest=pinned.get("cat_method"),
+            num_features_threshold=pinned.get("num_threshold"),
+            cat_features_threshold=pinned.get("cat_threshold"),
+        )
+        judged = []
+        for column, spec in self.schema.items():
+            kind = ColumnType.Numerical if spec["kind"] == "number" else ColumnType.Categorical
+            method = options.get_feature_stattest_func(column, kind.value)
+            threshold = options.get_threshold(column, kind.value)
+            reference = self.reference[column].replace([-np.inf, np.inf], np.nan).dropna()
+            current = self.current[column].replace([-np.inf, np.inf], np.nan).dropna()
+            if reference.empty or current.empty:
+                which = "reference" if reference.empty else "current batch"
+                raise DataError(
+                    f"column {column!r}: every value in the {which} is missing or infinite, so there is "
+                    "nothing to compare its drift on; fix the data that feeds it"
+                )
+            test = get_stattest(reference, current, kind, method)
+            found = test(reference, current, kind, threshold)
+            judged.append(
+                ColumnDrift(
+                    column=column,
+                    # the preset's ValueDrift keeps a pinned method's name, else shows the one Evidently chose
+                    method=str(method) if method else test.display_name,
+                    score=float(found.drift_score),
+                    threshold=float(found.actual_threshold),
+                    drifted=bool(found.drifted),
+                )
+            )
+        return judged
+
+    def snapshot(self) -> Any:
+        """Evidently's DataDriftPreset report on the samples (with its tests): what the HTML is made of."""
+        from evidently import DataDefinition, Report
+        from evidently import Dataset as EvidentlyDataset
+        from evidently.presets import DataDriftPreset
+
+        columns = list(self.schema)
+        definition = DataDefinition(
+            numerical_columns=[c for c in columns if self.schema[c]["kind"] == "number"],
+            categorical_columns=[c for c in columns if self.schema[c]["kind"] == "category"],
+        )
+        preset = DataDriftPreset(columns=columns, drift_share=self.threshold, **self.pinned)
+        return Report([preset], include_tests=True).run(
+            current_data=EvidentlyDataset.from_pandas(self.current, data_definition=definition),
+            reference_data=EvidentlyDataset.from_pandas(self.reference, data_definition=definition),
+        )
 
 
 def parse_snapshot(
@@ -305,11 +385,12 @@ def quality_lines(quality: DataQuality) -> list[str]:
     return lines
 
 
-def save_report(snapshot: Any, storage: Storage, when: datetime) -> str:
-    """The Evidently HTML report under `reports/` in the store, where every machine's runs put theirs (a
-    worker's own disk goes with its pod); the key, partitioned by day like the request log. Written
-    create-only with a random suffix, so two runs in the same second never overwrite each other."""
-    html = snapshot.get_html_str(as_iframe=False).encode()
+def save_report(report: DriftReport, storage: Storage, when: datetime) -> str:
+    """Evidently's HTML report (built now: DriftReport.snapshot) under `reports/` in the store, where every
+    machine's runs put theirs (a worker's own disk goes with its pod); the key, partitioned by day like the
+    request log. Written create-only with a random suffix, so two runs in the same second never overwrite
+    each other."""
+    html = report.snapshot().get_html_str(as_iframe=False).encode()
     key = f"{REPORTS}/date={when:%Y-%m-%d}/drift-{when:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.html"
     if not storage.create(key, html, content_type="text/html; charset=utf-8"):
         raise StorageError(f"{storage.url_of(key)}: a report is already there; run the monitor again")
