@@ -42,3 +42,8 @@ def test_time_to_first_prediction_reaches_an_answer_and_leaves_its_port_free():
     assert all(seconds > 0 for seconds in [*report["stages"].values(), *report["floor_stages"].values()])
     assert report["seconds"] > 0 and report["floor_seconds"] > 0 and report["ratio_to_floor"] > 0, report
     assert report["port_released"] is True and report["quick"] is True, report
+    # One round of the project's `serve` next to the trivial BentoML service, both to a first answer.
+    [round_] = report["serve_rounds"]
+    assert round_["project"] > 0 and round_["trivial"] > 0, report
+    assert report["serve_ratio_to_trivial"] == round_["ratio"] > 0, report
+    assert set(report["goals"]) == {"ratio_to_floor", "serve_ratio_to_trivial"}, report

@@ -5,7 +5,7 @@ import logging
 
 import pandas as pd
 import pytest
-from ml_lifecycle._internal.serving import predictors
+from ml_lifecycle._internal.serving import onnx_export, predictors
 
 from .test_onnx_export import FAMILIES, Clip, fitted, new_rows
 
@@ -51,3 +51,35 @@ def test_a_feature_step_onnx_cannot_convert_is_served_by_scikit_learn_saying_why
     assert "size_per_weight" in caplog.text and "Ratio" in caplog.text
     rows = request_rows(new_rows(task_type))
     assert len(runtime.predict(rows)[0]) == len(rows)
+
+
+def test_the_onnx_conversion_is_kept_and_a_file_of_another_model_or_a_torn_one_is_converted_again(
+    task_type, tmp_path
+):
+    """A worker's next start reads the conversion instead of importing skl2onnx (test_service_imports);
+    the file is used only for the tag it was converted for, and the check against scikit-learn still runs."""
+    model = fitted("random_forest", task_type, tmp_path)
+    cache = tmp_path / "onnx" / "pipeline.onnx"
+    assert predictors.choose(model, "auto", tolerance=1e-4, cache=cache).name == "onnx"
+    kept = cache.read_bytes()
+    assert onnx_export.session_of(kept).get_modelmeta().custom_metadata_map["model_tag"] == model.tag
+    rows = request_rows(new_rows(task_type))
+    again = predictors.choose(model, "auto", tolerance=1e-4, cache=cache)
+    assert (
+        again.name == "onnx" and again.predict(rows)[0] == predictors.SklearnRuntime(model).predict(rows)[0]
+    )
+
+    other = fitted("linear", task_type, tmp_path)
+    other = type(other)("test:2", other.pipeline, other.metadata, other.schema, other.reference)
+    assert predictors.choose(other, "auto", tolerance=1e-4, cache=cache).name == "onnx"
+    assert (
+        onnx_export.session_of(cache.read_bytes()).get_modelmeta().custom_metadata_map["model_tag"]
+        == "test:2"
+    )
+
+    cache.write_bytes(kept[: len(kept) // 2])  # torn
+    assert predictors.choose(model, "auto", tolerance=1e-4, cache=cache).name == "onnx"
+    assert (
+        onnx_export.session_of(cache.read_bytes()).get_modelmeta().custom_metadata_map["model_tag"]
+        == model.tag
+    )

@@ -15,12 +15,21 @@ NOT_AT_SERVE = (
     "optuna",
     "evidently",
     "matplotlib",
+    "prefect",
+    "sklearn.inspection",
     "ml_lifecycle._internal.reports",
     "ml_lifecycle._internal.local",
     "ml_lifecycle._internal.monitoring",
+    "ml_lifecycle._internal.flows",
+    "ml_lifecycle._internal.registry.promotion",
     "ml_lifecycle._internal.training.tuning",
     "ml_lifecycle._internal.training.validation",
+    "ml_lifecycle._internal.training.holdout",
+    "ml_lifecycle._internal.training.feedback",
 )
+# Not listed, because serving needs them: scikit-learn (the model is a fitted pipeline; its estimators'
+# modules import sklearn.model_selection and sklearn.metrics), SciPy, pandas, and training.metrics, which
+# the settings' own check of data.task_type imports (nothing beyond what the model already brought).
 
 
 def run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -58,3 +67,25 @@ def test_the_service_imports_without_a_production_model_and_refuses_to_start_say
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(f"no production model for {package!r}")
     assert f"run `python -m {package} train`" in result.stdout
+
+
+def test_a_worker_starts_without_the_training_stack_and_reads_its_onnx_conversion_again(production):
+    """What a worker does at start (the service's class made into an instance: the model loaded, its runtime
+    chosen) imports nothing of the list either; the second start reads the ONNX conversion the first kept
+    in the model's folder instead of importing skl2onnx (docs/decisions.md#service-start-up)."""
+    package = bound().package
+    script = (
+        f"import json, sys, {package}.service as s\n"
+        "worker = s.Predictor.inner()\n"
+        "print(json.dumps([worker.served.runtime.name, sorted(sys.modules)]))"
+    )
+    found = []
+    for _ in range(2):
+        result = run(script)
+        assert result.returncode == 0, result.stderr[-3000:]
+        found.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    (first_runtime, first), (runtime, imported) = found
+    assert first_runtime == runtime == "onnx"
+    loaded = [m for m in imported if m.startswith(NOT_AT_SERVE) or m == f"{package}.dataset"]
+    assert loaded == []
+    assert "onnxruntime" in imported and "skl2onnx" not in imported

@@ -73,16 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(host: str | None, port: int | None) -> int:
-    """Replace this process with `bentoml serve`, so signals and exit codes are BentoML's own."""
-    from .local.processes import venv_command
+    """Run `bentoml serve` in this process (BentoML's own command line, so its signals and exit codes):
+    the settings, the project and BentoML are imported once, not again in a second interpreter before
+    the worker starts (docs/decisions.md#service-start-up)."""
+    from bentoml_cli.cli import cli as bentoml_cli
+
     from .registry.aliases import production_tag
 
     settings = get_settings()
     host, port = host or settings.serving.host, port or settings.serving.port
-    print(f"Serving production model {production_tag(settings)} on http://{host}:{port}")
-    command = [venv_command("bentoml"), "serve", f"{PACKAGE}.service:Predictor"]
-    command += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
-    os.execvpe(command[0], command, os.environ)
+    print(f"Serving production model {production_tag(settings)} on http://{host}:{port}", flush=True)
+    arguments = ["serve", f"{PACKAGE}.service:Predictor"]
+    arguments += ["--host", host, "--port", str(port), "--working-dir", str(settings.root)]
+    return bentoml_cli.main(args=arguments, prog_name="bentoml")
 
 
 def export_onnx(output: str | None, tag: str | None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -35,6 +36,8 @@ from .. import tables
 from ..atomic_write import write_atomically
 from ..config import Settings
 from ..registry import aliases, store
+
+logger = logging.getLogger(__name__)
 
 MISSING_TEXT = ""
 
@@ -271,12 +274,37 @@ def _plain(value: Any) -> Any:
 
 
 def session(onx: Any):
+    return session_of(onx.SerializeToString())
+
+
+def session_of(serialized: bytes):
     # ONNX Runtime's telemetry otherwise writes a device id and an event database under ~/.cache/Microsoft
     # the first time a session is made: the project writes nothing in the user's home. Set it to 0 to allow.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 
-    return onnxruntime.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+
+
+def cached_session(model: store.RegisteredModel, cache: Path | None) -> Any:
+    """A session for `model` from `cache`, the ONNX file an earlier start converted for the same tag, else
+    converted now and kept there. Importing skl2onnx costs most of a worker's start
+    (docs/decisions.md#service-start-up); the caller still checks the session against scikit-learn."""
+    if cache is not None and cache.is_file():
+        try:
+            found = session_of(cache.read_bytes())
+            if found.get_modelmeta().custom_metadata_map.get("model_tag") == model.tag:
+                return found
+            logger.warning("%s was converted for another model: converting %s again", cache, model.tag)
+        except Exception as exc:  # onnxruntime's own exception types: a torn or foreign file
+            logger.warning("Cannot load %s (%s): converting %s again", cache, exc, model.tag)
+    onx = convert(model)
+    if cache is not None:
+        try:
+            write_atomically(cache, lambda sink: sink.write(onx.SerializeToString()))
+        except OSError as exc:  # a read-only model store: every start converts, nothing else changes
+            logger.warning("Cannot keep the ONNX conversion in %s (%s)", cache, exc)
+    return session(onx)
 
 
 def compare(

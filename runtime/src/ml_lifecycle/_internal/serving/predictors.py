@@ -17,6 +17,7 @@ probable class, as scikit-learn's classifiers decide it) or the predicted value,
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -93,12 +94,13 @@ class OnnxRuntime:
         return [_plain(c) for c in self.labels.take(proba.argmax(axis=1))], proba
 
 
-def choose(model: RegisteredModel, wanted: str, tolerance: float) -> Runtime:
-    """The runtime `wanted` ("auto", "onnx", "sklearn") for this model; see the module's docstring."""
+def choose(model: RegisteredModel, wanted: str, tolerance: float, cache: Path | None = None) -> Runtime:
+    """The runtime `wanted` ("auto", "onnx", "sklearn") for this model; see the module's docstring. `cache`:
+    where the ONNX conversion is kept for the next start (onnx_export.cached_session)."""
     if wanted == "sklearn":
         return SklearnRuntime(model)
     try:
-        session = onnx_export.session(onnx_export.convert(model))
+        session = onnx_export.cached_session(model, cache)
         check = model.reference.head(2000)
         largest, rows = onnx_export.compare(model, session, check, tolerance)
     except (

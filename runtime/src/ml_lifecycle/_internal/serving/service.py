@@ -37,6 +37,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import bentoml
@@ -52,7 +53,6 @@ from starlette.responses import JSONResponse, Response
 from ..config import PACKAGE, Settings, get_settings
 from ..records import RequestRecord
 from ..registry import aliases, card
-from ..registry.promotion import schema_changes
 from ..registry.store import RegisteredModel, ensure_local, load
 from ..storage import StorageError
 from . import predictors
@@ -223,6 +223,10 @@ class Serving:
                 )
 
     def _swap_to(self, tag: str, refused: set[str]) -> None:
+        # Here, not at the top: the promotion module brings the training metrics (scikit-learn's metrics,
+        # SciPy), which a worker needs only when production changes (docs/decisions.md#service-start-up).
+        from ..registry.promotion import schema_changes
+
         model = load(tag, self.startup.settings)  # once: its schema is checked and the same object is served
         changes = schema_changes(model.schema, self.startup.feature_schema)
         if changes:
@@ -363,7 +367,9 @@ class Served:
 
     @classmethod
     def of(cls, model: RegisteredModel, settings: Settings) -> "Served":
-        runtime = predictors.choose(model, settings.serving.runtime, settings.onnx.tolerance)
+        # Kept in the model's own folder of the store, so it goes when the model does (registry retention).
+        cache = Path(bentoml.models.get(model.tag).path) / "onnx" / "pipeline.onnx"
+        runtime = predictors.choose(model, settings.serving.runtime, settings.onnx.tolerance, cache)
         return cls(version=model.tag, name=model.tag.split(":")[0], runtime=runtime)
 
     def announce(self, value: int) -> None:
