@@ -1,6 +1,6 @@
 """Benchmarks P4 and P7: the monitor's drift check on large frames, next to a per-column KS test.
 
-    uv run python benchmarks/drift.py [--rows 1000000] [--cols 10] [--repeats 3] [--quick]
+    uv run python benchmarks/drift.py [--rows 1000000] [--cols 10] [--rounds 3] [--quick] [--repeats N]
 
 Goal P4: seconds_ours <= 2 x seconds_ks, with verdicts_match. Goal P7: peak_rss_ratio <= 3. Both are
 about 1,000,000 rows; --quick (50,000 rows, one round) checks the wiring and the verdicts in a minute,
@@ -25,7 +25,7 @@ The variants, on the same frames (built in each process):
   same Report, data definition and tests as ours, without the sample).
 - `evidently_same`: the preset with our configured methods and thresholds on the full frames; run only
   when the settings pin a method or threshold, otherwise it is evidently_default.
-`ours` and `ks` share one fresh process (`--child`) and alternate, --repeats rounds with the order
+`ours` and `ks` share one fresh process (`--child`) and alternate, --rounds rounds with the order
 reversed every round, so a noisy shared machine slows both alike; the medians are reported and
 `ratio_to_ks` divides them. ours_with_report and each Evidently variant run once in a fresh process of
 their own. Imports, building the frames and one warm-up call of each variant on 2,000 rows happen before
@@ -66,6 +66,11 @@ WARMUP_ROWS = 2000  # above 1,000, so Evidently's default picks the same methods
 QUICK_ROWS = 50_000
 GOAL_RATIO_TO_KS = 2.0
 GOAL_PEAK_RSS_RATIO = 3.0
+GOALS = {  # with --repeats, judged on the medians (_repeats.py)
+    "ratio_to_ks": ("<=", GOAL_RATIO_TO_KS),
+    "verdicts_match": ("==", True),
+    "peak_rss_ratio": ("<=", GOAL_PEAK_RSS_RATIO),
+}
 
 
 def column(shape: int, rng: np.random.Generator, rows: int, shifted: bool) -> np.ndarray:
@@ -246,7 +251,7 @@ def measure(names: list[str], rows: int, cols: int, repeats: int) -> dict[str, A
     """The variants `names` in one fresh process, with `repeats` rounds."""
     print(f"{' + '.join(names)}: {rows} x {cols}, {repeats} round(s) ...", file=sys.stderr, flush=True)
     command = [sys.executable, __file__, "--child", ",".join(names), "--rows", str(rows), "--cols", str(cols)]
-    command += ["--repeats", str(repeats)]
+    command += ["--rounds", str(repeats)]
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"variants {names} failed with exit code {done.returncode}")
@@ -260,20 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--cols", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of ours and ks (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of ours and ks (median reported)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS} rows, one run each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.repeats = QUICK_ROWS, 1
+        args.rows, args.rounds = QUICK_ROWS, 1
     if args.child:
-        print(json.dumps(child(args.child.split(","), args.rows, args.cols, args.repeats)))
+        print(json.dumps(child(args.child.split(","), args.rows, args.cols, args.rounds)))
         return 0
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the children's third-party deprecation noise
     _, settings, modules = load_project("monitoring.drift")
     pinned = modules["drift"].preset_options(settings.monitoring)
-    variants = measure(["ours", "ks"], args.rows, args.cols, args.repeats)
+    variants = measure(["ours", "ks"], args.rows, args.cols, args.rounds)
     variants |= measure(["ours_with_report"], args.rows, args.cols, 1)
     variants |= measure(["evidently_default"], args.rows, args.cols, 1)
     if pinned:

@@ -47,10 +47,18 @@ def processes_under(root: Path) -> list[str]:
     return found
 
 
-def quick_run(name: str, project_dir: Path, timeout: float = 1500) -> dict:
-    """`python benchmarks/<name>.py --quick --project-dir DIR` in the generator's checkout (with its own
-    interpreter, not `uv run`, as tests/test_generator_benchmarks.py does); the JSON object it prints last."""
-    command = [sys.executable, f"benchmarks/{name}.py", "--quick", "--project-dir", str(project_dir)]
+def quick_run(name: str, project_dir: Path, *options: str, timeout: float = 1500) -> dict:
+    """`python benchmarks/<name>.py --quick --project-dir DIR [options]` in the generator's checkout (with its
+    own interpreter, not `uv run`, as tests/test_generator_benchmarks.py does); the JSON object it prints
+    last."""
+    command = [
+        sys.executable,
+        f"benchmarks/{name}.py",
+        "--quick",
+        "--project-dir",
+        str(project_dir),
+        *options,
+    ]
     result = run(command, cwd=REPO, env=subprocess_env(), timeout=timeout)
     assert result.returncode == 0, explain(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
