@@ -13,8 +13,8 @@ of the training data, as fast as each gets its answers, for --seconds (15) after
   [serving] workers / max_batch_size / max_latency_ms / runtime), POST /predict_one, which goes through
   the adaptive batcher; with runtime "auto" it predicts with ONNX Runtime when the pipeline converts and
   agrees with scikit-learn (variants.service.runtime says which ran). Its request log goes to a
-  temporary folder (not the project's logs/, which the monitor flow reads), and its API key variable is
-  removed from its environment.
+  temporary folder (not the project's logs/, which the monitor flow reads), and it asks for an API key of
+  the run's own (serving.api_key_env), which every variant's requests carry.
 With --compare, four more:
 - `fastapi`: FastAPI + uvicorn with the same number of workers, the same production pipeline loaded with
   bentoml.sklearn.load_model, the same request and answer types, one predict_proba per request: what a
@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -151,8 +152,10 @@ def free_port() -> int:
 # --- load generation -------------------------------------------------------------------------------------
 
 
-def hey(url: str, body: Path, seconds: float, concurrency: int) -> str:
+def hey(url: str, body: Path, seconds: float, concurrency: int, headers: dict[str, str] | None = None) -> str:
     command = ["hey", "-z", f"{seconds:g}s", "-c", str(concurrency), "-m", "POST"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
     command += ["-T", "application/json", "-D", str(body), url]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
     if result.returncode != 0:
@@ -288,18 +291,27 @@ def stop(process: subprocess.Popen, children: list[psutil.Process], grace: float
 # --- the variants ----------------------------------------------------------------------------------------
 
 
-def measure(running: Server, body: Path, seconds: float, warmup: float, concurrency: int) -> dict:
+def measure(
+    running: Server,
+    body: Path,
+    seconds: float,
+    warmup: float,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """hey's figures for `running` under the load; `headers` go with every request (the API key)."""
     url = running.base + ENDPOINT
-    with urllib.request.urlopen(
-        urllib.request.Request(url, data=body.read_bytes(), headers={"Content-Type": "application/json"}),
-        timeout=60,
-    ) as response:
+    headers = headers or {}
+    request = urllib.request.Request(
+        url, data=body.read_bytes(), headers={"Content-Type": "application/json", **headers}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
         if response.status != 200:
             raise RuntimeError(f"{running.name}: {url} answered {response.status}")
     if warmup > 0:
-        hey(url, body, warmup, concurrency)
+        hey(url, body, warmup, concurrency, headers)
     log(f"{running.name}: {concurrency} clients for {seconds:g} s")
-    figures = summarize(parse_hey(hey(url, body, seconds, concurrency)))
+    figures = summarize(parse_hey(hey(url, body, seconds, concurrency, headers)))
     rss = running.rss_mb()
     figures.update(rss_mb_workers=rss, workers_found=len(rss))
     log(
@@ -430,7 +442,13 @@ def bench(args: argparse.Namespace) -> int:
     body = work / "body.json"
     body.write_text(json.dumps({"row": json.loads(frame.head(1).to_json(orient="records"))[0]}))
 
+    # Every guard on: the service asks for an API key of the run's own, which every variant's requests carry
+    # (the comparison servers ignore it).
     env = {k: v for k, v in os.environ.items() if k != serving.api_key_env}
+    auth: dict[str, str] = {}
+    if serving.api_key_env:
+        env[serving.api_key_env] = secrets.token_urlsafe(24)
+        auth = {"Authorization": f"Bearer {env[serving.api_key_env]}"}
     env.update({MARKER: run_id, PACKAGE_VARIABLE: PACKAGE})
     env[f"{ENV_PREFIX}STORAGE__URL"] = str(own_store(settings, tag, work / "store"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -452,7 +470,7 @@ def bench(args: argparse.Namespace) -> int:
             command = [part.replace("{port}", str(port)) for part in template]
             log(f"{name}: starting")
             with server(name, command, env, port, logs, settings.root) as running:
-                variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency)
+                variants[name] = measure(running, body, args.seconds, args.warmup, args.concurrency, auth)
                 if name == "service":
                     variants[name].update(batch_sizes(running.base, PACKAGE))
     finally:
