@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from ml_lifecycle._internal.config import SettingsError, get_settings
-from ml_lifecycle._internal.storage import Storage, StorageError, open_storage, storage_url
+from ml_lifecycle._internal.storage import Storage, StorageError, _explain, open_storage, storage_url
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -113,6 +113,32 @@ def test_an_endpoint_that_does_not_answer_is_one_line_naming_the_setting(monkeyp
     message = str(error.value)
     assert "storage.url = 's3://bucket/prefix'" in message and "AWS_ENDPOINT_URL" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        # obstore's connect error names the time it took: its digits once read as a 403 (a flaky hint)
+        (
+            "Error performing GET http://127.0.0.1:1/b/k in 278.425403ms, after 2 retries - HTTP error: "
+            "error sending request (tcp connect error, Connection refused)",
+            "AWS_ENDPOINT_URL",
+        ),
+        (
+            "Error performing GET http://127.0.0.1:1/b/k in 12.5ms - Server returned non-2xx status code: "
+            "403 Forbidden: <Code>SignatureDoesNotMatch</Code>",
+            "AWS_ACCESS_KEY_ID",
+        ),
+        (
+            "Error performing GET http://127.0.0.1:1/b/k in 12.5ms - Server returned non-2xx status code: "
+            "403 Forbidden",
+            "AWS_ACCESS_KEY_ID",
+        ),
+    ],
+)
+def test_the_hint_follows_the_cause_not_digits_elsewhere_in_the_error(error, hint):
+    message = _explain("s3://bucket/prefix", "aliases/m.json", RuntimeError(error))
+    assert hint in message and "storage.url = 's3://bucket/prefix'" in message
 
 
 def test_a_missing_bucket_is_one_line_naming_the_setting(s3_environ):

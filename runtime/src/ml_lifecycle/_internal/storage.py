@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -234,7 +235,10 @@ def _explain(url: str, key: str, exc: Exception) -> str:
     lowered = str(exc).lower()
     if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         hint = "the bucket does not exist: create it, or fix storage.url"
-    elif any(word in lowered for word in ("403", "accessdenied", "invalidaccesskeyid", "signature")):
+    # 403 as a status, not as digits of the request's elapsed time ("in 278.425403ms") in a connect error.
+    elif re.search(r"\b403\b", lowered) or any(
+        word in lowered for word in ("accessdenied", "invalidaccesskeyid", "signature")
+    ):
         hint = (
             "access refused: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the "
             "workload's identity)"
