@@ -307,7 +307,8 @@ def answers_readyz(base: str) -> bool:
 
 
 def bentoml_serve_pid(port: int) -> int:
-    """The `bentoml serve` process (BentoML's arbiter) listening on `port`: the process Kubernetes signals."""
+    """The process running BentoML's arbiter for `port`, the one Kubernetes signals: `python -m <package>
+    serve`, which runs `bentoml serve`'s command in-process (or `bentoml serve` itself), not `uv run`."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -315,9 +316,10 @@ def bentoml_serve_pid(port: int) -> int:
             except OSError:
                 continue
             words = [part.decode(errors="replace") for part in command]
-            if "serve" in words and any(w.endswith("bentoml") for w in words) and str(port) in words:
+            program = Path(words[0]).name if words else ""
+            if "serve" in words and str(port) in words and program.startswith(("python", "bentoml")):
                 return int(entry.name)
-    raise AssertionError(f"no `bentoml serve` process for port {port}")
+    raise AssertionError(f"no process serving BentoML on port {port}")
 
 
 def test_sigterm_lets_the_requests_in_flight_finish(project, row, tmp_path):
