@@ -69,10 +69,10 @@ def judge(value: Any, goal: tuple[str, Any]) -> bool:
 
 def summarize(reports: Sequence[Mapping[str, Any]], goals: Goals) -> dict[str, Any]:
     """Median and spread of every top-level number over the runs, each goal judged on its median."""
-    keys = sorted({k for report in reports for k in _numbers(report)})
+    numbers = [_numbers(report) for report in reports]
     median, spread = {}, {}
-    for key in keys:
-        values = [report[key] for report in reports if key in _numbers(report)]
+    for key in sorted({k for found in numbers for k in found}):
+        values = [found[key] for found in numbers if key in found]
         median[key] = round(statistics.median(values), 4)
         spread[key] = [min(values), max(values)]
     goal_met = {}
@@ -112,12 +112,14 @@ def repeat(
         )
         load.append([round(before, 2), round(os.getloadavg()[0], 2)])
         report = last_json(done.stdout)
-        sys.stderr.write("".join(done.stdout.strip().splitlines(keepends=True)[:-1]))  # its other output
-        if done.returncode != 0 or report is None:
-            sys.stderr.write(done.stdout[-4000:])
-            failed.append({"run": number, "exit_code": done.returncode})
-        else:
+        lines = done.stdout.strip().splitlines(keepends=True)
+        # Its other output goes to stderr, all of it when the run failed (its last line is then no report).
+        ok = done.returncode == 0 and report is not None
+        sys.stderr.write("".join(lines[:-1] if ok else lines[-200:]))
+        if ok:
             reports.append(report)
+        else:
+            failed.append({"run": number, "exit_code": done.returncode})
     summary = {**summarize(reports, goals), "load_average": load, "failed": failed, "runs": reports}
     print(json.dumps(summary))
     return 1 if failed or not reports else 0
