@@ -6,7 +6,8 @@ real: a local Prefect server, `prefect deploy`, a process worker, BentoML servin
 trigger, a retrain on the labelled traffic, the gate's recent slice, and the running service switching models.
 
 It runs twice, into two folders, from one fresh home directory and with no BENTOML_HOME or PREFECT_HOME, as a
-user runs it: each project keeps its state in its own folder, so the second run passes too.
+user runs it: each project keeps its state in its own folder, so the second run passes too. Then the first
+project's own `demo` runs once more: the story starts again from the model it trains.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, explain, run, subprocess_env
+from conftest import REPO, explain, package_of, run, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3400)]
 # What uv itself keeps in a home directory (its cache points at the machine's own: installs stay offline).
@@ -41,6 +42,7 @@ class Run:
 class Runs:
     first: Run
     second: Run
+    again: Run  # the first project's own `demo`, run once more
     home: Path
     home_before: set[Path]
 
@@ -51,6 +53,16 @@ def files_under(folder: Path) -> set[Path]:
 
 def main_command(dest: Path, env: dict[str, str]) -> Run:
     result = run(["uv", "run", "python", "-m", "flows.demo", str(dest)], cwd=REPO, env=env, timeout=1600)
+    return finished(dest, result)
+
+
+def demo_again(dest: Path, env: dict[str, str]) -> Run:
+    """`uv run python -m <package> demo` in a project whose demo already ran."""
+    command = ["uv", "run", "python", "-m", package_of(dest), "demo"]
+    return finished(dest, run(command, cwd=dest, env=env, timeout=1600))
+
+
+def finished(dest: Path, result: subprocess.CompletedProcess) -> Run:
     summary_file = dest / ".state" / "demo" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
     return Run(dest, result, summary)
@@ -69,7 +81,8 @@ def runs(tmp_path_factory) -> Runs:
     env = subprocess_env(HOME=str(home), UV_CACHE_DIR=uv_cache.stdout.strip())
     env.pop("PREFECT_HOME", None)
     first = main_command(root / "first", env)
-    return Runs(first, main_command(root / "second", env), home, before)
+    second = main_command(root / "second", env)
+    return Runs(first, second, demo_again(first.dest, env), home, before)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +100,15 @@ def test_the_main_command_passes_again_from_the_same_home_with_its_own_models(ru
     assert second.summary["rollout"]["promoted"], second.summary["rollout"]
     assert runs.first.models() and second.models(), "each project trains into its own .state/bentoml"
     assert runs.first.models().isdisjoint(second.models())
+
+
+def test_the_demo_passes_again_in_the_same_project(runs):
+    """Before, the second demo in a project served the first one's retrain on the changed world: its clean
+    traffic showed drift share 1.00 and the demo stopped. It keeps its story in a store of its own now."""
+    again = runs.again
+    assert again.result.returncode == 0, explain(again.result)
+    assert again.summary is not None and again.summary["clean"]["event_emitted"] is False, again.summary
+    assert again.summary["rollout"]["promoted"], again.summary["rollout"]
 
 
 def test_nothing_is_written_in_the_home_directory_but_uvs_own_files(runs):

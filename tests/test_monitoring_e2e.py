@@ -142,6 +142,11 @@ def stack(default_installed, tmp_path_factory, prefect_home) -> Iterator[Stack]:
         )
         api_url = stack.enter_context(prefect_server(project, home)) + "/api"
         prefix = project.package.upper()
+        # The demo keeps its story in a store of its own: what this module reads after it is there.
+        demo_store = project.root / ".state" / "demo" / "store"
+        project = Project(
+            project.root, project.package, {**project.env, f"{prefix}_STORAGE__URL": str(demo_store)}
+        )
         demo = project.cli(
             "demo",
             PREFECT_API_URL=api_url,

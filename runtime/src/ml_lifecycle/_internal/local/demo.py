@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,8 +190,14 @@ def run_demo(retrain_timeout: float = 600) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     labels_path = run_dir / "labels.csv"
     labels_path.unlink(missing_ok=True)
+    # The story's models, alias, request log and reports live in a store of the demo's own, emptied at each
+    # run: the project's store keeps the user's production model, and a second demo starts from the model
+    # it trains, not from the last demo's retrain on the changed world (whose clean traffic then drifts).
+    demo_store = run_dir / "store"
+    shutil.rmtree(demo_store, ignore_errors=True)
     settings = use_demo_settings(
         settings,
+        STORAGE__URL=str(demo_store),
         MONITORING__LABELS_PATH=str(labels_path),
         ROLLOUT__POLL_SECONDS="1",
         SERVING__REQUEST_LOG_FLUSH_SECONDS="0.5",  # the demo's monitor reads right after its traffic
