@@ -245,6 +245,12 @@ class Serving:
         new.announce(1)
         old.announce(0)
         logger.info("Swapped in production model %s (was %s)", tag, old.version)
+        # The old model was frozen with the worker's start: unfrozen, its reference cycles can be collected;
+        # then the new one is frozen in turn.
+        del old
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
