@@ -5,9 +5,10 @@
 real: a local Prefect server, `prefect deploy`, a process worker, BentoML serving, Evidently drift, the
 trigger, a retrain on the labelled traffic, the gate's recent slice, and the running service switching models.
 
-It runs twice, into two folders, from one fresh home directory and with no BENTOML_HOME or PREFECT_HOME, as a
-user runs it: each project keeps its state in its own folder, so the second run passes too. Then the first
-project's own `demo` runs once more: the story starts again from the model it trains.
+It runs twice into the same folder, from one fresh home directory and with no BENTOML_HOME or PREFECT_HOME,
+as a user runs the README's command twice: the second run finds the project the first one made and runs
+its demo again, whose story starts again from the model it trains. Two projects' state kept apart:
+test_state.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, explain, package_of, run, subprocess_env
+from conftest import REPO, explain, run, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3400)]
 # What uv itself keeps in a home directory (its cache points at the machine's own: installs stay offline).
@@ -32,17 +33,11 @@ class Run:
     result: subprocess.CompletedProcess
     summary: dict | None
 
-    def models(self) -> set[str]:
-        """The model versions in the project's own store."""
-        versions = self.dest.glob(".state/bentoml/models/*/*")
-        return {f"{p.parent.name}:{p.name}" for p in versions if p.is_dir()}
-
 
 @dataclass(frozen=True)
 class Runs:
     first: Run
-    second: Run
-    again: Run  # the first project's own `demo`, run once more
+    second: Run  # the same command into the same folder
     home: Path
     home_before: set[Path]
 
@@ -56,12 +51,6 @@ def main_command(dest: Path, env: dict[str, str]) -> Run:
     return finished(dest, result)
 
 
-def demo_again(dest: Path, env: dict[str, str]) -> Run:
-    """`uv run python -m <package> demo` in a project whose demo already ran."""
-    command = ["uv", "run", "python", "-m", package_of(dest), "demo"]
-    return finished(dest, run(command, cwd=dest, env=env, timeout=1600))
-
-
 def finished(dest: Path, result: subprocess.CompletedProcess) -> Run:
     summary_file = dest / ".state" / "demo" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
@@ -70,7 +59,7 @@ def finished(dest: Path, result: subprocess.CompletedProcess) -> Run:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
-    """The main command into two folders from one fresh home (the user's git identity in it)."""
+    """The main command twice into one folder from one fresh home (the user's git identity in it)."""
     root = tmp_path_factory.mktemp("demo")
     home = root / "home"
     home.mkdir()
@@ -80,9 +69,8 @@ def runs(tmp_path_factory) -> Runs:
     uv_cache = subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True)
     env = subprocess_env(HOME=str(home), UV_CACHE_DIR=uv_cache.stdout.strip())
     env.pop("PREFECT_HOME", None)
-    first = main_command(root / "first", env)
-    second = main_command(root / "second", env)
-    return Runs(first, second, demo_again(first.dest, env), home, before)
+    first = main_command(root / "project", env)
+    return Runs(first, main_command(first.dest, env), home, before)
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +79,25 @@ def demo(runs):
     return runs.first.result, runs.first.summary
 
 
-def test_the_main_command_passes_again_from_the_same_home_with_its_own_models(runs):
-    """Before, the store and the alias were ~/bentoml: the second project served the first one's retrained
-    model, its clean traffic showed drift share 1.00 and the demo stopped."""
+def test_the_main_command_passes_again_into_the_same_folder(runs):
+    """Before, the second run stopped at "exists and is not empty"; and a project's second demo served the
+    first one's retrain on the changed world, its clean traffic showed drift share 1.00 and the demo stopped.
+    The demo keeps its story in a store of its own now, emptied at each run."""
     second = runs.second
     assert second.result.returncode == 0, explain(second.result)
+    assert "holds the project an earlier run made" in second.result.stdout
     assert second.summary is not None and second.summary["clean"]["event_emitted"] is False, second.summary
     assert second.summary["rollout"]["promoted"], second.summary["rollout"]
-    assert runs.first.models() and second.models(), "each project trains into its own .state/bentoml"
-    assert runs.first.models().isdisjoint(second.models())
 
 
-def test_the_demo_passes_again_in_the_same_project(runs):
-    """Before, the second demo in a project served the first one's retrain on the changed world: its clean
-    traffic showed drift share 1.00 and the demo stopped. It keeps its story in a store of its own now."""
-    again = runs.again
-    assert again.result.returncode == 0, explain(again.result)
-    assert again.summary is not None and again.summary["clean"]["event_emitted"] is False, again.summary
-    assert again.summary["rollout"]["promoted"], again.summary["rollout"]
+def test_the_main_command_refuses_a_folder_it_did_not_make(tmp_path):
+    """Nothing of the user's is written over: a folder with other files is refused, naming the way out."""
+    (tmp_path / "notes.txt").write_text("mine")
+    command = ["uv", "run", "python", "-m", "flows.demo", str(tmp_path)]
+    result = run(command, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode != 0
+    assert "is not a project this command made" in result.stderr and "choose another DEST" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_nothing_is_written_in_the_home_directory_but_uvs_own_files(runs):
