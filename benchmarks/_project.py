@@ -84,6 +84,11 @@ class Project:
         return self.run(self.python("-c", probe)).returncode == 0
 
 
+# The project's README install: compiled once, not at every `uv run` (UV_COMPILE_BYTECODE would recompile the
+# whole environment each time, astral-sh/uv#12202).
+INSTALL = ["sync", "--compile-bytecode", "--quiet"]
+
+
 def uv() -> str:
     return shutil.which("uv") or sys.exit("uv is required")
 
@@ -93,7 +98,6 @@ def project_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, st
     Prefect home of its own under `home` (never the user's)."""
     env = {k: v for k, v in os.environ.items() if k not in LEAKY}
     env.update(
-        UV_COMPILE_BYTECODE="1",
         PREFECT_HOME=str(home / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
@@ -141,7 +145,7 @@ def install(workdir: Path, *, tasks: bool = False, extra_env: dict[str, str] | N
         log(f"rendering {root} ...")
         render(clone(workdir), root, env, tasks=tasks)
         log("uv sync ...")
-        Project(root, "", env).check([uv(), "sync", "--quiet"])
+        Project(root, "", env).check([uv(), *INSTALL])
     return Project(root, package_of(root), env)
 
 

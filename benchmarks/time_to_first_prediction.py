@@ -13,22 +13,23 @@ Goals (GOALS below):
   to a trivial BentoML service started the same way (the median of the rounds' ratios).
 
 - `seconds`: `copier copy` with default answers (tasks included, so its `uv lock` runs as for a user) ->
-  `uv sync` -> `python -m <package> train` (default settings: 20 Optuna trials) -> `python -m <package>
-  serve` -> the first POST /predict that answers 200. `stages` breaks it down.
-- `floor_seconds`, measured in the same run: in another fresh render of the same project, `uv sync` (a new
-  virtualenv) plus one `import prefect, bentoml, optuna, sklearn, pandas, evidently`: what any project
-  with these dependencies costs before it does anything. `floor_stages` breaks it down.
+  `uv sync --compile-bytecode` (the project README's install) -> `python -m <package> train` (default
+  settings: 20 Optuna trials) -> `python -m <package> serve` -> the first POST /predict that answers 200.
+  `stages` breaks it down.
+- `floor_seconds`, measured in the same run: in another fresh render of the same project, the same install
+  (a new virtualenv) plus one `import prefect, bentoml, optuna, sklearn, pandas, evidently`: what any
+  project with these dependencies costs before it does anything. `floor_stages` breaks it down.
 
 How it is measured, and why:
 - It renders a clone of the committed HEAD (a clone holds only committed files: copier would otherwise
   include the uncommitted template edits of whoever is working in this tree), with default answers.
-- The uv cache is warmed first, untimed: one render is installed with `uv sync` and imports the
+- The uv cache is warmed first, untimed: one render is installed the same way and imports the
   dependencies once. Both timed paths then install from a warm cache (as a user's second project does)
   and find the interpreter and files in the OS cache; a cold cache would measure the network instead.
   Copier's `uv lock` still asks the package index whether anything is newer, in the timed copy stage.
 - Every command runs in the project's folder through `uv run`, as the project's README tells a user, with
-  the generator's virtualenv and any Prefect API removed from the environment, UV_COMPILE_BYTECODE=1, and
-  a Prefect home and BentoML home of its own in the temporary folder (never the user's).
+  the generator's virtualenv and any Prefect API removed from the environment, and a Prefect home and
+  BentoML home of its own in the temporary folder (never the user's).
 - The request row is one real training row, read (untimed, between `train` and `serve`) from the
   project's own data loader in its own environment; a user knows their data and does not pay this. The
   row is sent to /predict every 0.1 s from the moment `serve` is started until it answers 200, so
@@ -72,6 +73,7 @@ import uuid
 from pathlib import Path
 
 import plumbum
+from _project import INSTALL
 from _repeats import judge, rerun_if_repeated
 from copier import run_copy
 from ml_lifecycle._internal.local.processes import stop_group
@@ -105,7 +107,6 @@ def project_env(home: Path, marker: str, interpreter: str | None) -> dict[str, s
     """The user's environment for one project's commands, with homes of its own under `home`."""
     env = {k: v for k, v in os.environ.items() if k not in LEAKY}
     env.update(
-        UV_COMPILE_BYTECODE="1",
         PREFECT_HOME=str(home / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         BENTOML_HOME=str(home / "bentoml"),
@@ -322,14 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             warm = workdir / "warm"
             warm_env = project_env(warm, marker, interpreter)
             timed(untimed, "warmup_copy", lambda: render(source, warm / "project", warm_env))
-            timed(untimed, "warmup_install", lambda: run([uv, "sync", "--quiet"], warm / "project", warm_env))
+            timed(untimed, "warmup_install", lambda: run([uv, *INSTALL], warm / "project", warm_env))
             timed(untimed, "warmup_import", lambda: run([uv, "run", *python_c], warm / "project", warm_env))
 
         # Floor: a fresh install of the same project and one import of its dependencies.
         floor = workdir / "floor"
         floor_env = project_env(floor, marker, interpreter)
         package = timed(untimed, "floor_copy", lambda: render(source, floor / "project", floor_env))
-        timed(floor_stages, "install", lambda: run([uv, "sync", "--quiet"], floor / "project", floor_env))
+        timed(floor_stages, "install", lambda: run([uv, *INSTALL], floor / "project", floor_env))
         timed(floor_stages, "import", lambda: run([uv, "run", *python_c], floor / "project", floor_env))
 
         # The user's path, from `copier copy` to the first answered request.
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             env[f"{package.upper()}_TUNING__N_TRIALS"] = "2"
         project = user / "project"
         timed(stages, "copy", lambda: render(source, project, env))
-        timed(stages, "install", lambda: run([uv, "sync", "--quiet"], project, env))
+        timed(stages, "install", lambda: run([uv, *INSTALL], project, env))
         timed(stages, "train", lambda: run([uv, "run", "python", "-m", package, "train"], project, env))
         sample = [uv, "run", "python", "-c", SAMPLE_ROW, package]
         output = timed(untimed, "row_query", lambda: run(sample, project, env))

@@ -59,7 +59,6 @@ def project_env(workdir: Path, package: str, trials_per_task: int | None) -> dic
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PREFECT_API_URL"}}
     prefix = package.upper()
     env.update(
-        UV_COMPILE_BYTECODE="1",
         PREFECT_HOME=str(workdir / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         **{

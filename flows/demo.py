@@ -18,7 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from flows.projects import REPO, NotAProject, copy_project, project_env, recorded_answers, unpinned_commit, uv
+from flows.projects import (
+    INSTALL,
+    REPO,
+    NotAProject,
+    copy_project,
+    project_env,
+    recorded_answers,
+    unpinned_commit,
+    uv,
+)
 
 DEFAULT_DEST = Path("demo-project")
 
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if reason := unpinned_commit(dest):
         sys.exit(reason)
-    step("install", [uv(), "sync"], dest)
+    step("install", [uv(), *INSTALL], dest)
     try:
         step("lifecycle", [uv(), "run", "python", "-m", package, "demo"], dest)
     except subprocess.CalledProcessError as exc:

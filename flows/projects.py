@@ -29,9 +29,13 @@ LOCAL_PIN = re.compile(r"ml-lifecycle @ git\+file://localhost(/[^@]+)@([0-9a-f]+
 def project_env() -> dict[str, str]:
     """The generator's virtualenv and Prefect server must not leak into the project's `uv run`."""
     env = {k: v for k, v in os.environ.items() if k not in GENERATOR_ONLY}
-    env.setdefault("UV_COMPILE_BYTECODE", "1")  # imports of evidently and prefect are twice as fast
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return env
+
+
+# `uv sync` for a new project: compiled once at install, so imports of Evidently and Prefect are twice as fast
+# where Python may not write bytecode; not on every `uv run` (UV_COMPILE_BYTECODE would: astral-sh/uv#12202).
+INSTALL = ["sync", "--compile-bytecode"]
 
 
 def uv() -> str:

@@ -21,7 +21,7 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.projects import REPO, copy_project, last_line, run_in, unpinned_commit, uv
+from flows.projects import INSTALL, REPO, copy_project, last_line, run_in, unpinned_commit, uv
 
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
 
@@ -78,7 +78,7 @@ def scaffold(
     started = time.monotonic()
     project = Path(dest).resolve()
     recorded = copy(project, answers or {}, template, vcs_ref)
-    steps: list[tuple[str, list[str]]] = [("install", [uv(), "sync"])]
+    steps: list[tuple[str, list[str]]] = [("install", [uv(), *INSTALL])]
     if upgrade:
         steps.insert(0, ("upgrade the lock", [uv(), "lock", "--upgrade"]))
     steps.append(("tests", [uv(), "run", "pytest", *(pytest_args or PYTEST_ARGS)]))

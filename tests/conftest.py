@@ -106,7 +106,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     generators = {"VIRTUAL_ENV", "PYTHONPATH", "BENTOML_HOME", "PREFECT_API_URL"}
     env = {k: v for k, v in os.environ.items() if k not in generators}
     env.update(
-        UV_COMPILE_BYTECODE="1",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
     )
@@ -468,7 +467,7 @@ def install_project(
     env = project_env(python_version, prefect_home, home / "bentoml")
     env.update({f"{package.upper()}_{key}": value for key, value in (settings or {}).items()})
     project = Project(root, package, env)
-    sync = ["uv", "sync"]
+    sync = ["uv", "sync", "--compile-bytecode"]  # as the README: compiled once, not at every `uv run`
     if venv_from is not None:
         lender = str(recorded_answers(venv_from.root).get("python_version", "3.11"))
         assert lender == python_version, f"venv_from runs Python {lender}, this project {python_version}"
