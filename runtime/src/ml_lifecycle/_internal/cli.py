@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import gc
-import importlib
 import os
 import sys
-import threading
 from pathlib import Path
 
 from .config import PACKAGE, Settings, SettingsError, get_settings
@@ -18,16 +15,6 @@ from .registry.aliases import AliasRecordError
 from .storage import StorageError
 from .tables import DataError
 from .training.lock import TrainingBusy
-
-# The commands that run a Prefect flow, and the module each flow is in.
-FLOW_MODULES = {
-    "train": ".flows.train",
-    "monitor": ".flows.monitor",
-    "promote": ".flows.promote",
-    "rollback": ".flows.promote",
-    "predict": ".flows.predict",
-    "deploy": ".flows.deploy",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,42 +135,11 @@ def keep_prefect_state_in_the_project(settings: Settings) -> None:
     os.environ["PREFECT_HOME"] = str(home)
 
 
-def start_temporary_server() -> threading.Thread | None:
-    """With no Prefect server set, Prefect starts its temporary server only when the flow is called, after
-    the flow's modules are imported; started here in a thread, the start and those imports overlap. The
-    flow finds it running (Prefect keeps one per process). A start that fails here is left to the flow,
-    whose own start raises Prefect's error."""
-    from prefect.settings import get_current_settings
-
-    if get_current_settings().api.url:
-        return None
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.server.api.server import SubprocessASGIServer
-
-    ensure_logging_setup()  # as `import prefect` does later: the server's address is logged as before
-    server = SubprocessASGIServer()
-
-    def start() -> None:
-        with contextlib.suppress(Exception):  # the flow's start raises it, with Prefect's message
-            server.start()
-
-    thread = threading.Thread(target=start, name="prefect-temporary-server", daemon=True)
-    thread.start()
-    return thread
-
-
-def import_flow(command: str) -> None:
-    """Import the command's flow while Prefect's temporary server starts (docs/decisions.md#cli-start-up)."""
-    server = start_temporary_server()
-    importlib.import_module(FLOW_MODULES[command], __package__)
-    if server is not None:
-        server.join()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Runs last at exit: the interpreter's final garbage collections walk every object the training stack
-    # made (1.6 s after a train); frozen, they are skipped. No handler or flush is skipped.
+    # At exit, after the handlers registered later (Prefect stopping its temporary server): the interpreter's
+    # last garbage collections would walk every object the run made; frozen, they are skipped. Every exit
+    # handler and flush still runs (docs/decisions.md#train-start-up).
     atexit.register(gc.freeze)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -194,8 +150,6 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.command in FLOW_MODULES and not getattr(args, "stop", False):
-        import_flow(args.command)
     try:
         if args.command == "train":
             from .flows.train import train
