@@ -6,6 +6,7 @@ tests/test_service.py and tests/test_hot_swap.py."""
 import json
 
 from ml_lifecycle._internal.project import bound
+from ml_lifecycle._internal.serving.service import MODEL_ROUTE, PREDICTION_ROUTES
 
 from .test_service_imports import run
 
@@ -27,3 +28,5 @@ def test_the_built_service_documents_and_guards_get_model(production):
     assert {"200", "404"} <= set(found["model"]["get"]["responses"])
     assert "ModelCard" in found["schemas"]
     assert found["protected"] == ["/model", "/predict", "/predict_one"]
+    # The tracing setting names the prediction routes before the service exists: the same as its APIs.
+    assert found["protected"] == sorted([MODEL_ROUTE, *PREDICTION_ROUTES])
