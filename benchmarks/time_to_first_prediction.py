@@ -19,6 +19,10 @@ Goals (GOALS below):
 - `floor_seconds`, measured in the same run: in another fresh render of the same project, the same install
   (a new virtualenv) plus one `import prefect, bentoml, optuna, sklearn, pandas, evidently`: what any
   project with these dependencies costs before it does anything. `floor_stages` breaks it down.
+- `first_flow_seconds` (no goal; not in the floor): then, in the floor's project, one empty Prefect flow
+  run with no server set: what any Prefect project's first run costs on a new Prefect home, Prefect's
+  temporary server creating its database included. `ratio_to_floor_and_first_flow` = seconds / (floor +
+  first flow).
 
 How it is measured, and why:
 - It renders a clone of the committed HEAD (a clone holds only committed files: copier would otherwise
@@ -82,6 +86,9 @@ REPO = Path(__file__).resolve().parents[1]
 GOALS = {"ratio_to_floor": ("<=", 1.5), "serve_ratio_to_trivial": ("<=", 2.0)}
 TRIVIAL = "ml_lifecycle._internal.bench.serving_apps:Trivial"  # P3's constant-answer BentoML service
 IMPORTS = "import prefect, bentoml, optuna, sklearn, pandas, evidently"
+# One empty flow run with no Prefect server set: what any Prefect project's first run costs on a new Prefect
+# home (Prefect's temporary server creating its database, the run, the server's stop).
+FIRST_FLOW = "from prefect import flow\n@flow\ndef first():\n    pass\nfirst()"
 MARKER = "TTFP_BENCHMARK_RUN"  # set in every child's environment, so leftovers can be found by it
 LEAKY = {"VIRTUAL_ENV", "PREFECT_API_URL", "BENTOML_HOME"}
 # Run in the project's environment with the package name as argv[1]: one real training row as JSON.
@@ -332,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         package = timed(untimed, "floor_copy", lambda: render(source, floor / "project", floor_env))
         timed(floor_stages, "install", lambda: run([uv, *INSTALL], floor / "project", floor_env))
         timed(floor_stages, "import", lambda: run([uv, "run", *python_c], floor / "project", floor_env))
+        first_flow = [uv, "run", "python", "-c", FIRST_FLOW]
+        timed(untimed, "floor_first_flow", lambda: run(first_flow, floor / "project", floor_env))
 
         # The user's path, from `copier copy` to the first answered request.
         user = workdir / "user"
@@ -370,10 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(seconds / floor_seconds, 2)
     serve_ratio = round(statistics.median(r["ratio"] for r in rounds), 2)
     ratios = {"ratio_to_floor": ratio, "serve_ratio_to_trivial": serve_ratio}
+    first_flow_seconds = untimed["floor_first_flow"]
     result = {
         "seconds": seconds,
         "floor_seconds": floor_seconds,
         "ratio_to_floor": ratio,
+        "first_flow_seconds": first_flow_seconds,
+        "ratio_to_floor_and_first_flow": round(seconds / (floor_seconds + first_flow_seconds), 2),
         "stages": stages,
         "floor_stages": floor_stages,
         "untimed": untimed,

@@ -41,6 +41,11 @@ def test_time_to_first_prediction_reaches_an_answer_and_leaves_its_port_free():
     assert set(report["floor_stages"]) == {"install", "import"}, report
     assert all(seconds > 0 for seconds in [*report["stages"].values(), *report["floor_stages"].values()])
     assert report["seconds"] > 0 and report["floor_seconds"] > 0 and report["ratio_to_floor"] > 0, report
+    # Beside the floor, not in it: one empty flow run on a new Prefect home.
+    first_flow = report["first_flow_seconds"]
+    assert first_flow > 0 and report["untimed"]["floor_first_flow"] == first_flow, report
+    with_first_flow = round(report["seconds"] / (report["floor_seconds"] + first_flow), 2)
+    assert report["ratio_to_floor_and_first_flow"] == with_first_flow < report["ratio_to_floor"], report
     assert report["port_released"] is True and report["quick"] is True, report
     # One round of the project's `serve` next to the trivial BentoML service, both to a first answer.
     [round_] = report["serve_rounds"]
