@@ -31,7 +31,7 @@ import yaml
 from copier.errors import DirtyLocalWarning
 from filelock import FileLock
 
-from flows.projects import unpinned_commit
+from flows.projects import INSTALL, unpinned_commit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -467,7 +467,7 @@ def install_project(
     env = project_env(python_version, prefect_home, home / "bentoml")
     env.update({f"{package.upper()}_{key}": value for key, value in (settings or {}).items()})
     project = Project(root, package, env)
-    sync = ["uv", "sync", "--compile-bytecode"]  # as the README: compiled once, not at every `uv run`
+    sync = ["uv", *INSTALL]  # as the README: compiled once, not at every `uv run`
     if venv_from is not None:
         lender = str(recorded_answers(venv_from.root).get("python_version", "3.11"))
         assert lender == python_version, f"venv_from runs Python {lender}, this project {python_version}"

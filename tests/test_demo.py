@@ -48,10 +48,6 @@ def files_under(folder: Path) -> set[Path]:
 
 def main_command(dest: Path, env: dict[str, str]) -> Run:
     result = run(["uv", "run", "python", "-m", "flows.demo", str(dest)], cwd=REPO, env=env, timeout=1600)
-    return finished(dest, result)
-
-
-def finished(dest: Path, result: subprocess.CompletedProcess) -> Run:
     summary_file = dest / ".state" / "demo" / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
     return Run(dest, result, summary)

@@ -142,6 +142,16 @@ def untraced_routes() -> dict[str, Any]:
     return {"excluded_urls": [re.escape(route) + r"(\?|$)" for route in PREDICTION_ROUTES]}
 
 
+def freeze_long_lived() -> None:
+    """Collect, then freeze what is left. The libraries, the model and its reference rows are a few hundred
+    thousand objects that live as long as the worker; frozen, the garbage collector stops walking them again
+    and again while requests allocate (docs/decisions.md#what-a-request-costs). Unfrozen first, so a swap's
+    replaced model, frozen with the worker's start, is collected too."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass(frozen=True)
 class Startup:
     """What the service starts from, read once by build(): the settings and the model to serve."""
@@ -184,11 +194,7 @@ class Serving:
         self._stop = threading.Event()
         if not self.startup.pinned_tag and settings.rollout.poll_seconds > 0:
             threading.Thread(target=self._follow_production, name="rollout", daemon=True).start()
-        # The libraries, the model and its reference rows are a few hundred thousand objects that live as
-        # long as the worker; frozen, the garbage collector stops walking them again and again while
-        # requests allocate (docs/decisions.md#what-a-request-costs).
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
 
     def __is_ready__(self) -> bool:
         """/readyz: the model is loaded and the request log's writer runs (a failing store costs no
@@ -245,12 +251,8 @@ class Serving:
         new.announce(1)
         old.announce(0)
         logger.info("Swapped in production model %s (was %s)", tag, old.version)
-        # The old model was frozen with the worker's start: unfrozen, its reference cycles can be collected;
-        # then the new one is frozen in turn.
         del old
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()  # the old model was frozen with it: its reference cycles are collected now
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> list[RowPrediction]:
         """The batching core behind /predict and /predict_one: rows of concurrent requests together."""
