@@ -21,16 +21,11 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-Goals = Mapping[str, tuple[str, Any]]  # key -> (">=" | "<=" | "==", bound)
-OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
-    ">=": lambda value, bound: value >= bound,
-    "<=": lambda value, bound: value <= bound,
-    "==": lambda value, bound: value == bound,
-}
+from ml_lifecycle._internal.bench.goals import Goals, judge, verdicts
 
 
 def take_repeats(argv: Sequence[str]) -> tuple[int, list[str]]:
@@ -62,11 +57,6 @@ def _numbers(report: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def judge(value: Any, goal: tuple[str, Any]) -> bool:
-    operator, bound = goal
-    return value is not None and OPERATORS[operator](value, bound)
-
-
 def summarize(reports: Sequence[Mapping[str, Any]], goals: Goals) -> dict[str, Any]:
     """Median and spread of every top-level number over the runs, each goal judged on its median."""
     numbers = [_numbers(report) for report in reports]
@@ -82,14 +72,7 @@ def summarize(reports: Sequence[Mapping[str, Any]], goals: Goals) -> dict[str, A
             goal_met[key] = bool(reports) and all(judge(flag, goal) for flag in flags)
         else:
             goal_met[key] = judge(median.get(key), goal)
-    return {
-        "repeats": len(reports),
-        "median": median,
-        "spread": spread,
-        "goals": {key: f"{operator} {bound}" for key, (operator, bound) in goals.items()},
-        "goal_met": goal_met,
-        "all_goals_met": bool(goal_met) and all(goal_met.values()),
-    }
+    return {"repeats": len(reports), "median": median, "spread": spread, **verdicts(median, goals, goal_met)}
 
 
 def repeat(

@@ -55,6 +55,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from _common import load_project, log, ratio, run
+from ml_lifecycle._internal.bench.goals import verdicts
 
 GOAL_RATIO = 0.8
 GOAL_NOISE = 10  # the noise level (%) the ratio goal and false_refusals are read at
@@ -315,18 +316,8 @@ def main() -> int:
             "rows": None,
             "models": None,
         }
-    failed = result["failed_requests_during_switch"]
-    recovered = result["recovered_ratio"]
-    at_goal = table.get(f"recovered_ratio_noise_{GOAL_NOISE}")
     result |= {k: v for k, v in table.items() if k != "noise"}
-    result["goal_met"] = bool(
-        recovered is not None
-        and recovered >= GOAL_RATIO
-        and not failed
-        and (at_goal is None or at_goal >= GOAL_RATIO)
-        and table["false_rollbacks"] == 0
-        and not table.get(f"false_refusals_noise_{GOAL_NOISE}")
-    )
+    result |= verdicts(result, GOALS)
     result["seeds"] = seeds
     result["demo"] = not (args.quick or args.no_demo)
     result["noise"] = table["noise"]

@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from _common import clean_up, load_project, log, ratio, run
-from _repeats import judge
+from ml_lifecycle._internal.bench.goals import verdicts
 
 GOALS = {"ratio_to_local": ("<=", 2.0), "throughput_ratio": (">=", 0.95)}
 MARKER = "SHARED_STATE_BENCHMARK_RUN"  # in every server's environment, so leftovers can be found by it
@@ -304,10 +304,8 @@ def main() -> int:
             report |= serving_cost(config, endpoint, work, args)
     finally:
         clean_up(MARKER, run_id, work, args.keep)
-    met = {key: None if report.get(key) is None else judge(report[key], goal) for key, goal in GOALS.items()}
+    report |= verdicts(report, GOALS)
     report.update(
-        goals={key: f"{op} {goal:g}" for key, (op, goal) in GOALS.items()},
-        goal_met=met,
         quick=args.quick,
         cpu_count=os.cpu_count(),
         load_average={"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},

@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import clean_up, load_project, log, production_tag, run
+from ml_lifecycle._internal.bench.goals import verdicts
 from ml_lifecycle._internal.bench.serving import HOST, free_port, hey, parse_hey, server, summarize
 
 MARKER = "SOAK_BENCHMARK_RUN"
-RSS_GOAL = 0.05
-GOALS = {"rss_growth": ("<=", RSS_GOAL), "accounted": ("==", True)}  # with --repeats (_repeats.py)
+GOALS = {"rss_growth": ("<=", 0.05), "accounted": ("==", True)}  # with --repeats (_repeats.py)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
             "rss_mb_start": round(rss_start, 1),
             "rss_mb_end": round(rss_end, 1),
             "rss_growth": round(rss_end / rss_start - 1, 4) if rss_start else None,
-            "rss_goal_met": bool(rss_start) and rss_end / rss_start - 1 < RSS_GOAL,
             "monitor_exit_code": monitored.returncode,
             "monitor_rows": int(rows.group(1)) if rows else None,
             "non_2xx": figures["non_2xx"],
@@ -181,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "flush_seconds": args.flush_seconds,
         }
+        report |= verdicts(report, GOALS)
         if monitored.returncode != 0:
             log(f"monitor failed:\n{monitored.stdout[-2000:]}\n{monitored.stderr[-2000:]}")
     finally:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import operator
 import os
 import random
 import shutil
@@ -149,6 +150,22 @@ def explain(result: subprocess.CompletedProcess) -> str:
     """The end of a command's output, for assertion messages."""
     out, err = result.stdout[-4000:], result.stderr[-4000:]
     return f"exit {result.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
+
+
+def goals_judged(report: dict, keys: set[str]) -> None:
+    """A benchmark's report writes out its goals (`goals`: {"ratio": ">= 0.8"}) and judges them
+    (`goal_met`, `all_goals_met`): the goals are `keys`, and each verdict is what the written goal says of the
+    report's own figure (None for a figure the run did not measure)."""
+    assert set(report["goals"]) == keys == set(report["goal_met"]), report
+    compare = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
+    for key, goal in report["goals"].items():
+        sign, _, written = goal.partition(" ")
+        bound = {"True": True, "False": False}.get(written)
+        bound = float(written) if bound is None else bound
+        value = report.get(key)
+        expected = None if value is None else compare[sign](value, bound)
+        assert report["goal_met"][key] is expected, (key, goal, value, report["goal_met"])
+    assert report["all_goals_met"] is all(met is True for met in report["goal_met"].values()), report
 
 
 # The Debian package that brings each outside tool the tests run (.ci/run installs them).

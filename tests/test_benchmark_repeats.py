@@ -15,6 +15,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _repeats  # noqa: E402
+from ml_lifecycle._internal.bench.goals import verdicts  # noqa: E402
 
 GOALS = {"ratio": (">=", 0.8), "matches": ("==", True)}
 
@@ -94,3 +95,18 @@ def test_the_flag_is_taken_out_of_the_other_options():
         5,
         ["--quick", "--seconds", "3"],
     )
+
+
+def test_one_run_judges_its_goals_as_the_repeats_do():
+    """A single run's report carries the same three keys (ml_lifecycle._internal.bench.goals, which
+    `python -m <package> bench` uses too): a figure the run did not measure is neither met nor missed, and
+    then not all goals are met."""
+    assert verdicts({"ratio": 0.9, "matches": True}, GOALS) == {
+        "goals": {"ratio": ">= 0.8", "matches": "== True"},
+        "goal_met": {"ratio": True, "matches": True},
+        "all_goals_met": True,
+    }
+    unmeasured = verdicts({"ratio": None, "matches": True}, GOALS)
+    assert unmeasured["goal_met"] == {"ratio": None, "matches": True}, unmeasured
+    assert unmeasured["all_goals_met"] is False
+    assert verdicts({"ratio": 0.79, "matches": True}, GOALS)["goal_met"]["ratio"] is False

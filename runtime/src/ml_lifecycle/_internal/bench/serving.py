@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from ..local.processes import spawn, stop_group
+from .goals import verdicts
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -374,14 +375,6 @@ def batched_limit(settings, frame, seconds: float) -> dict:
 # --- the report ------------------------------------------------------------------------------------------
 
 
-def goal_met(report: dict) -> dict[str, bool | None]:
-    met: dict[str, bool | None] = {}
-    for key, (op, target) in GOALS.items():
-        value = report[key]
-        met[key] = None if value is None else (value >= target if op == ">=" else value <= target)
-    return met
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m <package> bench`."""
     parser.add_argument("--seconds", type=float, default=15, help="measured load per variant (default 15)")
@@ -494,12 +487,7 @@ def bench(args: argparse.Namespace) -> int:
             "ratio_to_batched_limit": ratio(ours["rps"], variants["batched_predict"]["rows_per_s"], 4),
             "p99_ratio_to_trivial": ratio(ours["p99_ms"], trivial["p99_ms"]),
         }
-        met = goal_met(report)
-        report.update(
-            goals={key: f"{op} {target:g}" for key, (op, target) in GOALS.items()},
-            goal_met=met,
-            all_goals_met=all(met.values()),
-        )
+        report |= verdicts(report, GOALS)
     report.update(
         variants=variants,
         model=tag,
