@@ -14,7 +14,7 @@ at the end (unless --keep), so the project's monitor never sees the soak's traff
 Keys: `answers` (2xx answers hey saw), `records` (lines in this run's objects, every worker's), `dropped`
 (the service's request_log_dropped_total), `accounted` (answers == records + dropped), `objects` (objects
 the log was written as), `rss_mb_start` / `rss_mb_end` (the workers' resident memory after
-the first tenth of the run and at its end) and `rss_growth` (end / start - 1; goal under 0.05),
+the first tenth of the run and at its end) and `rss_growth` (end / start - 1; goal at most 0.05),
 `monitor_exit_code` and `monitor_rows`, `non_2xx`, `rps`. The last line printed is one JSON object; the exit
 code is non-zero only on errors (hey missing, no model, a server that does not start), never because a goal
 was missed.
